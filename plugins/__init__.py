@@ -1,0 +1,1 @@
+"""vitssl's built-in plugins, registered through the ``vitssl`` entry-point group."""

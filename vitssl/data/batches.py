@@ -1,0 +1,77 @@
+"""Deterministic pretraining batches from a map-style dataset.
+
+Batch ``step`` is a pure function of (seed, step): the sample order is a
+per-epoch permutation of the dataset and augmentation runs under an RNG
+seeded from (seed, step, rank). Resuming at step s therefore yields exactly
+the batches an uninterrupted run would have seen, with any number of workers,
+and ``world_size`` ranks each take their slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitssl.data.transforms import normalize
+
+
+@dataclass
+class BatchPlan:
+    dataset_size: int
+    global_batch: int
+    seed: int
+
+    def indices(self, step: int) -> list[int]:
+        """Dataset indices of global batch ``step`` (wrapping over epochs)."""
+        start = step * self.global_batch
+        out: list[int] = []
+        while len(out) < self.global_batch:
+            epoch, offset = divmod(start + len(out), self.dataset_size)
+            perm = self._permutation(epoch)
+            take = min(self.global_batch - len(out), self.dataset_size - offset)
+            out.extend(perm[offset:offset + take])
+        return out
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.dataset_size, generator=g).tolist()
+
+
+class StepBatches(Dataset):
+    """Item ``step`` is this rank's share of global batch ``step`` as a batch dict."""
+
+    def __init__(self, dataset: Dataset, transform: Callable, *, batch_size: int, seed: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], rank: int = 0,
+                 world_size: int = 1, num_steps: int) -> None:
+        self.dataset, self.transform = dataset, transform
+        self.batch_size, self.rank = batch_size, rank
+        self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
+        self.plan = BatchPlan(len(dataset), batch_size * world_size, seed)
+        self.num_steps = num_steps
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        indices = self.plan.indices(step)
+        mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 7_919 + step) * 101 + self.rank)
+            samples = [self.dataset[i] for i in mine]
+            pixels = torch.stack([self.transform(image) for image, _ in samples])
+        batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std)}
+        labels = torch.tensor([int(label) for _, label in samples], dtype=torch.long)
+        if bool((labels >= 0).all()):
+            batch["label"] = labels
+        return batch
+
+
+def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0) -> Iterator:
+    """Iterate batches ``start_step, start_step + 1, ...`` (parallel decoding with workers)."""
+    steps = range(start_step, len(batches))
+    loader = DataLoader(batches, batch_size=None, sampler=steps, num_workers=num_workers,
+                        persistent_workers=False)
+    return iter(loader)

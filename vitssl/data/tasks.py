@@ -1,0 +1,56 @@
+"""Labelled evaluation tasks: train and test splits ready for an encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
+from vitssl.data.sources import num_classes, open_dataset
+from vitssl.data.spec import DataSpec, parse_spec
+from vitssl.data.transforms import eval_transform, normalize
+from vitssl.errors import VitsslError
+
+
+class Transformed(Dataset):
+    """(image, label) -> (normalised float tensor (3, S, S), label)."""
+
+    def __init__(self, dataset: Dataset, image_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> None:
+        self.dataset = dataset
+        self.transform = eval_transform(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        return normalize(self.transform(image), self.mean, self.std), int(label)
+
+
+@dataclass
+class Task:
+    """What evaluators receive: ``train`` / ``test`` datasets of (image, label)."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+
+
+def load_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD, train_split: str = "train",
+              test_split: str = "test") -> Task:
+    """A labelled task from a spec, with evaluation transforms applied."""
+    parsed = parse_spec(spec)
+    base = DataSpec(parsed.kind, parsed.target)
+    train = open_dataset(base, train_split)
+    test = open_dataset(base, test_split)
+    classes = num_classes(train)
+    if not classes:
+        raise VitsslError(f"'{spec}' has no labels; evaluators need a labelled dataset")
+    return Task(name=str(base), train=Transformed(train, image_size, mean, std),
+                test=Transformed(test, image_size, mean, std), num_classes=classes)

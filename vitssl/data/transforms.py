@@ -1,0 +1,39 @@
+"""Image transforms (torchvision v2): pretraining augmentation and evaluation resizing.
+
+Both return float pixels in [0, 1], shape (3, S, S); normalisation happens
+when batches are assembled, so objectives can also see the raw pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import v2
+
+
+def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.35, 1.0),
+                       hflip: bool = True, augment: bool = True) -> Callable:
+    """Random resized crop + horizontal flip (or plain resize when ``augment`` is off)."""
+    if not augment:
+        return eval_transform(image_size)
+    steps: list = [v2.ToImage(), v2.RGB(),
+                   v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def eval_transform(image_size: int, crop_fraction: float = 1.0) -> Callable:
+    """Resize the short side, then center-crop to ``image_size`` square."""
+    resize = max(image_size, round(image_size / crop_fraction))
+    return v2.Compose([v2.ToImage(), v2.RGB(), v2.Resize(resize, antialias=True),
+                       v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True)])
+
+
+def normalize(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(..., 3, H, W) pixels in [0, 1] -> normalised."""
+    m = pixels.new_tensor(mean).view(3, 1, 1)
+    s = pixels.new_tensor(std).view(3, 1, 1)
+    return (pixels - m) / s

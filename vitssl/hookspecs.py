@@ -1,0 +1,39 @@
+"""The plugin API: four register-callback hooks.
+
+A plugin module implements any of them with ``@vitssl.hookimpl`` and calls
+``register(name, factory)`` once per thing it provides::
+
+    @vitssl.hookimpl
+    def register_objectives(register):
+        register("my-objective", MyObjective)
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vitssl")
+hookimpl = pluggy.HookimplMarker("vitssl")
+
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def register_objectives(register: Register) -> None:
+    """Register pretraining objectives: ``factory(encoder=..., **options) -> nn.Module``."""
+
+
+@hookspec
+def register_stems(register: Register) -> None:
+    """Register patch stems: ``factory(image_size=, patch_size=, in_chans=, embed_dim=, **options)``."""
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Register evaluators: ``factory(**options)`` with ``.run(encoder, task) -> dict``."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register built-in datasets: ``factory(split=..., **options) -> map-style dataset``."""

@@ -1,0 +1,33 @@
+"""Build an encoder from a :class:`~vitssl.config.ModelConfig` and the stem registry."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vitssl.config import ModelConfig
+from vitssl.errors import VitsslError
+from vitssl.models.variants import parse_model_name
+from vitssl.models.vit import VisionTransformer
+from vitssl.plugins import Registry, get_registry
+
+ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "reference")
+
+
+def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = None,
+                  **overrides) -> VisionTransformer:
+    """A freshly initialised encoder; ``overrides`` replace fields of ``cfg``."""
+    cfg = replace(cfg or ModelConfig(), **overrides)
+    if cfg.attention not in ATTENTION_BACKENDS:
+        raise VitsslError(f"unknown attention backend '{cfg.attention}'; accepted: "
+                          f"{', '.join(ATTENTION_BACKENDS)}")
+    variant, patch = parse_model_name(cfg.name)
+    registry = registry or get_registry()
+    stem = registry.get("stems", cfg.stem)(image_size=cfg.image_size, patch_size=patch,
+                                            in_chans=3, embed_dim=variant.embed_dim,
+                                            **cfg.stem_options)
+    return VisionTransformer(
+        stem, embed_dim=variant.embed_dim, depth=cfg.depth or variant.depth,
+        num_heads=variant.num_heads, mlp_dim=variant.mlp_dim, class_token=cfg.class_token,
+        pool=cfg.pool, fc_norm=bool(cfg.fc_norm), drop_rate=cfg.drop_rate,
+        attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=cfg.drop_path_rate,
+        attention=cfg.attention)

@@ -1,0 +1,152 @@
+"""The Vision Transformer encoder (Dosovitskiy et al., 2021).
+
+Names follow timm's ``VisionTransformer`` (``patch_embed``, ``cls_token``,
+``pos_embed``, ``blocks``, ``norm``) so weights map one-to-one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitssl.errors import VitsslError
+from vitssl.models.layers import Block
+from vitssl.models.pos_embed import resample_pos_embed
+
+
+def _as_pair(x: Any) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder over any stem that maps images to (B, N, D) tokens with a ``grid_size``.
+
+    ``forward_features(images)`` -> (B, T, D) after the final norm (T = prefix + N);
+    ``pool(features)`` -> (B, D); ``embed_patches`` / ``encode`` split the two halves
+    so masked objectives can corrupt or drop patch embeddings in between.
+    """
+
+    def __init__(self, stem: nn.Module, *, embed_dim: int, depth: int, num_heads: int,
+                 mlp_dim: int, class_token: bool = True, pool: str = "token",
+                 fc_norm: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, attention: str = "auto") -> None:
+        super().__init__()
+        if pool not in ("token", "mean"):
+            raise VitsslError(f"unknown pool '{pool}'; accepted: token, mean")
+        if pool == "token" and not class_token:
+            raise VitsslError("pool='token' needs the class token; use pool='mean' or "
+                              "class_token=true")
+        self.patch_embed = stem
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.grid_size = _as_pair(stem.grid_size)
+        patch = _as_pair(getattr(stem, "patch_size", 1))
+        self.patch_size = patch[0] if patch[0] == patch[1] else patch
+        self.global_pool = pool
+        self.num_prefix_tokens = 1 if class_token else 0
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_patches,
+                                                  embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_dim, drop_rate, attn_drop_rate, rate, attention)
+            for rate in rates])
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if fc_norm else nn.Identity()
+        self.reset_parameters()
+
+    # -- initialisation -------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        proj = getattr(self.patch_embed, "proj", None)
+        if isinstance(proj, nn.Conv2d):
+            nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+
+    # -- attention backend ----------------------------------------------------------------
+    def set_attention(self, backend: str) -> None:
+        """Route every block's attention through ``vitssl.kernels.attention(backend=...)``."""
+        for block in self.blocks:
+            block.attn.backend = backend
+
+    # -- the two halves -------------------------------------------------------------------
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid the stem produces for an input of this size."""
+        if hasattr(self.patch_embed, "grid_for"):
+            return _as_pair(self.patch_embed.grid_for(height, width))
+        image = _as_pair(getattr(self.patch_embed, "image_size", (height, width)))
+        return (height * self.grid_size[0] // image[0], width * self.grid_size[1] // image[1])
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> patch embeddings (B, N, D), before position embeddings."""
+        return self.patch_embed(images)
+
+    def patch_pos_embed(self, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Position embeddings of the patch tokens for ``grid`` (resampled if needed): (1, N, D)."""
+        grid = self.grid_size if grid is None else _as_pair(grid)
+        pos = resample_pos_embed(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
+        return pos[:, self.num_prefix_tokens:]
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+               grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Patch embeddings -> features (B, T, D) after the final norm.
+
+        ``tokens`` holds all N patch embeddings of ``grid`` (default: the model's grid),
+        or, with ``positions`` (B, n) long indices into that grid, a subset of them.
+        """
+        pos = self.patch_pos_embed(grid)
+        if positions is None:
+            if tokens.shape[1] != pos.shape[1]:
+                raise VitsslError(f"got {tokens.shape[1]} patch tokens but the grid "
+                                  f"{grid or self.grid_size} has {pos.shape[1]}")
+            x = tokens + pos
+        else:
+            x = tokens + pos[0][positions]  # "(n d), b k -> b k d"
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls.to(x.dtype), x], dim=1)
+        x = self.blocks(self.pos_drop(x))
+        return self.norm(x)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> features (B, T, D); any input size the stem accepts."""
+        grid = self.grid_for(images.shape[-2], images.shape[-1])
+        return self.encode(self.embed_patches(images), grid=grid)
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""
+        if self.global_pool == "token":
+            pooled = features[:, 0]
+        else:
+            pooled = features[:, self.num_prefix_tokens:].mean(dim=1)
+        return self.fc_norm(pooled)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(images))
+
+    # -- checkpoints at another resolution --------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        key = prefix + "pos_embed"
+        stored = state_dict.get(key)
+        if stored is not None and stored.shape != self.pos_embed.shape:
+            old = stored.shape[1] - self.num_prefix_tokens
+            side = math.isqrt(old)
+            source = getattr(self, "source_grid", None) or (side, side)
+            if source[0] * source[1] != old:
+                raise VitsslError(f"cannot resample a position embedding of {old} patches; "
+                                  f"set encoder.source_grid to its (rows, cols) first")
+            state_dict[key] = resample_pos_embed(stored, source, self.grid_size,
+                                                 self.num_prefix_tokens)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,154 @@
+"""The plugin host: built-ins and third-party packages, loaded through entry points.
+
+Every plugin, built-in or not, is a module named by an entry point of the
+``vitssl`` group. Each is loaded and called in isolation: one that fails to
+import, implements an unknown hook, raises, or registers a name already taken
+is recorded in :attr:`Registry.failures` and the rest keep working.
+
+``VITSSL_PLUGINS=a,b`` loads only the named entry points;
+``VITSSL_DISABLE_PLUGINS=a,b`` skips the named ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from vitssl import hookspecs
+from vitssl.errors import VitsslError
+
+GROUP = "vitssl"
+KINDS = ("objectives", "stems", "evaluators", "datasets")
+SINGULAR = {"objectives": "objective", "stems": "stem", "evaluators": "evaluator",
+            "datasets": "dataset"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered factory and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or called, and why."""
+
+    plugin: str
+    distribution: str
+    error: str
+
+
+@dataclass
+class Registry:
+    """Everything the plugins registered, by kind and name."""
+
+    entries: dict[str, dict[str, Entry]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS})
+    failures: list[PluginFailure] = field(default_factory=list)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def entry(self, kind: str, name: str) -> Entry:
+        """The entry for ``name``; a :class:`VitsslError` listing the choices if unknown."""
+        found = self.entries[kind].get(name)
+        if found is None:
+            known = self.names(kind)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise VitsslError(f"unknown {SINGULAR[kind]} '{name}'{hint}; "
+                              f"registered: {', '.join(known) or 'none'}")
+        return found
+
+    def get(self, kind: str, name: str) -> Callable[..., Any]:
+        return self.entry(kind, name).factory
+
+
+def _wanted(names: str | None) -> set[str] | None:
+    if not names:
+        return None
+    return {n.strip() for n in names.split(",") if n.strip()}
+
+
+def _selected_entry_points() -> list[EntryPoint]:
+    only = _wanted(os.environ.get("VITSSL_PLUGINS"))
+    blocked = _wanted(os.environ.get("VITSSL_DISABLE_PLUGINS")) or set()
+    chosen = [ep for ep in entry_points(group=GROUP)
+              if (only is None or ep.name in only) and ep.name not in blocked]
+    # Built-ins first, so a third-party package cannot shadow them.
+    return sorted(chosen, key=lambda ep: (_distribution(ep) != "vitssl", ep.name))
+
+
+def _distribution(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "unknown"
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def build_registry() -> Registry:
+    """Load every selected entry point and collect what it registers."""
+    registry = Registry()
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    distributions: dict[str, str] = {}
+    for ep in _selected_entry_points():
+        dist = _distribution(ep)
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the host
+            registry.failures.append(PluginFailure(ep.name, dist, _short(exc)))
+            continue
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            pm.unregister(name=ep.name)
+            registry.failures.append(PluginFailure(ep.name, dist, _short(exc)))
+            continue
+        distributions[ep.name] = dist
+
+    for kind in KINDS:
+        caller = getattr(pm.hook, f"register_{kind}")
+        for impl in caller.get_hookimpls():
+            plugin, dist = impl.plugin_name, distributions.get(impl.plugin_name, "unknown")
+
+            def register(name: str, factory: Callable[..., Any], *, _kind=kind,
+                         _plugin=plugin, _dist=dist) -> None:
+                taken = registry.entries[_kind].get(name)
+                if taken is not None:
+                    registry.failures.append(PluginFailure(
+                        _plugin, _dist, f"{SINGULAR[_kind]} '{name}' is already registered "
+                                        f"by {taken.distribution} ({taken.plugin})"))
+                    return
+                registry.entries[_kind][name] = Entry(_kind, name, factory, _plugin, _dist)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # noqa: BLE001
+                registry.failures.append(PluginFailure(plugin, dist, _short(exc)))
+    return registry
+
+
+_cached: Registry | None = None
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The process-wide registry, built on first use."""
+    global _cached
+    if _cached is None or refresh:
+        _cached = build_registry()
+    return _cached
