@@ -1,0 +1,1 @@
+"""The one pretraining loop: optimiser and schedule, checkpoints, distributed, logging."""

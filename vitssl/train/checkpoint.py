@@ -1,0 +1,156 @@
+"""Checkpoints: safetensors weights + a tensors-only training state, written atomically.
+
+Layout of a run directory::
+
+    RUN/config.yaml
+    RUN/metrics.jsonl
+    RUN/checkpoints/step-00000100/model.safetensors   objective state dict, encoder under
+                                                      "encoder.", resolved config in metadata
+    RUN/checkpoints/step-00000100/state.pt            optimizer, scheduler, RNG, step
+
+A checkpoint directory is written under a temporary name and renamed when
+complete, so a killed run never leaves a half-written ``step-*`` directory.
+``state.pt`` holds only tensors and plain containers and is read with
+``torch.load(weights_only=True)``: loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vitssl.config import Config, config_from_dict, to_dict
+from vitssl.errors import VitsslError
+from vitssl.models import VisionTransformer, build_encoder
+
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+ENCODER_PREFIX = "encoder."
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as (step, directory), oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / WEIGHTS).is_file() and (child / STATE).is_file():
+            found.append((int(match[1]), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg: Config,
+                    state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``checkpoints/step-NNNNNNNN`` atomically and keep the newest ``keep``."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg))}
+    save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
+    torch.save({**state, "step": step}, tmp / STATE)
+    for path in (tmp / WEIGHTS, tmp / STATE):
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # the same step written again after a resume
+        old = root / f".old-{final.name}-{os.getpid()}"
+        final.rename(old)
+        shutil.rmtree(old)
+    tmp.rename(final)
+    for _, stale in list_checkpoints(run_dir)[:-max(1, keep)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def remove_partial(run_dir: str | Path) -> None:
+    """Delete temporary directories left by a run killed while saving."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def load_training_state(ckpt: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint directory (tensors and plain containers only)."""
+    return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=True)
+
+
+def _weights_file(path: str | Path) -> Path:
+    """Resolve a run directory, checkpoint directory or weights file to the weights file."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix != ".safetensors":
+            raise VitsslError(f"checkpoint '{p}' is not a .safetensors file; give a run "
+                              f"directory, a checkpoint directory or its {WEIGHTS}")
+        return p
+    if (p / WEIGHTS).is_file():
+        return p / WEIGHTS
+    if p.is_dir():
+        latest = latest_checkpoint(p)
+        if latest is not None:
+            return latest / WEIGHTS
+        raise VitsslError(f"no complete checkpoint in '{p}' (expected "
+                          f"{p / 'checkpoints'}/step-*/{WEIGHTS})")
+    raise VitsslError(f"checkpoint not found: '{p}'; give a run directory, a checkpoint "
+                      f"directory or a {WEIGHTS} file")
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, int]:
+    """(state dict, resolved config, step) of a checkpoint."""
+    file = _weights_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise VitsslError(f"'{file}' is not a readable safetensors file: {exc}") from None
+    if "config" not in metadata:
+        raise VitsslError(f"'{file}' carries no vitssl config in its metadata; it was not "
+                          f"written by vitssl pretrain")
+    cfg = config_from_dict(json.loads(metadata["config"]))
+    return load_file(str(file)), cfg, int(metadata.get("step", 0))
+
+
+def load_encoder(path: str | Path,
+                 device: str | torch.device = "cpu") -> tuple[VisionTransformer, Config]:
+    """(encoder in eval mode, its config) from a run directory or checkpoint.
+
+    ``path``: a run directory (its newest complete checkpoint), a checkpoint
+    directory ``checkpoints/step-N`` or the ``model.safetensors`` file itself.
+    """
+    tensors, cfg, _ = read_weights(path)
+    encoder = build_encoder(cfg.model)
+    state = {k[len(ENCODER_PREFIX):]: v for k, v in tensors.items()
+             if k.startswith(ENCODER_PREFIX)}
+    if not state:
+        raise VitsslError(f"checkpoint '{path}' holds no '{ENCODER_PREFIX}*' weights")
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise VitsslError(f"checkpoint '{path}' does not match its model config "
+                          f"{cfg.model.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return encoder.to(device).eval(), cfg
