@@ -1,0 +1,101 @@
+"""``few-shot``: closed-form few-shot linear evaluation (ViT paper §4.1, big_vision fewshot_lsr).
+
+For each seed, one permutation of the training set orders every class's
+examples; the ``s``-shot set takes the first ``s`` of each class, so the sets
+are nested across shot counts. A ridge classifier (λ = 2¹⁰ on standardised
+features plus a bias feature of 100, targets in {-1, 1}^K) is solved in closed
+form and scored on the whole test split. Reported: top-1 (percent) per shot
+count, averaged over seeds, as ``fewshot_{s}shot_top1``; with ``l2_sweep``,
+also ``fewshot_{s}shot_top1_l2_{λ}`` for every swept λ.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+import vitssl
+from vitssl.errors import VitsslError
+from vitssl.eval.features import cached_features
+from vitssl.eval.metrics import top1
+from vitssl.eval.ridge import DEFAULT_L2, FewShotRidge
+
+
+def _as_ints(value: Any, name: str) -> tuple[int, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        raise VitsslError(f"few-shot option '{name}' needs integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise VitsslError(f"few-shot option '{name}' needs positive integers, got {value!r}")
+    return out
+
+
+def class_orders(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
+    """For each class, its example indices in the order of one seeded permutation."""
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    return [perm[labels[perm] == c] for c in range(num_classes)]
+
+
+def fewshot_indices(orders: list[np.ndarray], shots: int) -> np.ndarray:
+    """The first ``shots`` examples of every class (nested: k-shot ⊂ (k+m)-shot)."""
+    return np.concatenate([order[:shots] for order in orders])
+
+
+class FewShot:
+    """Closed-form ridge on frozen features; shots (1, 5, 10, 25) as available, 3 seeds."""
+
+    def __init__(self, shots: Sequence[int] | int = (1, 5, 10, 25), seeds: int = 3,
+                 l2_reg: float = DEFAULT_L2, l2_sweep: Sequence[float] | None = None,
+                 batch_size: int = 256, progress: bool = True) -> None:
+        self.shots = tuple(sorted(set(_as_ints(shots, "shots"))))
+        self.seeds = _as_ints(seeds, "seeds")[0]
+        self.l2_reg = float(l2_reg)
+        self.l2_sweep = tuple(float(v) for v in (l2_sweep or ()))
+        if self.l2_reg <= 0 or any(v <= 0 for v in self.l2_sweep):
+            raise VitsslError("few-shot options 'l2_reg' and 'l2_sweep' need positive values")
+        self.batch_size = int(batch_size)
+        self.progress = bool(progress)
+
+    def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
+        train = cached_features(encoder, task.train, batch_size=self.batch_size,
+                                desc=f"{task.name} train features", show_progress=self.progress)
+        test = cached_features(encoder, task.test, batch_size=self.batch_size,
+                               desc=f"{task.name} test features", show_progress=self.progress)
+        labels = train.y.numpy()
+        counts = np.bincount(labels, minlength=task.num_classes)
+        fewest = int(counts.min())
+        shots = [s for s in self.shots if s <= fewest]
+        if not shots:
+            raise VitsslError(f"few-shot: task {task.name} has only {fewest} training "
+                              f"example(s) in its smallest class; shots must be <= {fewest}")
+        skipped = [s for s in self.shots if s > fewest]
+        if skipped:
+            print(f"few-shot: skipping shots {skipped} ({task.name} has {fewest} examples in "
+                  f"its smallest class)", file=sys.stderr)
+        l2s = (self.l2_reg,) + tuple(v for v in self.l2_sweep if v != self.l2_reg)
+        scores: dict[tuple[int, float], list[float]] = {}
+        for seed in range(self.seeds):
+            orders = class_orders(labels, task.num_classes, seed)
+            for s in shots:
+                idx = torch.from_numpy(fewshot_indices(orders, s))
+                model = FewShotRidge.fit(train.x[idx], train.y[idx], task.num_classes)
+                for l2 in l2s:
+                    scores.setdefault((s, l2), []).append(top1(model.predict(test.x, l2), test.y))
+        metrics: dict[str, float] = {}
+        for s in shots:
+            metrics[f"fewshot_{s}shot_top1"] = float(np.mean(scores[(s, self.l2_reg)]))
+        for s in shots:
+            for l2 in self.l2_sweep:
+                metrics[f"fewshot_{s}shot_top1_l2_{l2:g}"] = float(np.mean(scores[(s, l2)]))
+        return metrics
+
+
+@vitssl.hookimpl
+def register_evaluators(register):
+    register("few-shot", FewShot)

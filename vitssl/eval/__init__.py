@@ -1,0 +1,1 @@
+"""Shared evaluation helpers: feature extraction and caching, ridge regression, metrics."""
