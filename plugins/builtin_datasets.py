@@ -2,8 +2,13 @@
 
 import vitssl
 from vitssl.data.digits import Digits
+from vitssl.data.dsprites import DSpritesLoc, DSpritesOri
+from vitssl.data.photos import Photos
 
 
 @vitssl.hookimpl
 def register_datasets(register):
     register("digits", Digits)
+    register("dsprites-loc", DSpritesLoc)
+    register("dsprites-ori", DSpritesOri)
+    register("photos", Photos)

@@ -46,6 +46,8 @@ class DataConfig:
     augment: bool = True
     shuffle_buffer: int = 1000
     on_error: str = "skip"  # "skip" | "raise"
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect range of the random resized crop
+    resampled: bool | None = None  # wds: draw shards with replacement (None: when world_size > 1)
 
 
 @dataclass

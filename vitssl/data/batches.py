@@ -5,6 +5,11 @@ per-epoch permutation of the dataset and augmentation runs under an RNG
 seeded from (seed, step, rank). Resuming at step s therefore yields exactly
 the batches an uninterrupted run would have seen, with any number of workers,
 and ``world_size`` ranks each take their slice of the same global batch.
+
+An unreadable sample (:class:`~vitssl.data.decode.CorruptImage`) is replaced by
+the next readable dataset index, so batches stay full and deterministic; each
+replacement is logged and counted in the batch's ``"_skipped"`` entry, or is
+fatal with ``on_error="raise"``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vitssl.data.decode import CorruptImage
+from vitssl.data.skips import SkipLog
 from vitssl.data.transforms import normalize
 
 
@@ -45,12 +52,14 @@ class StepBatches(Dataset):
 
     def __init__(self, dataset: Dataset, transform: Callable, *, batch_size: int, seed: int,
                  mean: tuple[float, ...], std: tuple[float, ...], rank: int = 0,
-                 world_size: int = 1, num_steps: int) -> None:
+                 world_size: int = 1, num_steps: int, on_error: str = "skip") -> None:
         self.dataset, self.transform = dataset, transform
         self.batch_size, self.rank = batch_size, rank
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
         self.plan = BatchPlan(len(dataset), batch_size * world_size, seed)
         self.num_steps = num_steps
+        self.on_error = on_error
+        SkipLog(on_error)  # validates the setting up front
 
     def __len__(self) -> int:
         return self.num_steps
@@ -58,15 +67,26 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         indices = self.plan.indices(step)
         mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        errors = SkipLog(self.on_error)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 7_919 + step) * 101 + self.rank)
-            samples = [self.dataset[i] for i in mine]
+            samples = [self._read(i, errors) for i in mine]
             pixels = torch.stack([self.transform(image) for image, _ in samples])
-        batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std)}
+        batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std),
+                 "_skipped": torch.tensor(errors.take())}
         labels = torch.tensor([int(label) for _, label in samples], dtype=torch.long)
         if bool((labels >= 0).all()):
             batch["label"] = labels
         return batch
+
+    def _read(self, index: int, errors: SkipLog) -> tuple:
+        size = len(self.dataset)
+        for attempt in range(size):
+            try:
+                return self.dataset[(index + attempt) % size]
+            except CorruptImage as exc:
+                errors.skip(str(exc))
+        raise CorruptImage(f"no readable sample among all {size} in the dataset")
 
 
 def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0) -> Iterator:

@@ -1,16 +1,45 @@
-"""The one entry point the training loop uses to get pretraining batches from any spec."""
+"""The one entry point the training loop uses to get pretraining batches from any spec.
+
+Map-style specs (``builtin:``, ``folder:``, ``vtab1k:``) give deterministic
+batches: batch ``s`` is a pure function of (seed, s), so a resumed run sees
+exactly the batches of an uninterrupted one (:mod:`vitssl.data.batches`).
+``wds:`` specs stream shards; a run resumed at step s restarts the stream at
+a point fixed by (seed, s) (:mod:`vitssl.data.wds`).
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
 from vitssl.data.batches import StepBatches, step_loader
 from vitssl.data.sources import open_dataset
+from vitssl.data.spec import parse_spec
 from vitssl.data.transforms import pretrain_transform
+from vitssl.data.wds import ShardStream, expand_urls, first_sample
+from vitssl.errors import VitsslError
+
+
+def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches) -> Iterator[dict]:
+    """Strip each batch's ``"_skipped"`` count into ``owner.skipped``; worker errors -> one line."""
+    try:
+        for batch in batches:
+            owner.skipped += int(batch.pop("_skipped", 0))
+            yield batch
+    except VitsslError:
+        raise
+    except Exception as exc:
+        # A VitsslError raised in a DataLoader worker arrives wrapped with its traceback.
+        marker = "VitsslError: "
+        lines = [line for line in str(exc).splitlines() if marker in line]
+        if lines:
+            raise VitsslError(lines[-1].split(marker, 1)[1]) from None
+        raise
 
 
 @dataclass
@@ -19,7 +48,7 @@ class PretrainBatches:
 
     Each batch: ``"image"`` normalised float (B, 3, S, S), ``"pixels"`` the same
     images in [0, 1] before normalisation, and ``"label"`` long (B,) when the
-    data is labelled. ``skipped`` counts samples dropped as unreadable.
+    data is labelled. ``skipped`` counts samples dropped as unreadable so far.
     """
 
     batches: StepBatches
@@ -28,17 +57,53 @@ class PretrainBatches:
     labelled: bool
     skipped: int = field(default=0)
 
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.start_step)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return step_loader(self.batches, self.start_step, self.num_workers)
+        return _counted(step_loader(self.batches, self.start_step, self.num_workers), self)
+
+
+@dataclass
+class StreamBatches:
+    """Like :class:`PretrainBatches`, from a ``wds:`` stream: ``num_steps - start_step`` batches."""
+
+    stream: ShardStream
+    num_batches: int
+    num_workers: int
+    labelled: bool
+    skipped: int = field(default=0)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+                            persistent_workers=False)
+        return _counted(itertools.islice(iter(loader), self.num_batches), self)
 
 
 def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed: int,
                      num_steps: int, start_step: int = 0, rank: int = 0,
-                     world_size: int = 1) -> PretrainBatches:
+                     world_size: int = 1) -> PretrainBatches | StreamBatches:
     """Batches for pretraining; ``batch_size`` is per rank (global = batch_size * world_size)."""
-    dataset = open_dataset(cfg.spec, cfg.split)
-    transform = pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment)
+    transform = pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment,
+                                   getattr(cfg, "crop_ratio", (3 / 4, 4 / 3)))
+    spec = parse_spec(cfg.spec)
+    on_error = getattr(cfg, "on_error", "skip")
+    if spec.kind == "wds":
+        urls = expand_urls(spec.target)
+        labelled = "cls" in first_sample(urls)
+        resampled = getattr(cfg, "resampled", None)
+        stream = ShardStream(urls, transform, batch_size=batch_size, seed=seed,
+                             start_step=start_step, mean=cfg.mean, std=cfg.std,
+                             labelled=labelled, rank=rank, world_size=world_size,
+                             resampled=world_size > 1 if resampled is None else resampled,
+                             shuffle_buffer=cfg.shuffle_buffer, on_error=on_error)
+        return StreamBatches(stream, max(0, num_steps - start_step), cfg.num_workers, labelled)
+    dataset = open_dataset(spec, cfg.split)
     batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=cfg.mean,
-                          std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps)
+                          std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps,
+                          on_error=on_error)
     labelled = bool(getattr(dataset, "num_classes", None))
     return PretrainBatches(batches, start_step, cfg.num_workers, labelled)

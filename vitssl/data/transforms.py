@@ -13,12 +13,17 @@ from torchvision.transforms import v2
 
 
 def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.35, 1.0),
-                       hflip: bool = True, augment: bool = True) -> Callable:
-    """Random resized crop + horizontal flip (or plain resize when ``augment`` is off)."""
+                       hflip: bool = True, augment: bool = True,
+                       crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Callable:
+    """Random resized crop + horizontal flip (or plain resize when ``augment`` is off).
+
+    Randomness comes from torch's global RNG; callers seed it per batch.
+    """
     if not augment:
         return eval_transform(image_size)
     steps: list = [v2.ToImage(), v2.RGB(),
-                   v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True)]
+                   v2.RandomResizedCrop(image_size, scale=tuple(crop_scale),
+                                        ratio=tuple(crop_ratio), antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps.append(v2.ToDtype(torch.float32, scale=True))
@@ -32,7 +37,8 @@ def eval_transform(image_size: int, crop_fraction: float = 1.0) -> Callable:
                        v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True)])
 
 
-def normalize(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize(pixels: torch.Tensor, mean: tuple[float, ...],
+              std: tuple[float, ...]) -> torch.Tensor:
     """(..., 3, H, W) pixels in [0, 1] -> normalised."""
     m = pixels.new_tensor(mean).view(3, 1, 1)
     s = pixels.new_tensor(std).view(3, 1, 1)

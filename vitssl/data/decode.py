@@ -1,0 +1,49 @@
+"""Image files and bytes -> RGB PIL images, with one error type for unreadable ones."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from vitssl.errors import VitsslError
+
+# File suffixes read as images; the first three are stored in shards as they are.
+SHARD_EXTS = ("jpg", "png", "webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class CorruptImage(VitsslError):
+    """An image file or shard member that cannot be decoded (skippable in long runs)."""
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Fully decode ``data`` to an RGB image; :class:`CorruptImage` naming ``name`` if it fails."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+        raise CorruptImage(f"cannot decode image {name}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read and decode an image file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorruptImage(f"cannot read image {path}: {exc.strerror or exc}") from None
+    return decode_image(data, str(path))
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def shard_ext(path: Path) -> str | None:
+    """The shard key a file's bytes can be stored under unchanged, or None to re-encode."""
+    ext = path.suffix.lower().lstrip(".")
+    ext = "jpg" if ext == "jpeg" else ext
+    return ext if ext in SHARD_EXTS else None

@@ -1,0 +1,82 @@
+"""``folder:PATH``: class-per-subfolder image trees and flat unlabelled folders.
+
+- ``PATH/<class>/.../*.jpg``: labelled; classes are the sorted sub-folder names
+  (label = position in that order, as torchvision's ``ImageFolder``); images are
+  found recursively inside each class folder.
+- ``PATH/*.jpg`` with no sub-folders holding images: unlabelled (label -1).
+
+Splits: ``train`` is PATH itself unless PATH holds a ``train`` sub-folder; any
+other split ``S`` reads ``PATH/S``. Image suffixes: see
+:data:`vitssl.data.decode.IMAGE_EXTS` (case-insensitive); hidden files are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitssl.data.decode import IMAGE_EXTS, is_image_file, load_image, shard_ext
+from vitssl.errors import VitsslError
+
+
+def _images_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _split_root(path: Path, split: str) -> Path:
+    if not path.exists():
+        raise VitsslError(f"folder:{path}: no such directory")
+    if not path.is_dir():
+        raise VitsslError(f"folder:{path}: not a directory")
+    if (path / split).is_dir():
+        return path / split
+    if split == "train":
+        return path
+    raise VitsslError(f"folder:{path} has no split '{split}': expected a directory {path / split}")
+
+
+class ImageFolder(Dataset):
+    """Map-style dataset of (RGB PIL image, label) over an image tree."""
+
+    def __init__(self, path: str | Path, split: str = "train") -> None:
+        self.root = _split_root(Path(path).expanduser(), split)
+        subdirs = sorted(d for d in self.root.iterdir()
+                         if d.is_dir() and not d.name.startswith("."))
+        top = sorted(p for p in self.root.iterdir() if p.is_file() and is_image_file(p))
+        per_class = {d.name: _images_under(d) for d in subdirs}
+        if any(per_class.values()):
+            if top:
+                raise VitsslError(f"folder:{self.root} mixes images ({top[0].name}) with class "
+                                  f"folders; put every image inside a class folder, or use a "
+                                  f"flat folder for unlabelled data")
+            empty = [name for name, files in per_class.items() if not files]
+            if empty:
+                raise VitsslError(f"folder:{self.root}: class folder '{empty[0]}' has no images "
+                                  f"({', '.join(IMAGE_EXTS)})")
+            self.classes = list(per_class)
+            self.samples = [(p, label) for label, name in enumerate(self.classes)
+                            for p in per_class[name]]
+            self.num_classes: int | None = len(self.classes)
+        elif top:
+            self.classes = []
+            self.samples = [(p, -1) for p in top]
+            self.num_classes = None
+        else:
+            raise VitsslError(f"folder:{self.root} holds no images ({', '.join(IMAGE_EXTS)}), "
+                              f"neither directly nor in class sub-folders")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return load_image(path), label
+
+    def raw(self, index: int) -> tuple[bytes, str, int] | None:
+        """(file bytes, shard key, label) when the file can go into a shard unchanged."""
+        path, label = self.samples[index]
+        ext = shard_ext(path)
+        return (path.read_bytes(), ext, label) if ext else None
