@@ -31,15 +31,13 @@ def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches) ->
         for batch in batches:
             owner.skipped += int(batch.pop("_skipped", 0))
             yield batch
-    except VitsslError:
-        raise
-    except Exception as exc:
-        # A VitsslError raised in a DataLoader worker arrives wrapped with its traceback.
-        marker = "VitsslError: "
-        lines = [line for line in str(exc).splitlines() if marker in line]
-        if lines:
-            raise VitsslError(lines[-1].split(marker, 1)[1]) from None
-        raise
+    except VitsslError as exc:
+        # Raised in a DataLoader worker, it arrives with the worker's traceback in its
+        # message; its last line is "module.ErrorType: message".
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if len(lines) <= 1:
+            raise
+        raise VitsslError(lines[-1].split(": ", 1)[-1]) from None
 
 
 @dataclass

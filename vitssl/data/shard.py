@@ -151,9 +151,12 @@ def write_shards(spec: str | DataSpec, pattern: str, *, maxcount: int = 1000) ->
             writer = handle = None
     finally:
         progress.close()
-        if handle is not None:
-            handle.close()
-            partial.unlink(missing_ok=True)
+        if handle is not None:  # interrupted mid-shard: drop the partial file
+            try:
+                writer.close()
+            finally:
+                handle.close()
+                partial.unlink(missing_ok=True)
     if not written:
         raise VitsslError(f"'{spec}' has no samples to write")
     print(f"shard: wrote {count} samples in {len(written)} shard(s) "

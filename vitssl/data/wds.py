@@ -8,7 +8,9 @@ consecutive tar members sharing a key; its image is the ``jpg`` (or ``jpeg``,
 integer). The data counts as labelled when the first sample has ``cls``.
 
 Per rank and DataLoader worker the stream is: shard order → tar members →
-samples → shuffle buffer → decode + augment → batches of ``batch_size``.
+samples → shuffle buffer (emptied at the end of each pass over the shards, so
+a pass yields each of its samples once) → decode + augment → batches of
+``batch_size`` (batches may straddle passes).
 
 - Shard order. Without resampling, pass ``e = 0, 1, ...`` shuffles all shards
   with a seed from (seed, start_step, e); rank r takes every world_size-th shard
@@ -187,15 +189,17 @@ class ShardStream(IterableDataset):
             yield order[self.rank::self.world_size][worker::num_workers]
             epoch += 1
 
-    def samples(self, worker: int, num_workers: int, errors: SkipLog) -> Iterator[dict]:
+    def samples(self, worker: int, num_workers: int, errors: SkipLog,
+                rng: random.Random) -> Iterator[dict]:
+        """Raw samples, shuffled within each pass (the buffer is emptied at a pass's end)."""
         for urls in self.passes(worker, num_workers):
             if not urls:
                 return  # more workers than shards on this rank: this worker has none
             found = 0
-            for url in urls:
-                for sample in shard_samples(url, errors):
-                    found += 1
-                    yield sample
+            one_pass = (sample for url in urls for sample in shard_samples(url, errors))
+            for sample in shuffled(one_pass, self.shuffle_buffer, rng):
+                found += 1
+                yield sample
             if not found:
                 raise VitsslError(f"wds: no readable samples in {len(urls)} shard(s) "
                                   f"(e.g. {urls[0]})")
@@ -208,8 +212,7 @@ class ShardStream(IterableDataset):
         aug_state = torch.Generator().manual_seed(
             derive_seed(self.seed, self.start_step, self.rank, worker, 4)).get_state()
         pending: list[tuple[Any, int]] = []
-        for sample in shuffled(self.samples(worker, num_workers, errors), self.shuffle_buffer,
-                               rng):
+        for sample in self.samples(worker, num_workers, errors, rng):
             try:
                 pending.append(decode_sample(sample, self.labelled))
             except CorruptImage as exc:

@@ -1,0 +1,115 @@
+"""``vitssl shard``: folders and built-ins to webdataset shards and back, atomically."""
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitssl.cli import main
+from vitssl.data import shard as shard_module
+from vitssl.data.decode import decode_image
+from vitssl.data.shard import write_shards
+from vitssl.data.skips import SkipLog
+from vitssl.data.sources import open_dataset
+from vitssl.data.wds import expand_urls, shard_samples
+from vitssl.errors import VitsslError
+
+
+def _folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    formats = ["jpg", "png", "bmp", "webp"]
+    for label, name in enumerate(["cat", "dog"]):
+        for i in range(5):
+            pixels = rng.integers(0, 256, (12 + i, 17, 3), dtype=np.uint8)
+            path = root / name / f"img{i}.{formats[(i + label) % 4]}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+
+
+def _read_back(pattern: str) -> list[dict]:
+    errors = SkipLog("raise")
+    return [s for url in expand_urls(pattern) for s in shard_samples(url, errors)]
+
+
+def test_folder_round_trips_through_shards(tmp_path, capsys):
+    _folder(tmp_path / "imgs")
+    out = tmp_path / "shards" / "part-%03d.tar"
+    assert main(["shard", "--data", f"folder:{tmp_path / 'imgs'}", "--output", str(out),
+                 "--maxcount", "4"]) == 0
+    assert "wrote 10 samples in 3 shard(s)" in capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    assert names == ["part-000.tar", "part-001.tar", "part-002.tar"]
+    samples = _read_back(str(tmp_path / "shards" / "part-{000..002}.tar"))
+    source = open_dataset(f"folder:{tmp_path / 'imgs'}")
+    assert len(samples) == len(source) == 10
+    for index, sample in enumerate(samples):
+        path, label = source.samples[index]
+        assert sample["__key__"] == f"{index:08d}" and int(sample["cls"]) == label
+        ext = "png" if path.suffix == ".bmp" else path.suffix[1:]
+        assert [k for k in sample if not k.startswith("__")] == sorted(["cls", ext])
+        if path.suffix != ".bmp":  # stored unchanged, byte for byte
+            assert sample[ext] == path.read_bytes()
+        decoded = np.asarray(decode_image(sample[ext], "x"))
+        assert np.array_equal(decoded, np.asarray(source[index][0]))
+
+
+def test_builtin_tensors_round_trip_losslessly(tmp_path):
+    paths = write_shards("builtin:digits:test", str(tmp_path / "d-%02d.tar"), maxcount=200)
+    assert [p.name for p in paths] == ["d-00.tar", "d-01.tar", "d-02.tar"]
+    samples = _read_back(str(tmp_path / "d-{00..02}.tar"))
+    digits = open_dataset("builtin:digits:test")
+    assert len(samples) == len(digits) == 500
+    for index in (0, 1, 250, 499):
+        image, label = digits[index]
+        back = np.asarray(decode_image(samples[index]["png"], "x"))
+        assert np.array_equal(back, image.permute(1, 2, 0).numpy())
+        assert int(samples[index]["cls"]) == label
+
+
+def test_unlabelled_data_has_no_cls_and_wds_reshards(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(flat / f"{i}.png")
+    write_shards(f"folder:{flat}", str(tmp_path / "a-%d.tar"), maxcount=3)
+    first = _read_back(str(tmp_path / "a-{0..1}.tar"))
+    assert len(first) == 5 and all("cls" not in s for s in first)
+    write_shards(f"wds:{tmp_path}/a-{{0..1}}.tar", str(tmp_path / "b-%d.tar"), maxcount=5)
+    again = _read_back(str(tmp_path / "b-0.tar"))
+    assert [(s["__key__"], s["png"]) for s in again] == [(s["__key__"], s["png"]) for s in first]
+
+
+def test_interrupted_run_leaves_only_complete_shards(tmp_path, monkeypatch):
+    _folder(tmp_path / "imgs")
+    real = shard_module._map_samples
+
+    def failing(spec):
+        samples, total = real(spec)
+
+        def gen():
+            for i, sample in enumerate(samples):
+                if i == 6:
+                    raise KeyboardInterrupt
+                yield sample
+        return gen(), total
+
+    monkeypatch.setattr(shard_module, "_map_samples", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(f"folder:{tmp_path / 'imgs'}", str(tmp_path / "o" / "s-%d.tar"), maxcount=4)
+    # Shard 0 (4 samples) was completed; shard 1 was half written and must not exist.
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["s-0.tar"]
+    with tarfile.open(tmp_path / "o" / "s-0.tar") as tar:
+        assert len(tar.getnames()) == 8
+
+
+def test_bad_shard_arguments(tmp_path, capsys):
+    with pytest.raises(VitsslError, match="integer field"):
+        write_shards("builtin:digits", str(tmp_path / "fixed.tar"))
+    assert main(["shard", "--data", f"folder:{tmp_path / 'nope'}", "--output",
+                 str(tmp_path / "s-%d.tar")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: folder:") and "no such directory" in err and "\n" not in err
+    with pytest.raises(VitsslError, match="maxcount"):
+        write_shards("builtin:digits", str(tmp_path / "s-%d.tar"), maxcount=0)
