@@ -1,0 +1,179 @@
+"""``masked-patch``: masked patch prediction (Dosovitskiy et al. 2021, section 4.6, B.1.2).
+
+Corrupt ``floor(corrupt_ratio * N)`` patch embeddings per image after the linear
+projection and before the position embeddings: of those, ``mask_prob`` become a
+learnable [mask] embedding, ``random_prob`` the embedding of a random other patch
+of the same image, the rest stay unchanged. Each corrupted patch's own output
+token predicts its target through a linear head; the loss covers corrupted
+positions only.
+
+Targets (``target=``): ``mean-color`` (default) - the patch mean of the
+un-normalised pixels, each channel quantised to ``2**bits`` levels (512 classes
+for 3 bits); ``downsampled-4x4`` - the patch area-resized to 4x4, each of the 16
+cells quantised the same way (16 predictions of 512 classes); ``pixels`` - L2
+regression on the patch of the normalised image.
+
+Randomness: when the batch carries ``"sample_seed"`` (B,) the draws of sample
+``i`` come from a generator seeded with it, so a sample is corrupted the same
+way whichever rank or batch it lands in; otherwise the global torch RNG is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vitssl
+from vitssl.errors import VitsslError
+
+TARGETS = ("mean-color", "downsampled-4x4", "pixels")
+
+
+@dataclass
+class Corruption:
+    """Per image and patch (B, N): which patches were corrupted and how."""
+
+    corrupted: torch.Tensor  # bool, exactly k True per row
+    masked: torch.Tensor  # bool, replaced by the [mask] embedding
+    swapped: torch.Tensor  # bool, replaced by another patch's embedding
+    other: torch.Tensor  # long, the source patch for swapped positions (never itself)
+
+
+def patchify(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C, ph, pw) with N = grid rows * cols, row-major."""
+    b, c, h, w = images.shape
+    gh, gw = grid
+    ph, pw = h // gh, w // gw
+    x = images[:, :, :gh * ph, :gw * pw].reshape(b, c, gh, ph, gw, pw)
+    # "b c (h p) (w q) -> b (h w) c p q"
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, ph, pw)
+
+
+def quantise_colour(values: torch.Tensor, bits: int = 3) -> torch.Tensor:
+    """(..., 3) values in [0, 1] -> (...) class index ``r * L^2 + g * L + b``, L = 2**bits."""
+    levels = 2 ** bits
+    q = (values * levels).floor().clamp_(0, levels - 1).long()
+    return (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
+
+
+class MaskedPatchPrediction(nn.Module):
+    """Masked patch prediction around an encoder; ``forward(batch)`` -> loss and metrics."""
+
+    requires_labels = False
+
+    def __init__(self, encoder: nn.Module, target: str = "mean-color",
+                 corrupt_ratio: float = 0.5, mask_prob: float = 0.8, random_prob: float = 0.1,
+                 bits: int = 3) -> None:
+        super().__init__()
+        if target not in TARGETS:
+            raise VitsslError(f"unknown masked-patch target '{target}'; accepted: "
+                              f"{', '.join(TARGETS)}")
+        if not 0.0 < corrupt_ratio <= 1.0:
+            raise VitsslError(f"corrupt_ratio must be in (0, 1], got {corrupt_ratio}")
+        if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1.0 + 1e-9:
+            raise VitsslError(f"mask_prob and random_prob must be >= 0 with a sum <= 1, got "
+                              f"{mask_prob} and {random_prob}")
+        if not 1 <= int(bits) <= 8:
+            raise VitsslError(f"bits must be between 1 and 8, got {bits}")
+        self.encoder = encoder
+        self.target, self.corrupt_ratio = target, float(corrupt_ratio)
+        self.mask_prob, self.random_prob = float(mask_prob), float(random_prob)
+        self.bits = int(bits)
+        dim = encoder.embed_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.num_classes = 2 ** (3 * self.bits)
+        if target == "mean-color":
+            out = self.num_classes
+        elif target == "downsampled-4x4":
+            out = 16 * self.num_classes
+        else:
+            grid = encoder.grid_size
+            image = getattr(encoder.patch_embed, "image_size", None)
+            if image is None:
+                raise VitsslError("target=pixels needs a stem with an image_size")
+            ih, iw = (image, image) if isinstance(image, int) else image
+            out = 3 * (ih // grid[0]) * (iw // grid[1])
+        self.head = nn.Linear(dim, out)
+        nn.init.zeros_(self.head.bias)
+
+    # -- corruption ---------------------------------------------------------------------------
+    def num_corrupted(self, num_patches: int) -> int:
+        return int(self.corrupt_ratio * num_patches)  # floor
+
+    def draw(self, batch_size: int, num_patches: int, device: torch.device,
+             sample_seed: torch.Tensor | None = None) -> Corruption:
+        """Draw which patches to corrupt and how (uniform (B, 3, N) draws per sample)."""
+        if sample_seed is None:
+            u = torch.rand(batch_size, 3, num_patches, device=device)
+        else:
+            u = torch.stack([
+                torch.rand(3, num_patches, generator=torch.Generator().manual_seed(int(s)))
+                for s in sample_seed.tolist()]).to(device)
+        n, k = num_patches, self.num_corrupted(num_patches)
+        order = u[:, 0].argsort(dim=1)
+        corrupted = torch.zeros(batch_size, n, dtype=torch.bool, device=device)
+        corrupted.scatter_(1, order[:, :k], True)
+        choice = u[:, 1]
+        masked = corrupted & (choice < self.mask_prob)
+        swapped = corrupted & (choice >= self.mask_prob) & (choice < self.mask_prob +
+                                                              self.random_prob)
+        if n < 2:
+            swapped = torch.zeros_like(swapped)
+        # A uniform index over the N - 1 other patches: skip over the patch itself.
+        other = (u[:, 2] * (n - 1)).long().clamp_(max=max(n - 2, 0))
+        other = other + (other >= torch.arange(n, device=device)).long()
+        return Corruption(corrupted, masked, swapped, other.clamp_(max=n - 1))
+
+    def corrupt(self, tokens: torch.Tensor, plan: Corruption) -> torch.Tensor:
+        """Apply a corruption plan to patch embeddings (B, N, D)."""
+        d = tokens.shape[-1]
+        others = tokens.gather(1, plan.other.unsqueeze(-1).expand(-1, -1, d))
+        out = torch.where(plan.masked.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        return torch.where(plan.swapped.unsqueeze(-1), others, out)
+
+    # -- targets ------------------------------------------------------------------------------
+    def targets(self, batch: dict[str, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N) classes for mean-color, (B, N, 16) for downsampled-4x4, (B, N, 3ph pw) pixels."""
+        if self.target == "pixels":
+            return patchify(batch["image"].float(), grid).flatten(2)
+        pixels = batch.get("pixels")
+        if pixels is None:
+            raise VitsslError("masked-patch colour targets need the un-normalised 'pixels' in "
+                              "the batch")
+        patches = patchify(pixels.float(), grid)  # (B, N, 3, ph, pw)
+        if self.target == "mean-color":
+            return quantise_colour(patches.mean(dim=(-2, -1)), self.bits)
+        b, n, c, ph, pw = patches.shape
+        small = F.adaptive_avg_pool2d(patches.reshape(b * n, c, ph, pw), 4)  # (BN, 3, 4, 4)
+        small = small.reshape(b, n, c, 16).transpose(-1, -2)  # (B, N, 16, 3)
+        return quantise_colour(small, self.bits)
+
+    # -- the objective ------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        images = batch["image"]
+        encoder = self.encoder
+        grid = encoder.grid_for(images.shape[-2], images.shape[-1])
+        tokens = encoder.embed_patches(images)  # (B, N, D), no position embeddings yet
+        b, n, _ = tokens.shape
+        plan = self.draw(b, n, tokens.device, batch.get("sample_seed"))
+        features = encoder.encode(self.corrupt(tokens, plan), grid=grid)
+        out = features[:, encoder.num_prefix_tokens:][plan.corrupted]  # (B k, D)
+        pred = self.head(out).float()
+        target = self.targets(batch, grid)[plan.corrupted]
+        if self.target == "pixels":
+            loss = F.mse_loss(pred, target)
+            return {"loss": loss, "mse": float(loss.detach())}
+        if self.target == "downsampled-4x4":
+            pred = pred.reshape(-1, 16, self.num_classes)
+        loss = F.cross_entropy(pred.reshape(-1, self.num_classes), target.reshape(-1))
+        accuracy = (pred.detach().argmax(-1) == target).float().mean()
+        return {"loss": loss, "accuracy": float(accuracy)}
+
+
+@vitssl.hookimpl
+def register_objectives(register):
+    register("masked-patch", MaskedPatchPrediction)
