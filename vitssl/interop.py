@@ -64,7 +64,56 @@ def _stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
             raise _unsupported("dynamic image padding")
         return PatchEmbed(tuple(patch_embed.img_size), patch_embed.patch_size[0],
                           patch_embed.proj.in_channels, embed_dim)
+    if type(patch_embed).__name__ == "HybridEmbed":
+        return _hybrid_stem_from_timm(patch_embed, embed_dim)
     raise _unsupported(f"the patch embedding {type(patch_embed).__name__}")
+
+
+def _hybrid_stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
+    """The ``resnet-hybrid`` stem with the layout of timm's HybridEmbed over a ResNetV2.
+
+    Only the paper's hybrid backbone maps: ``ResNetV2(preact=False, stem_type='same')``
+    with weight-standardised "SAME" convolutions, GroupNorm + ReLU and no dilation.
+    """
+    backbone = patch_embed.backbone
+    names = lambda module: [type(m).__name__ for m in module.children()]
+    if type(backbone).__name__ != "ResNetV2" or not _is_identity(backbone.norm):
+        raise _unsupported(f"the hybrid backbone {type(backbone).__name__} (only ResNetV2 "
+                           f"with preact=False maps)")
+    if names(backbone.stem) != ["StdConv2dSame", "GroupNormAct", "MaxPool2dSame"]:
+        raise _unsupported("a hybrid ResNet stem other than 'same' 7x7 conv, norm, max pool")
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in backbone.modules() if isinstance(m, nn.GroupNorm)]
+    eps = backbone.stem.conv.eps
+    if any(type(c).__name__ != "StdConv2dSame" or c.dilation != (1, 1) or c.groups != 1
+           or c.bias is not None or c.eps != eps for c in convs):
+        raise _unsupported("hybrid convolutions other than plain weight-standardised 'SAME'")
+    groups = norms[0].num_groups
+    if any(type(n).__name__ != "GroupNormAct" or n.num_groups != groups or n.eps != 1e-5
+           or type(n.act).__name__ not in ("ReLU", "Identity") for n in norms):
+        raise _unsupported("hybrid norms other than GroupNorm(eps=1e-5) + ReLU")
+    for i, stage in enumerate(backbone.stages):
+        for j, block in enumerate(stage.blocks):
+            stride = (1 if i == 0 else 2) if j == 0 else 1
+            if (type(block).__name__ != "Bottleneck" or block.conv2.stride != (stride, stride)
+                    or block.conv1.out_channels != block.conv3.out_channels // 4
+                    or (block.downsample is None) != (j > 0)):
+                raise _unsupported(f"hybrid block {i}.{j} (only ResNet v1.5 bottlenecks)")
+    proj = patch_embed.proj
+    if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride \
+            or proj.kernel_size[0] != proj.kernel_size[1]:
+        raise _unsupported("a hybrid projection other than a square patchifying conv")
+    layers = tuple(len(stage.blocks) for stage in backbone.stages)
+    reduction = 4 * 2 ** (len(layers) - 1)
+    from vitssl.plugins import get_registry
+
+    factory = get_registry().get("stems", "resnet-hybrid")
+    return factory(image_size=tuple(patch_embed.img_size),
+                   patch_size=reduction * proj.kernel_size[0],
+                   in_chans=backbone.stem.conv.in_channels, embed_dim=embed_dim, layers=layers,
+                   channels=tuple(stage.blocks[0].conv3.out_channels
+                                  for stage in backbone.stages),
+                   stem_width=backbone.stem.conv.out_channels, num_groups=groups, ws_eps=eps)
 
 
 def from_timm(model: Any) -> VisionTransformer:
