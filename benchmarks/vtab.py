@@ -1,0 +1,83 @@
+"""VTAB-1k over a vtab-1k folder tree, or over the embedded tasks when none is given.
+
+    python benchmarks/vtab.py --checkpoint RUN [--data-root DIR] [--tasks a,b]
+        [--protocol paper|petl|quick] [--adapt finetune|linear-probe]
+        [--image-size N] [--output results.json] [--resume] [--device auto|cpu|cuda]
+
+Every task runs through the ``vtab`` evaluator (sweep on train800 -> val200,
+retrain on train800val200, test top-1). The table (per task, group means, the
+plain mean over tasks and the mean of group means, reference rows from
+PAPER.md) is printed and written to ``--output`` (JSON) and its ``.md`` twin
+after every task. Default protocol: ``paper`` with ``--data-root``, ``quick``
+(CPU-sized) on the embedded tasks. Exit status 1 when a task failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vitssl.errors import VitsslError
+from vitssl.eval.vtab_protocol import ADAPTATIONS, PROTOCOLS
+from vitssl.eval.vtab_report import format_text
+from vitssl.eval.vtab_suite import (
+    default_output,
+    encoder_at,
+    resolve_device,
+    run_suite,
+    select_tasks,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint")
+    p.add_argument("--data-root", help="vtab-1k tree (one folder per task); default: "
+                                       "the embedded tasks")
+    p.add_argument("--tasks", help="comma-separated task names (default: all present)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="default: paper with --data-root, quick on the embedded tasks")
+    p.add_argument("--adapt", choices=tuple(ADAPTATIONS), default="finetune")
+    p.add_argument("--image-size", type=int, help="default: the checkpoint's resolution")
+    p.add_argument("--output", help="results JSON (default: RUN/vtab-PROTOCOL-ADAPT.json)")
+    p.add_argument("--resume", action="store_true", help="skip tasks already in --output")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from vitssl.plugins import get_registry
+        from vitssl.train.checkpoint import load_encoder
+
+        protocol = args.protocol or ("paper" if args.data_root else "quick")
+        tasks, problems = select_tasks(args.data_root, args.tasks)
+        encoder, cfg = load_encoder(args.checkpoint, device=resolve_device(args.device))
+        encoder, image_size = encoder_at(encoder, cfg, args.image_size)
+        evaluator = get_registry().get("evaluators", "vtab")(protocol=protocol,
+                                                             adapt=args.adapt)
+        output = Path(args.output) if args.output else default_output(
+            args.checkpoint, protocol, args.adapt)
+        print(f"vtab: {len(tasks)} task(s), protocol {protocol}, {args.adapt}, {image_size} px; "
+              f"results -> {output}", file=sys.stderr, flush=True)
+        doc = run_suite(checkpoint=args.checkpoint, encoder=encoder,
+                        mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                        image_size=image_size, tasks=tasks, problems=problems,
+                        evaluator=evaluator, protocol=protocol, adapt=args.adapt,
+                        output=output, resume=args.resume)
+    except VitsslError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished tasks are in the output file (use --resume)",
+              file=sys.stderr)
+        return 130
+    print(format_text(doc))
+    print(f"written: {output} and {output.with_suffix('.md')}")
+    return 1 if doc["summary"]["num_failed"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""``vtab``: the VTAB-1k protocol on one task, delegating each training to another evaluator.
+
+For every candidate setting of the protocol (``paper``, ``petl``, ``quick``;
+see :mod:`vitssl.eval.vtab_protocol`) it trains on train800 and scores
+val200, keeps the best, retrains on train800val200 and reports test top-1.
+Each training is a run of the ``finetune`` evaluator (or ``linear-probe``
+with ``adapt="linear-probe"``) on a fresh copy of the encoder. Splits: see
+:mod:`vitssl.eval.vtab_splits` (``vtab1k:`` lists as shipped; a task with
+only train/test gets 800/200 carved from train).
+
+Reported: ``vtab_top1`` (test), ``vtab_val200_top1`` (the chosen setting),
+``vtab_chosen_lr`` / ``vtab_chosen_steps`` (or ``_epochs``),
+``vtab_val200_top1[SETTING]`` per candidate, ``vtab_time_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from torch import nn
+
+import vitssl
+from vitssl.errors import VitsslError
+from vitssl.eval.vtab_protocol import (
+    ADAPTATIONS,
+    Setting,
+    VtabOutcome,
+    pick_top1,
+    protocol_settings,
+    run_protocol,
+)
+from vitssl.eval.vtab_splits import as_vtab_task
+from vitssl.plugins import get_registry
+
+
+def _steps_to_epochs(options: dict[str, Any], train_size: int) -> int:
+    """Epochs giving the setting's optimizer steps (full batches only, as linear-probe trains)."""
+    if "epochs" in options:
+        return int(options["epochs"])
+    batch = min(int(options["batch_size"]), train_size)
+    return max(1, math.ceil(int(options["steps"]) / max(1, train_size // batch)))
+
+
+def linear_probe_options(options: dict[str, Any], train_size: int) -> dict[str, Any]:
+    """A protocol setting as ``linear-probe`` options (SGD momentum 0.9, cosine, one lr / wd)."""
+    return {"optimizer": "sgd", "lr": float(options["lr"]),
+            "weight_decay": float(options.get("weight_decay", 0.0)),
+            "epochs": _steps_to_epochs(options, train_size),
+            "batch_size": int(options["batch_size"])}
+
+
+TRANSLATE = {"linear-probe": linear_probe_options}
+
+
+class Vtab:
+    """VTAB-1k protocol: sweep on train800 → val200, retrain on train800val200, test top-1."""
+
+    def __init__(self, protocol: str = "paper", adapt: str = "finetune",
+                 options: dict[str, Any] | None = None, seed: int = 0,
+                 progress: bool = True) -> None:
+        if adapt not in ADAPTATIONS:
+            raise VitsslError(f"vtab: unknown adapt '{adapt}'; accepted: "
+                              f"{', '.join(ADAPTATIONS)}")
+        self.protocol = protocol
+        self.settings = protocol_settings(protocol)
+        if adapt == "linear-probe" and any(s.options["optimizer"] != "sgd"
+                                           for s in self.settings):
+            raise VitsslError(f"vtab: protocol '{protocol}' trains with AdamW, which "
+                              f"linear-probe does not offer; use protocol paper or quick")
+        self.adapt = adapt
+        self.extra = dict(options or {})
+        self.seed = int(seed)
+        self.progress = bool(progress)
+
+    def _train_and_score(self, encoder: nn.Module, task: Any, setting: Setting) -> float:
+        name = ADAPTATIONS[self.adapt]
+        factory = get_registry().get("evaluators", name)
+        options = TRANSLATE[name](setting.options, len(task.train))
+        evaluator = factory(**{**options, "progress": self.progress, **self.extra})
+        return pick_top1(evaluator.run(encoder, task), name)
+
+    def _log(self, message: str) -> None:
+        if self.progress:
+            print(f"vtab: {message}", file=sys.stderr, flush=True)
+
+    def evaluate(self, encoder: nn.Module, task: Any) -> VtabOutcome:
+        """The full outcome (chosen setting, val scores, time) on one task."""
+        return run_protocol(encoder, as_vtab_task(task, self.seed), self.settings,
+                            self._train_and_score, self._log,
+                            copy_encoder=self.adapt != "linear-probe")
+
+    def run(self, encoder: nn.Module, task: Any) -> dict[str, float]:
+        return self.evaluate(encoder, task).metrics()
+
+
+@vitssl.hookimpl
+def register_evaluators(register):
+    register("vtab", Vtab)

@@ -1,0 +1,131 @@
+"""The four splits of the VTAB-1k protocol for any labelled spec.
+
+``vtab1k:PATH/TASK`` folders and the embedded dSprites tasks ship their own
+``train800`` / ``val200`` / ``train800val200`` / ``test`` splits. A dataset
+with only ``train`` / ``test`` (``builtin:digits``, ``folder:``) gets them
+carved from its ``train`` split: one seed-0 permutation, ``train800`` = its
+first 800 examples, ``val200`` = the next 200, ``train800val200`` = both
+(with fewer than 1,000 examples: the first 80% and the rest). ``test`` is the
+dataset's own test split, whole.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
+from vitssl.data.spec import DataSpec, parse_spec
+from vitssl.data.tasks import Task, Transformed, load_task
+from vitssl.errors import VitsslError
+
+TRAIN, VAL = 800, 200
+
+
+@dataclass
+class VtabTask:
+    """A task with the protocol's splits; ``train`` / ``test`` as any evaluator expects.
+
+    ``train`` is ``train800val200`` (the final training set), ``test`` the test split.
+    """
+
+    name: str
+    train800: Dataset
+    val200: Dataset
+    train: Dataset
+    test: Dataset
+    num_classes: int
+
+    def selection_task(self) -> Task:
+        """Train on train800, score on val200."""
+        return Task(f"{self.name} train800->val200", self.train800, self.val200, self.num_classes)
+
+    def final_task(self) -> Task:
+        """Train on train800val200, score on test."""
+        return Task(f"{self.name} train800val200->test", self.train, self.test,
+                    self.num_classes)
+
+
+def carve_indices(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train800, val200) indices of a dataset of ``n`` examples: a seeded permutation."""
+    if n < 2:
+        raise VitsslError(f"cannot carve train800/val200 from {n} training example(s)")
+    train = TRAIN if n >= TRAIN + VAL else max(1, (4 * n) // 5)
+    val = VAL if n >= TRAIN + VAL else n - train
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:train]), np.sort(perm[train:train + val])
+
+
+def carve(train: Dataset, test: Dataset, num_classes: int, name: str,
+          seed: int = 0) -> VtabTask:
+    """Protocol splits carved from a ``train`` split (see the module docstring)."""
+    tr, va = carve_indices(len(train), seed)
+    both = np.sort(np.concatenate([tr, va]))
+    return VtabTask(name, Subset(train, tr.tolist()), Subset(train, va.tolist()),
+                    Subset(train, both.tolist()), test, num_classes)
+
+
+def _has_native_splits(spec: DataSpec) -> bool:
+    if spec.kind == "vtab1k":
+        return True
+    if spec.kind != "builtin":
+        return False
+    from vitssl.data.sources import open_dataset
+
+    try:
+        open_dataset(DataSpec(spec.kind, spec.target), "val200")
+    except VitsslError:
+        return False
+    return True
+
+
+def load_vtab_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN,
+                   std: tuple[float, ...] = IMAGENET_STD, seed: int = 0) -> VtabTask:
+    """The protocol's four splits of a labelled spec, with evaluation transforms applied."""
+    parsed = parse_spec(spec)
+    if parsed.split:
+        raise VitsslError(f"'{spec}': give the task without a split; the VTAB protocol "
+                          f"uses train800, val200, train800val200 and test")
+    if _has_native_splits(parsed):
+        select = load_task(spec, image_size, mean=mean, std=std, train_split="train800",
+                           test_split="val200")
+        final = load_task(spec, image_size, mean=mean, std=std, train_split="train800val200",
+                          test_split="test")
+        return VtabTask(final.name, select.train, select.test, final.train, final.test,
+                        final.num_classes)
+    task = load_task(spec, image_size, mean=mean, std=std, train_split="train",
+                     test_split="test")
+    return carve(task.train, task.test, task.num_classes, task.name, seed)
+
+
+def as_vtab_task(task, seed: int = 0) -> VtabTask:  # noqa: ANN001 - any evaluator task
+    """The protocol splits of whatever task an evaluator was handed.
+
+    A :class:`VtabTask` is used as is. A task whose name is a spec with native
+    VTAB splits (``vtab1k:``, embedded dSprites) and whose ``train`` is a
+    transformed dataset is reopened split by split with the same transform, so
+    ``vitssl eval --evaluator vtab --data vtab1k:PATH/TASK`` sees the real
+    train800 / val200 lists. Anything else is carved from ``task.train``.
+    """
+    if isinstance(task, VtabTask):
+        return task
+    try:
+        spec = parse_spec(str(task.name))
+    except VitsslError:
+        spec = None
+    if spec is not None and isinstance(task.train, Transformed) and _has_native_splits(spec):
+        from vitssl.data.sources import open_dataset
+
+        base = DataSpec(spec.kind, spec.target)
+
+        def like(split: str) -> Transformed:
+            view = copy.copy(task.train)
+            view.dataset = open_dataset(base, split)
+            return view
+
+        return VtabTask(task.name, like("train800"), like("val200"), like("train800val200"),
+                        task.test, task.num_classes)
+    return carve(task.train, task.test, task.num_classes, str(task.name), seed)

@@ -1,0 +1,187 @@
+"""The VTAB-1k suite over many tasks: task discovery, encoder loading, the resumable run.
+
+``benchmarks/vtab.py`` is a thin command line over :func:`run_suite`.
+Tasks come from a vtab-1k tree (one folder per task, named as in the VTAB
+table) or, without one, from the embedded tasks, which need no download.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitssl.data.vtab1k import LIST_SPLITS, VTAB_CLASSES
+from vitssl.errors import VitsslError
+from vitssl.eval.vtab_report import (
+    load_document,
+    new_document,
+    task_group,
+    write_document,
+)
+from vitssl.eval.vtab_splits import VtabTask, load_vtab_task
+
+# Embedded tasks: name -> spec. dSprites ship VTAB splits; digits gets 800/200 carved.
+EMBEDDED_TASKS = {"dsprites-loc": "builtin:dsprites-loc", "dsprites-ori": "builtin:dsprites-ori",
+                  "digits": "builtin:digits"}
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class TaskRef:
+    """A task to run: its display name and data spec."""
+
+    name: str
+    spec: str
+
+
+def _parse_names(tasks: str | list[str] | None) -> list[str] | None:
+    if tasks is None:
+        return None
+    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    names = [n.strip() for n in names if n.strip()]
+    return names or None
+
+
+def select_tasks(data_root: str | Path | None,
+                 tasks: str | list[str] | None = None) -> tuple[list[TaskRef], list[str]]:
+    """(tasks to run, one problem line per missing or unusable task folder).
+
+    Unknown task names are an error listing the known ones. With ``data_root``,
+    without ``tasks``, every folder named after a VTAB task is taken; a root
+    holding none is an error.
+    """
+    names = _parse_names(tasks)
+    if data_root is None:
+        known = list(EMBEDDED_TASKS)
+        unknown = [n for n in names or [] if n not in EMBEDDED_TASKS]
+        if unknown:
+            raise VitsslError(f"unknown embedded task(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(known)} (or give --data-root for vtab-1k folders)")
+        return [TaskRef(n, EMBEDDED_TASKS[n]) for n in names or known], []
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise VitsslError(f"--data-root {root} is not a directory")
+    if names:
+        unknown = [n for n in names if n not in VTAB_CLASSES]
+        if unknown:
+            raise VitsslError(f"unknown VTAB task(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(VTAB_CLASSES)}")
+        chosen = names
+    else:
+        chosen = [n for n in VTAB_CLASSES if (root / n).is_dir()]
+        if not chosen:
+            raise VitsslError(f"--data-root {root} holds no task folder named after a VTAB "
+                              f"task ({', '.join(VTAB_CLASSES)})")
+    refs, problems = [], []
+    for name in chosen:
+        folder = root / name
+        if not folder.is_dir():
+            problems.append(f"{name}: missing task folder {folder}")
+            continue
+        missing = [s for s in LIST_SPLITS if not (folder / f"{s}.txt").is_file()]
+        if missing:
+            problems.append(f"{name}: missing list file(s) "
+                            + ", ".join(str(folder / f"{s}.txt") for s in missing))
+            continue
+        refs.append(TaskRef(name, f"vtab1k:{folder}"))
+    return refs, problems
+
+
+def encoder_at(encoder: nn.Module, cfg: Any, image_size: int | None) -> tuple[nn.Module, int]:
+    """The encoder rebuilt for ``image_size`` (position embeddings resampled), and the size.
+
+    ``None`` or the checkpoint's own size returns the encoder unchanged.
+    """
+    native = int(cfg.model.image_size)
+    if image_size is None or int(image_size) == native:
+        return encoder, native
+    from vitssl.models import build_encoder
+
+    resized = build_encoder(replace(cfg.model, image_size=int(image_size)))
+    resized.load_state_dict(encoder.state_dict())  # resamples pos_embed to the new grid
+    device = next(encoder.parameters()).device
+    return resized.to(device).eval(), int(image_size)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VitsslError("--device cuda: no CUDA device is available; use auto or cpu")
+    return torch.device(device)
+
+
+def default_output(checkpoint: str | Path, protocol: str, adapt: str) -> Path:
+    """``RUN/vtab-PROTOCOL-ADAPT.json`` next to the checkpoint's run directory."""
+    path = Path(checkpoint)
+    run = path if path.is_dir() else path.parent
+    if run.parent.name == "checkpoints":  # RUN/checkpoints/step-N
+        run = run.parent.parent
+    return run / f"vtab-{protocol}-{adapt}.json"
+
+
+def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
+              std: tuple[float, ...], image_size: int, tasks: list[TaskRef],
+              problems: list[str], evaluator: Any, protocol: str, adapt: str,
+              output: str | Path, resume: bool = False, log: Log = _stderr) -> dict[str, Any]:
+    """Run ``evaluator`` (a ``vtab`` evaluator) on every task; write JSON + Markdown as it goes.
+
+    Each finished task is written at once, so an interrupted suite can
+    ``resume``; a task that fails (unreadable folder, training error) is
+    recorded with its one-line error and the rest continue.
+    """
+    output = Path(output)
+    if resume and output.is_file():
+        doc = load_document(output, protocol=protocol, adapt=adapt, image_size=image_size)
+    else:
+        doc = new_document(str(checkpoint), protocol, adapt, image_size)
+    for line in problems:
+        log(f"vtab: {line}")
+        name = line.split(":", 1)[0]
+        if doc["tasks"].get(name, {}).get("status") != "ok":
+            doc["tasks"][name] = {"status": "failed", "group": task_group(name),
+                                  "error": line.split(": ", 1)[-1]}
+    write_document(doc, output)
+    for i, ref in enumerate(tasks, start=1):
+        previous = doc["tasks"].get(ref.name)
+        if resume and previous is not None and previous.get("status") == "ok":
+            log(f"vtab: [{i}/{len(tasks)}] {ref.name}: done earlier "
+                f"(top-1 {previous['top1']:.2f}), skipped")
+            continue
+        log(f"vtab: [{i}/{len(tasks)}] {ref.name} ({ref.spec})")
+        start = time.monotonic()
+        try:
+            task = load_vtab_task(ref.spec, image_size, mean=mean, std=std)
+            task = VtabTask(ref.name, task.train800, task.val200, task.train, task.test,
+                            task.num_classes)
+            outcome = evaluator.evaluate(encoder, task)
+        except Exception as exc:  # noqa: BLE001 - one failing task must not stop the suite
+            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VitsslError) \
+                else str(exc)
+            message = message.splitlines()[0] if message else type(exc).__name__
+            log(f"vtab: {ref.name}: failed: {message}")
+            doc["tasks"][ref.name] = {"status": "failed", "group": task_group(ref.name),
+                                      "error": message, "time_s": time.monotonic() - start}
+        else:
+            doc["tasks"][ref.name] = {
+                "status": "ok", "group": task_group(ref.name), "spec": ref.spec,
+                "top1": outcome.top1, "setting_name": outcome.setting.name,
+                "setting": outcome.setting.options, "val_top1": outcome.val_top1,
+                "train_sizes": [len(task.train800), len(task.val200), len(task.train)],
+                "test_size": len(task.test), "time_s": time.monotonic() - start}
+            log(f"vtab: {ref.name}: test top-1 {outcome.top1:.2f} with {outcome.setting.name} "
+                f"({time.monotonic() - start:.0f}s)")
+        write_document(doc, output)
+    return doc
