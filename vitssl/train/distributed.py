@@ -1,0 +1,83 @@
+"""Process groups under ``torchrun``: NCCL on GPU, gloo on CPU; one process otherwise."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vitssl.errors import VitsslError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process trains and which share of the global batch it owns."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name not in DEVICES:
+        raise VitsslError(f"unknown device '{name}'; accepted: {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VitsslError("--device cuda was requested but no CUDA device is available; "
+                          "use --device cpu or auto")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the process group ``torchrun`` describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    where = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if where.type == "cuda":
+            torch.cuda.set_device(where)
+        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
+    return Context(rank, world, where)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The mean of a tensor over ranks (a no-op in one process)."""
+    if ctx.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= ctx.world_size
+    return values
+
+
+def broadcast_text(text: str, ctx: Context) -> str:
+    """Rank 0's string on every rank (e.g. a timestamped run directory)."""
+    if not ctx.distributed:
+        return text
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()

@@ -1,0 +1,281 @@
+"""The one pretraining loop: any objective plugin, one process or ``torchrun`` DDP.
+
+Step ``s`` consumes data steps ``s * accum .. s * accum + accum - 1`` of the
+deterministic batch pipeline; each sample also gets a seed (``"sample_seed"``)
+from its position in the run's sample stream, which objectives may use for
+their own randomness. Together with the saved optimizer, scheduler and RNG
+states this makes a resumed run repeat an uninterrupted one step for step,
+and a run on N ranks match one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vitssl.config import Config, save_config
+from vitssl.data.pipeline import pretrain_batches
+from vitssl.errors import VitsslError
+from vitssl.models import build_encoder
+from vitssl.plugins import get_registry
+from vitssl.train import distributed
+from vitssl.train.checkpoint import (
+    WEIGHTS,
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    remove_partial,
+    save_checkpoint,
+)
+from vitssl.train.optim import build_optimizer
+from vitssl.train.runlog import RunLog, read_metrics, truncate_metrics
+from vitssl.train.schedule import build_scheduler
+from vitssl.train.summary import few_shot_comparison, format_summary
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FINAL_WINDOW = 10  # steps averaged for the summary's final loss and metrics
+
+
+def sample_seeds(seed: int, first: int, count: int) -> torch.Tensor:
+    """Seeds of samples ``first .. first + count - 1`` of the run's sample stream.
+
+    A sample's seed depends only on its position in the stream, so it is the
+    same whatever the number of ranks or accumulation steps.
+    """
+    base = (seed + 1) * 2 ** 40
+    return torch.arange(base + first, base + first + count, dtype=torch.long)
+
+
+def _check(cfg: Config, world_size: int) -> int:
+    """Validate the train section; return the per-rank micro-batch size."""
+    tc = cfg.train
+    if tc.precision not in PRECISIONS:
+        raise VitsslError(f"unknown train.precision '{tc.precision}'; accepted: "
+                          f"{', '.join(PRECISIONS)}")
+    if tc.steps < 1 or tc.batch_size < 1 or tc.accum_steps < 1:
+        raise VitsslError("train.steps, train.batch_size and train.accum_steps must be >= 1")
+    share = world_size * tc.accum_steps
+    if tc.batch_size % share:
+        raise VitsslError(f"train.batch_size {tc.batch_size} must be divisible by "
+                          f"world size x accum_steps = {share}")
+    if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
+        raise VitsslError("train.checkpoint_every and train.keep_checkpoints must be >= 1")
+    return tc.batch_size // share
+
+
+def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = distributed.broadcast_text(f"runs/{cfg.objective.name}-{stamp}", ctx)
+    return Path(name)
+
+
+def _build_objective(cfg: Config) -> nn.Module:
+    factory = get_registry().get("objectives", cfg.objective.name)
+    torch.manual_seed(cfg.train.seed)
+    encoder = build_encoder(cfg.model)
+    try:
+        return factory(encoder=encoder, **cfg.objective.options)
+    except TypeError as exc:
+        raise VitsslError(f"objective '{cfg.objective.name}' does not accept options "
+                          f"{cfg.objective.options}: {exc}") from None
+
+
+def _metrics(out: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(out.items())
+            if k != "loss" and isinstance(v, (int, float, torch.Tensor))}
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Pretrain ``cfg.model`` with ``cfg.objective``; return (and print) the run summary."""
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _pretrain(cfg, resume, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, Any]:
+    tc = cfg.train
+    micro = _check(cfg, ctx.world_size)
+    run_dir = _run_dir(cfg, ctx)
+    cfg.out = str(run_dir)
+    device = ctx.device
+    objective = _build_objective(cfg)
+
+    ckpt = None
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+    elif list_checkpoints(run_dir):
+        raise VitsslError(f"run directory '{run_dir}' already holds checkpoints; pass --resume "
+                          f"to continue it or choose another --out")
+    state = load_training_state(ckpt) if ckpt is not None else None
+    start = int(state["step"]) if state is not None else 0
+    if start > tc.steps:
+        raise VitsslError(f"checkpoint {ckpt} is at step {start}, past train.steps={tc.steps}")
+
+    batches = pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
+                               seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
+                               start_step=start * tc.accum_steps, rank=ctx.rank,
+                               world_size=ctx.world_size)
+    if getattr(objective, "requires_labels", False) and not batches.labelled:
+        raise VitsslError(f"objective '{cfg.objective.name}' needs labels but '{cfg.data.spec}' "
+                          f"is unlabelled; use a labelled spec such as builtin:digits")
+
+    objective.to(device)
+    optimizer = build_optimizer(objective, lr=tc.lr, weight_decay=tc.weight_decay,
+                                betas=tuple(tc.betas))
+    scheduler = build_scheduler(optimizer, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
+                                min_lr=tc.min_lr, schedule=tc.schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    if state is not None:
+        objective.load_state_dict(load_file(str(ckpt / WEIGHTS), device=str(device)))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    data: Iterator = iter(batches)
+    if state is not None:
+        _set_rng_state(state["rng"], device)
+    else:
+        torch.manual_seed(tc.seed * 7_919 + 17 + ctx.rank)
+
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial(run_dir)
+        truncate_metrics(run_dir, start)
+        save_config(cfg, run_dir / "config.yaml")
+    distributed.barrier(ctx)
+
+    model: nn.Module = objective
+    if ctx.distributed:
+        model = DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    log = RunLog(run_dir, total_steps=tc.steps, start_step=start, log_every=tc.log_every,
+                 tensorboard=cfg.log.tensorboard, enabled=ctx.is_main)
+    if ctx.is_main:
+        where = f"{ctx.world_size} processes on {device.type}" if ctx.distributed else str(device)
+        what = f"resuming from {ckpt.name}" if ckpt is not None else (
+            "no checkpoint found, starting at step 0" if resume else "starting")
+        log.message(f"pretrain {cfg.objective.name}: {cfg.model.name} at "
+                    f"{cfg.model.image_size}px, {tc.steps} steps x {tc.batch_size} images on "
+                    f"{where}; {what}; run directory {run_dir}")
+
+    autocast_dtype = PRECISIONS[tc.precision]
+    params = [p for p in objective.parameters() if p.requires_grad]
+    last_good = ckpt
+    images_seen, train_time = 0, 0.0
+    model.train()
+    step = start
+    try:
+        for step in range(start, tc.steps):
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, metric_sums = 0.0, {}
+            for i in range(tc.accum_steps):
+                data_step = step * tc.accum_steps + i
+                with torch.random.fork_rng(devices=[]):  # data RNG stays apart
+                    batch = {k: v.to(device, non_blocking=True) for k, v in next(data).items()}
+                first = (data_step * ctx.world_size + ctx.rank) * micro
+                batch["sample_seed"] = sample_seeds(tc.seed, first, micro).to(device)
+                sync = (model.no_sync() if ctx.distributed and i < tc.accum_steps - 1
+                        else contextlib.nullcontext())
+                with sync:
+                    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        out = model(batch)
+                    loss = out["loss"]
+                    scaler.scale(loss / tc.accum_steps).backward()
+                loss_sum += float(loss.detach())
+                for k, v in _metrics(out).items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + v
+            names = sorted(metric_sums)
+            reduced = distributed.all_mean(torch.tensor(
+                [loss_sum] + [metric_sums[k] for k in names], dtype=torch.float64,
+                device=device) / tc.accum_steps, ctx).tolist()
+            if not math.isfinite(reduced[0]):
+                kept = f"the last good checkpoint is {last_good}" if last_good else \
+                    "no checkpoint was written yet"
+                raise VitsslError(f"loss became non-finite ({reduced[0]}) at step {step + 1}; "
+                                  f"stopping without applying it; {kept} (try a lower "
+                                  f"train.lr or train.precision=fp32)")
+            scaler.unscale_(optimizer)
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            dt = time.perf_counter() - t0
+            images_seen += tc.batch_size
+            train_time += dt
+            log.log({"step": step + 1, "loss": reduced[0], **dict(zip(names, reduced[1:],
+                                                                       strict=True)),
+                     "lr": lr, "images_per_s": tc.batch_size / dt})
+            done = step + 1
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                if ctx.is_main:
+                    last_good = save_checkpoint(
+                        run_dir, done, objective, cfg,
+                        {"optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                         "rng": _rng_state(device), "data_step": done * tc.accum_steps},
+                        keep=tc.keep_checkpoints)
+                distributed.barrier(ctx)
+    finally:
+        log.close()
+
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": tc.steps,
+                               "world_size": ctx.world_size}
+    if not ctx.is_main:
+        return summary
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= tc.steps]
+    window = records[-FINAL_WINDOW:]
+    keys = [k for k in (window[-1] if window else {}) if k not in ("step", "loss", "lr",
+                                                                   "images_per_s")]
+    summary.update({
+        "final_loss": sum(r["loss"] for r in window) / max(1, len(window)),
+        "final_window": len(window),
+        "final_metrics": {k: sum(r[k] for r in window) / len(window) for k in keys},
+        "images_per_s": images_seen / train_time if train_time else 0.0,
+        "skipped": int(getattr(batches, "skipped", 0)),
+        "train_s": train_time,
+    })
+    encoder = getattr(objective, "encoder", None)
+    if cfg.summary_eval.enabled and encoder is not None:
+        log_tty = sys.stderr.isatty()
+        print("few-shot check: pretrained encoder vs random init ...", file=sys.stderr,
+              flush=True)
+        summary["few_shot"] = few_shot_comparison(encoder, cfg, device,
+                                                  progress=log_tty)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_summary(summary), flush=True)
+    return summary
