@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 
@@ -20,20 +24,63 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                           f"k {tuple(k.shape)}, v {tuple(v.shape)}")
 
 
+@functools.cache
+def _triton_module() -> ModuleType | ImportError:
+    """The Triton kernel module, imported on first use (after TRITON_INTERPRET is set)."""
+    try:
+        from vitssl.kernels import triton_attention
+    except ImportError as err:  # no triton wheel for this platform
+        return err
+    return triton_attention
+
+
+def triton_available() -> bool:
+    """Whether the triton package imports here."""
+    return not isinstance(_triton_module(), ImportError)
+
+
+@functools.cache
+def _warn_dropout_fallback() -> None:
+    warnings.warn("the triton attention kernel has no dropout; attention with dropout_p > 0 "
+                  "runs on torch SDPA instead", stacklevel=3)
+
+
+def _sdpa(q, k, v, scale, dropout_p):  # noqa: ANN001, ANN202
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto",
               scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q kᵀ · scale) v over the last two dimensions; scale defaults to D^-1/2.
 
     ``backend``: ``"triton"`` (our fused kernel), ``"sdpa"`` (torch's
-    scaled_dot_product_attention), ``"reference"`` (plain math) or ``"auto"``.
+    scaled_dot_product_attention), ``"reference"`` (plain math) or ``"auto"``
+    (Triton for CUDA tensors it supports, else SDPA). The Triton kernel has no
+    dropout: with ``dropout_p > 0`` the ``"triton"`` backend warns once and runs
+    SDPA, and ``"auto"`` picks SDPA.
     """
     _check(q, k, v)
+    if backend not in BACKENDS:
+        raise VitsslError(f"unknown attention backend '{backend}'; accepted: "
+                          f"{', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "sdpa"
+        module = _triton_module()
+        use_triton = (q.is_cuda and dropout_p == 0.0 and not isinstance(module, ImportError)
+                      and q.dtype != torch.float64
+                      and module.unsupported_reason(q, k, v) is None)
+        backend = "triton" if use_triton else "sdpa"
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        return _sdpa(q, k, v, scale, dropout_p)
     if backend == "reference":
         return reference_attention(q, k, v, scale=scale, dropout_p=dropout_p)
-    if backend == "triton":
-        raise VitsslError("the triton attention backend is not available in this build")
-    raise VitsslError(f"unknown attention backend '{backend}'; accepted: {', '.join(BACKENDS)}")
+    module = _triton_module()
+    if isinstance(module, ImportError):
+        raise VitsslError(f"the triton attention backend needs the triton package, which "
+                          f"does not import here ({module}); use backend 'sdpa' or 'auto'")
+    reason = module.unsupported_reason(q, k, v)
+    if reason is not None:
+        raise VitsslError(reason)
+    if dropout_p > 0.0:
+        _warn_dropout_fallback()
+        return _sdpa(q, k, v, scale, dropout_p)
+    return module.triton_attention(q, k, v, scale=scale)

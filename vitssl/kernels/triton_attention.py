@@ -1,0 +1,362 @@
+"""Fused attention in Triton (FlashAttention-2 style), forward and backward, for ViT shapes.
+
+softmax(q kᵀ · scale) v for (B, H, N, D) tensors with any strides whose last
+stride is 1 (views of one packed qkv projection need no copy), any N >= 1
+(ragged last tiles are masked) and any D <= 256 (padded to a power of two with
+a mask). fp16 / bf16 / fp32 inputs accumulate in fp32; fp64 inputs (for
+gradcheck) accumulate in fp64.
+
+Forward: one program per (batch·head, block of BLOCK_M queries) streams the
+keys in tiles of BLOCK_N with an online softmax, so no N×N matrix is ever
+stored; it saves the log-sum-exp (base 2) per query row for the backward.
+
+Backward, deterministic (no atomics): delta = rowsum(dO ∘ O); one kernel per
+block of keys accumulates dK and dV over all query blocks; another per block
+of queries accumulates dQ over all key blocks. Gradients come back in the
+memory layout of the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from vitssl.kernels.attention_configs import (
+    INTERPRETER_CONFIG,
+    BlockConfig,
+    backward_kv_configs,
+    backward_q_configs,
+    forward_configs,
+    head_block,
+    interpreting,
+    n_bucket,
+    prune_for_head_dim,
+)
+
+LOG2E = 1.4426950408889634
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_HEAD_DIM = 256
+
+
+# -- kernels ------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, Out, LSE,
+              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+              H, N, D, qk_scale, N_BUCKET,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * sqb + h * sqh
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    Out += b * sob + h * soh
+    LSE += bh.to(tl.int64) * N
+
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    dim_ok = dims < D
+    q = tl.load(Q + rows[:, None] * sqn + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), ACC)  # running max of the scaled scores
+    l_i = tl.zeros([BLOCK_M], ACC)  # running sum of exp2(score - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        kt = tl.load(K + cols[None, :] * skn + dims[:, None],
+                     mask=dim_ok[:, None] & col_ok[None, :], other=0.0)  # (D, BLOCK_N)
+        v = tl.load(V + cols[:, None] * svn + dims[None, :],
+                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION, out_dtype=ACC)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    tl.store(Out + rows[:, None] * son + dims[None, :], acc.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & dim_ok[None, :])
+    tl.store(LSE + rows, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_delta(Out, DO, DELTA, sob, soh, son, sdb, sdh, sdn, H, N, D,
+                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    mask = (rows < N)[:, None] & (dims < D)[None, :]
+    o = tl.load(Out + b * sob + h * soh + rows[:, None] * son + dims[None, :], mask=mask,
+                other=0.0).to(ACC)
+    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdn + dims[None, :], mask=mask,
+                 other=0.0).to(ACC)
+    tl.store(DELTA + bh.to(tl.int64) * N + rows, tl.sum(o * do, 1), mask=rows < N)
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+                   sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+                   sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
+                   H, N, D, qk_scale, sm_scale, N_BUCKET,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   UPCAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * sqb + h * sqh
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    DO += b * sdb + h * sdh
+    DK += b * sdkb + h * sdkh
+    DV += b * sdvb + h * sdvh
+    LSE += bh.to(tl.int64) * N
+    DELTA += bh.to(tl.int64) * N
+
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok = cols < N
+    dim_ok = dims < D
+    kv_mask = col_ok[:, None] & dim_ok[None, :]
+    k = tl.load(K + cols[:, None] * skn + dims[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + cols[:, None] * svn + dims[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    for start in range(0, N, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = rows < N
+        qt = tl.load(Q + rows[None, :] * sqn + dims[:, None],
+                     mask=dim_ok[:, None] & row_ok[None, :], other=0.0)  # (D, BLOCK_M)
+        do = tl.load(DO + rows[:, None] * sdn + dims[None, :],
+                     mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        if UPCAST:
+            qt = qt.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+        st = tl.dot(k, qt, input_precision=PRECISION, out_dtype=ACC) * qk_scale  # (BLOCK_N, M)
+        pt = tl.exp2(st - lse[None, :])
+        pt = tl.where(col_ok[:, None] & row_ok[None, :], pt, 0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION, out_dtype=ACC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION, out_dtype=ACC)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION, out_dtype=ACC)
+
+    dk = dk * sm_scale
+    tl.store(DK + cols[:, None] * sdkn + dims[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + cols[:, None] * sdvn + dims[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+                 sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+                 sdqb, sdqh, sdqn,
+                 H, N, D, qk_scale, sm_scale, N_BUCKET,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 UPCAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * sqb + h * sqh
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    DO += b * sdb + h * sdh
+    DQ += b * sdqb + h * sdqh
+    LSE += bh.to(tl.int64) * N
+    DELTA += bh.to(tl.int64) * N
+
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    dim_ok = dims < D
+    q_mask = row_ok[:, None] & dim_ok[None, :]
+    q = tl.load(Q + rows[:, None] * sqn + dims[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + rows[:, None] * sdn + dims[None, :], mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        t_mask = dim_ok[:, None] & col_ok[None, :]
+        kt = tl.load(K + cols[None, :] * skn + dims[:, None], mask=t_mask, other=0.0)
+        vt = tl.load(V + cols[None, :] * svn + dims[:, None], mask=t_mask, other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        dp = tl.dot(do, vt, input_precision=PRECISION, out_dtype=ACC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION, out_dtype=ACC)
+
+    dq = dq * sm_scale
+    tl.store(DQ + rows[:, None] * sdqn + dims[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
+
+
+_PRUNE = {"early_config_prune": prune_for_head_dim}
+_KEY = ["N_BUCKET", "BLOCK_D"]  # the autotuner adds the tensors' dtypes to the key
+_attn_fwd_tuned = triton.autotune(forward_configs(), key=_KEY, prune_configs_by=_PRUNE)(_attn_fwd)
+_attn_bwd_dkdv_tuned = triton.autotune(backward_kv_configs(), key=_KEY,
+                                       prune_configs_by=_PRUNE)(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(backward_q_configs(), key=_KEY,
+                                     prune_configs_by=_PRUNE)(_attn_bwd_dq)
+
+
+# -- launches -----------------------------------------------------------------------------
+
+
+def _buffer(like: torch.Tensor, shape: tuple[int, ...] | None = None,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised buffer for a kernel to fill: ``like``'s layout, or a fresh ``shape``.
+
+    Every kernel output goes through here, so tests can poison them all.
+    """
+    if shape is None:
+        return torch.empty_like(like, dtype=dtype)
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+
+
+def _bhn(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _statics(q: torch.Tensor) -> dict:
+    """Constexprs shared by every kernel: tile width, upcast, dot precision, accumulator."""
+    upcast = q.dtype == torch.bfloat16 and interpreting()  # the interpreter has no bf16 math
+    return {"BLOCK_D": head_block(q.shape[-1]), "UPCAST": upcast,
+            "PRECISION": "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
+            "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32}
+
+
+def _tiles(config: BlockConfig | None) -> tuple[dict, bool]:
+    """Launch kwargs for a fixed config, or ({}, True) to let the autotuner choose."""
+    if config is None and not interpreting():
+        return {}, True
+    config = config or INTERPRETER_CONFIG
+    return {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+            "num_warps": config.num_warps, "num_stages": config.num_stages}, False
+
+
+def _forward(q, k, v, scale: float, config: BlockConfig | None):
+    b, h, n, d = q.shape
+    o = _buffer(q)  # same dimension order as q: (B, N, H, D) for packed qkv
+    stats = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = _buffer(q, (b * h, n), stats)
+    tiles, tuned = _tiles(config)
+    kernel = _attn_fwd_tuned if tuned else _attn_fwd
+    grid = lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))
+    kernel[grid](q, k, v, o, lse, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(o),
+                 h, n, d, scale * LOG2E, n_bucket(n), **_statics(q), **tiles)
+    return o, lse
+
+
+def _backward(do, q, k, v, o, lse, scale: float, config: BlockConfig | None):
+    b, h, n, d = q.shape
+    statics = _statics(q)
+    delta = _buffer(lse)
+    block_m = 64 if not interpreting() else INTERPRETER_CONFIG.block_m
+    _attn_bwd_delta[(b * h, triton.cdiv(n, block_m))](
+        o, do, delta, *_bhn(o), *_bhn(do), h, n, d,
+        BLOCK_M=block_m, BLOCK_D=statics["BLOCK_D"], ACC=statics["ACC"])
+
+    dq, dk, dv = _buffer(q), _buffer(k), _buffer(v)
+    tiles, tuned = _tiles(config)
+    common = (h, n, d, scale * LOG2E, scale, n_bucket(n))
+    strides = (*_bhn(q), *_bhn(k), *_bhn(v), *_bhn(do))
+    kernel = _attn_bwd_dkdv_tuned if tuned else _attn_bwd_dkdv
+    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_N"]))](
+        q, k, v, do, lse, delta, dk, dv, *strides, *_bhn(dk), *_bhn(dv), *common,
+        **statics, **tiles)
+    kernel = _attn_bwd_dq_tuned if tuned else _attn_bwd_dq
+    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))](
+        q, k, v, do, lse, delta, dq, *strides, *_bhn(dq), *common, **statics, **tiles)
+    return dq, dk, dv
+
+
+class FusedAttention(torch.autograd.Function):
+    """Autograd wrapper: the forward saves (q, k, v, o, lse); the backward recomputes P."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, config):  # noqa: ANN001
+        q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+        o, lse = _forward(q, k, v, scale, config)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        ctx.config = config
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):  # noqa: ANN001
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(_last_dim_unit(do), q, k, v, o, lse, ctx.scale, ctx.config)
+        return dq, dk, dv, None, None
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the Triton kernel cannot take these tensors, or None if it can."""
+    if v.shape != q.shape:
+        return (f"the triton attention backend needs v shaped like q, got q {tuple(q.shape)} "
+                f"and v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+        return (f"the triton attention backend needs q, k, v of one dtype among float16, "
+                f"bfloat16, float32, float64; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        return f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return (f"the triton attention backend supports head dims up to {MAX_HEAD_DIM}, "
+                f"got {q.shape[-1]}")
+    if q.shape[2] < 1 or q.shape[-1] < 1:
+        return f"attention needs N >= 1 and D >= 1, got shape {tuple(q.shape)}"
+    if q.device.type != "cuda" and not interpreting():
+        return ("the triton attention backend needs CUDA tensors (or TRITON_INTERPRET=1 set "
+                f"before triton is imported, to run on CPU); got {q.device.type} tensors")
+    return None
+
+
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     scale: float | None = None, config: BlockConfig | None = None
+                     ) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v with the fused kernels; differentiable in q, k, v.
+
+    ``config`` fixes the tile sizes (default: autotuned on CUDA, a small fixed
+    config under the interpreter). Call ``unsupported_reason`` first.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if q.shape[0] * q.shape[1] == 0:  # nothing to launch; plain math keeps autograd happy
+        return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+    return FusedAttention.apply(q, k, v, scale, config)
