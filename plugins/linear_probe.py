@@ -1,0 +1,95 @@
+"""``linear-probe``: a linear classifier on frozen features, settings chosen on validation.
+
+A validation split is carved from the training set; every (learning rate,
+weight decay) pair of the sweep is trained on the rest and scored on it; the
+best pair is retrained on the whole training set and scored once on the test
+split. The classifier is BatchNorm without affine parameters followed by a
+linear layer (as MAE), trained on cached features with SGD (momentum 0.9,
+cosine schedule) or full-batch L-BFGS. Reported (percent): ``linear_probe_top1``
+on test and ``linear_probe_val_top1``, with the chosen ``linear_probe_lr`` and
+``linear_probe_wd``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import vitssl
+from vitssl.errors import VitsslError
+from vitssl.eval.features import cached_features
+from vitssl.eval.linear import (
+    OPTIMIZERS,
+    LinearClassifiers,
+    split_train_val,
+    train_lbfgs,
+    train_sgd,
+)
+from vitssl.eval.metrics import top1
+
+
+def _floats(value: Any, name: str) -> tuple[float, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise VitsslError(f"linear-probe option '{name}' needs numbers, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise VitsslError(f"linear-probe option '{name}' needs non-negative numbers, "
+                          f"got {value!r}")
+    return out
+
+
+class LinearProbe:
+    """BatchNorm + linear classifier on frozen features; lr / weight-decay sweep on a val split."""
+
+    def __init__(self, optimizer: str = "sgd", lr: Sequence[float] | float = (0.01, 0.1, 1.0),
+                 weight_decay: Sequence[float] | float = (0.0, 1e-4, 1e-3),
+                 epochs: int = 100, batch_size: int = 256, lbfgs_iters: int = 300,
+                 val_fraction: float = 0.2, seed: int = 0, feature_batch_size: int = 256,
+                 progress: bool = True) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise VitsslError(f"linear-probe option 'optimizer' must be one of "
+                              f"{', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise VitsslError(f"linear-probe option 'val_fraction' must be in (0, 1), "
+                              f"got {val_fraction!r}")
+        self.optimizer = optimizer
+        # L-BFGS runs a line search: its learning rate is not a setting worth sweeping.
+        self.lrs = (1.0,) if optimizer == "lbfgs" else _floats(lr, "lr")
+        self.wds = _floats(weight_decay, "weight_decay")
+        self.epochs, self.batch_size = int(epochs), int(batch_size)
+        self.lbfgs_iters, self.val_fraction = int(lbfgs_iters), float(val_fraction)
+        self.seed, self.feature_batch_size = int(seed), int(feature_batch_size)
+        self.progress = bool(progress)
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+             settings: list[tuple[float, float]]) -> LinearClassifiers:
+        if self.optimizer == "lbfgs":
+            return train_lbfgs(x, y, num_classes, [wd for _, wd in settings],
+                               iterations=self.lbfgs_iters)
+        return train_sgd(x, y, num_classes, settings, epochs=self.epochs,
+                         batch_size=self.batch_size, seed=self.seed)
+
+    def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
+        train = cached_features(encoder, task.train, batch_size=self.feature_batch_size,
+                                desc=f"{task.name} train features", show_progress=self.progress)
+        test = cached_features(encoder, task.test, batch_size=self.feature_batch_size,
+                               desc=f"{task.name} test features", show_progress=self.progress)
+        fit_idx, val_idx = split_train_val(len(train.y), self.val_fraction, self.seed)
+        settings = [(lr, wd) for lr in self.lrs for wd in self.wds]
+        sweep = self._fit(train.x[fit_idx], train.y[fit_idx], task.num_classes, settings)
+        val_scores = [top1(s, train.y[val_idx]) for s in sweep.logits(train.x[val_idx])]
+        best = max(range(len(settings)), key=lambda i: (val_scores[i], -i))  # ties: first
+        final = self._fit(train.x, train.y, task.num_classes, [settings[best]])
+        lr, wd = settings[best]
+        return {"linear_probe_top1": top1(final.logits(test.x)[0], test.y),
+                "linear_probe_val_top1": val_scores[best], "linear_probe_lr": lr,
+                "linear_probe_wd": wd}
+
+
+@vitssl.hookimpl
+def register_evaluators(register):
+    register("linear-probe", LinearProbe)
