@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitssl.data.decode import CorruptImage
 from vitssl.data.skips import SkipLog
-from vitssl.data.transforms import normalize
+from vitssl.data.transforms import normalize, to_float
 
 
 @dataclass
@@ -47,8 +47,26 @@ class BatchPlan:
         return torch.randperm(self.dataset_size, generator=g).tolist()
 
 
+def finish_batch(batch: dict[str, torch.Tensor], mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """A compact batch (``"pixels_uint8"``) -> ``"pixels"`` in [0, 1] and normalised ``"image"``.
+
+    Batches cross from DataLoader workers as uint8 and are finished in the
+    main process: a quarter of the float pixels' bytes, and one tensor not two.
+    """
+    if "pixels_uint8" in batch:
+        pixels = to_float(batch.pop("pixels_uint8"))
+        batch["pixels"] = pixels
+        batch["image"] = normalize(pixels, mean, std)
+    return batch
+
+
 class StepBatches(Dataset):
-    """Item ``step`` is this rank's share of global batch ``step`` as a batch dict."""
+    """Item ``step`` is this rank's share of global batch ``step`` as a batch dict.
+
+    ``transform`` maps an image to a (3, S, S) tensor: float in [0, 1], or uint8
+    (then the item holds ``"pixels_uint8"``, finished by :func:`finish_batch`).
+    """
 
     def __init__(self, dataset: Dataset, transform: Callable, *, batch_size: int, seed: int,
                  mean: tuple[float, ...], std: tuple[float, ...], rank: int = 0,
@@ -72,8 +90,11 @@ class StepBatches(Dataset):
             torch.manual_seed((self.seed * 7_919 + step) * 101 + self.rank)
             samples = [self._read(i, errors) for i in mine]
             pixels = torch.stack([self.transform(image) for image, _ in samples])
-        batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std),
-                 "_skipped": torch.tensor(errors.take())}
+        if pixels.dtype == torch.uint8:
+            batch = {"pixels_uint8": pixels}
+        else:
+            batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std)}
+        batch["_skipped"] = torch.tensor(errors.take())
         labels = torch.tensor([int(label) for _, label in samples], dtype=torch.long)
         if bool((labels >= 0).all()):
             batch["label"] = labels

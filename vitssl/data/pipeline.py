@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
-from vitssl.data.batches import StepBatches, step_loader
+from vitssl.data.batches import StepBatches, finish_batch, step_loader
 from vitssl.data.sources import open_dataset
 from vitssl.data.spec import parse_spec
 from vitssl.data.transforms import pretrain_transform
@@ -25,12 +25,16 @@ from vitssl.data.wds import ShardStream, expand_urls, first_sample
 from vitssl.errors import VitsslError
 
 
-def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches) -> Iterator[dict]:
-    """Strip each batch's ``"_skipped"`` count into ``owner.skipped``; worker errors -> one line."""
+def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches,
+             mean: tuple[float, ...], std: tuple[float, ...]) -> Iterator[dict]:
+    """Finish each batch, moving its ``"_skipped"`` count to ``owner.skipped``.
+
+    Errors raised in workers come out as one line.
+    """
     try:
         for batch in batches:
             owner.skipped += int(batch.pop("_skipped", 0))
-            yield batch
+            yield finish_batch(batch, mean, std)
     except VitsslError as exc:
         # Raised in a DataLoader worker, it arrives with the worker's traceback in its
         # message; its last line is "module.ErrorType: message".
@@ -59,7 +63,8 @@ class PretrainBatches:
         return max(0, len(self.batches) - self.start_step)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return _counted(step_loader(self.batches, self.start_step, self.num_workers), self)
+        loader = step_loader(self.batches, self.start_step, self.num_workers)
+        return _counted(loader, self, self.batches.mean, self.batches.std)
 
 
 @dataclass
@@ -78,7 +83,8 @@ class StreamBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                             persistent_workers=False)
-        return _counted(itertools.islice(iter(loader), self.num_batches), self)
+        return _counted(itertools.islice(iter(loader), self.num_batches), self, self.stream.mean,
+                        self.stream.std)
 
 
 def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed: int,
@@ -86,7 +92,7 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed:
                      world_size: int = 1) -> PretrainBatches | StreamBatches:
     """Batches for pretraining; ``batch_size`` is per rank (global = batch_size * world_size)."""
     transform = pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment,
-                                   getattr(cfg, "crop_ratio", (3 / 4, 4 / 3)))
+                                   getattr(cfg, "crop_ratio", (3 / 4, 4 / 3)), as_uint8=True)
     spec = parse_spec(cfg.spec)
     on_error = getattr(cfg, "on_error", "skip")
     if spec.kind == "wds":

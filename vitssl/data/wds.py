@@ -84,12 +84,13 @@ def shard_samples(url: str, errors: SkipLog) -> Iterator[dict[str, Any]]:
     from webdataset.gopen import gopen
 
     current: dict[str, Any] | None = None
-    done = False
+    last_key, done = None, False
     try:
         stream = gopen(url, "rb")
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
+                    tar.members = []  # stream mode would keep every header in memory
                     if not member.isreg():
                         continue
                     directory, _, name = member.name.rpartition("/")
@@ -98,6 +99,7 @@ def shard_samples(url: str, errors: SkipLog) -> Iterator[dict[str, Any]]:
                         continue
                     key = f"{directory}/{stem}" if directory else stem
                     if current is not None and current["__key__"] != key:
+                        last_key = current["__key__"]
                         yield current
                         current = None
                     if current is None:
@@ -111,7 +113,8 @@ def shard_samples(url: str, errors: SkipLog) -> Iterator[dict[str, Any]]:
                 if done:
                     raise
     except Exception as exc:  # noqa: BLE001 - tarfile, gzip, pipes and sockets all differ
-        where = f"at key {current['__key__']}" if current else "before any complete sample"
+        where = (f"at key {current['__key__']}" if current
+                 else f"after key {last_key}" if last_key else "before its first sample")
         errors.skip(f"shard {url} is truncated or unreadable {where}: "
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return
@@ -158,9 +161,11 @@ def shuffled(items: Iterable[Any], buffer: int, rng: random.Random) -> Iterator[
 class ShardStream(IterableDataset):
     """An endless stream of batch dicts from webdataset shards (one rank; split by worker).
 
-    Each batch: ``"image"`` normalised (B, 3, S, S), ``"pixels"`` in [0, 1],
-    ``"label"`` when labelled, and ``"_skipped"`` the samples this worker
-    skipped since its previous batch.
+    Each batch: the transform's outputs stacked — ``"pixels_uint8"`` (B, 3, S, S)
+    for a uint8 transform (see :func:`~vitssl.data.batches.finish_batch`), else
+    ``"pixels"`` in [0, 1] and normalised ``"image"`` — ``"label"`` when
+    labelled, and ``"_skipped"`` the samples this worker skipped since its
+    previous batch.
     """
 
     def __init__(self, urls: list[str], transform: Callable, *, batch_size: int, seed: int,
@@ -223,8 +228,11 @@ class ShardStream(IterableDataset):
                     torch.set_rng_state(aug_state)
                     pixels = torch.stack([self.transform(image) for image, _ in pending])
                     aug_state = torch.get_rng_state()
-                batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std),
-                         "_skipped": torch.tensor(errors.take())}
+                if pixels.dtype == torch.uint8:
+                    batch = {"pixels_uint8": pixels}
+                else:
+                    batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std)}
+                batch["_skipped"] = torch.tensor(errors.take())
                 if self.labelled:
                     batch["label"] = torch.tensor([label for _, label in pending],
                                                   dtype=torch.long)
