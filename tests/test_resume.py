@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -74,3 +82,58 @@ def test_load_encoder_errors_are_user_errors(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(VitsslError, match="safetensors"):
         load_encoder(bad)
+
+
+# -- a run killed with SIGKILL and resumed repeats the uninterrupted run ----------------------
+
+_TINY = ["--objective", "masked-patch", "--image-size", "16", "--batch-size", "16",
+         "--steps", "12", "--device", "cpu", "--set", "model.depth=1",
+         "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",
+         "--set", "train.warmup_steps=3", "--set", "summary_eval.enabled=false"]
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vitssl", "pretrain", *_TINY, "--out", str(out), *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def test_sigkilled_run_resumes_to_the_same_losses(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    first = subprocess.run(_cli(full), env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+
+    proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            done = len(_losses(killed)) if (killed / "metrics.jsonl").is_file() else 0
+            if done >= 5 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    steps_before = [s for s, _ in list_checkpoints(killed)]
+    assert steps_before and max(steps_before) < 12
+
+    resumed = subprocess.run(_cli(killed, "--resume"), env=_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step-" in resumed.stderr
+    assert _losses(killed) == _losses(full)  # every step, bit for bit
+    assert [s for s, _ in _losses(full)] == list(range(1, 13))
+    a = load_encoder(full)[0].state_dict()
+    b = load_encoder(killed)[0].state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
