@@ -19,8 +19,9 @@ ta = pytest.importorskip("vitssl.kernels.triton_attention")
 cfgs = pytest.importorskip("vitssl.kernels.attention_configs")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Added to 2x SDPA's own error: absorbs max-abs noise where both errors are tiny.
-EPS = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
+# Added to 2x SDPA's own error: about one unit in the last place at the inputs' unit scale
+# (the N = 1 gradients are exactly 0, so both errors are pure rounding there).
+EPS = {torch.float32: 1e-6, torch.float16: 2.5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
 
 
 @pytest.fixture(autouse=True, scope="module")
