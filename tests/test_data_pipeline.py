@@ -96,3 +96,38 @@ def test_data_config_fields_from_overrides():
     assert (cfg.data.on_error, cfg.data.resampled, cfg.data.crop_ratio) == ("raise", True,
                                                                             (1.0, 1.0))
     assert load_config().data.resampled is None
+
+
+def _corrupt_shard(path, count=12, bad=2):
+    import io
+
+    from webdataset import TarWriter
+
+    with open(path, "wb") as handle, TarWriter(handle, encoder=False) as writer:
+        for i in range(count):
+            out = io.BytesIO()
+            Image.fromarray(np.full((20, 20, 3), 10 * i, np.uint8)).save(out, format="PNG")
+            data = out.getvalue()[:30] if i == bad else out.getvalue()
+            writer.write({"__key__": f"{i:04d}", "png": data})
+
+
+@pytest.mark.parametrize("kind", ["wds", "folder"])
+def test_pretraining_runs_from_wds_and_folder_specs(tmp_path, kind):
+    import json
+
+    from vitssl.cli import main
+
+    if kind == "wds":
+        _corrupt_shard(tmp_path / "s-0.tar")
+        spec, skipped = f"wds:{tmp_path}/s-0.tar", 1
+    else:
+        _folder(tmp_path / "imgs")
+        spec, skipped = f"folder:{tmp_path / 'imgs'}", 0
+    out = tmp_path / "run"
+    code = main(["pretrain", "--objective", "masked-patch", "--data", spec, "--steps", "2",
+                 "--batch-size", "4", "--image-size", "16", "--out", str(out),
+                 "--set", "model.depth=1", "--set", "summary_eval.enabled=false",
+                 "--set", "data.shuffle_buffer=1", "--device", "cpu"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped"] == skipped
