@@ -114,3 +114,14 @@ def test_datasets_through_specs_and_tasks():
     task = load_task("builtin:dsprites-ori", 32)
     assert (task.num_classes, len(task.train), len(task.test)) == (16, 1000, 2000)
     assert task.train[0][0].shape == (3, 32, 32)
+
+
+def test_plugins_listing_states_classes_sizes_and_licence(capsys):
+    import json
+
+    from vitssl.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    docs = {d["name"]: d["doc"] for d in json.loads(capsys.readouterr().out)["datasets"]}
+    assert "16 classes" in docs["dsprites-loc"] and "Apache-2.0" in docs["dsprites-ori"]
+    assert "CC0" in docs["photos"] and "10 classes" in docs["digits"]

@@ -177,6 +177,7 @@ class ShardStream(IterableDataset):
         self.mean, self.std, self.labelled = tuple(mean), tuple(std), labelled
         self.rank, self.world_size, self.resampled = rank, world_size, resampled
         self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
+        SkipLog(on_error)  # validates the setting before any worker starts
         if not resampled and len(self.urls) < world_size:
             raise VitsslError(f"wds: {len(self.urls)} shards cannot be split over {world_size} "
                               f"ranks; write more shards or set data.resampled=true")
