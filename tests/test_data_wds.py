@@ -162,6 +162,15 @@ def test_on_error_raise_makes_damage_fatal(tmp_path, which, match):
         assert "\n" not in str(exc.value) and "on_error=skip" in str(exc.value)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("resampled", [False, True])
+def test_all_images_corrupt_ends_with_an_error_not_a_hang(tmp_path, resampled):
+    _write(tmp_path / "junk.tar", [{"__key__": f"k{i}", "cls": b"0", "png": b"junk"}
+                                   for i in range(3)])
+    with pytest.raises(VitsslError, match="ran dry after 0 of 2 batches"):
+        _batches(f"wds:{tmp_path}/junk.tar", steps=2, batch=1, resampled=resampled)
+
+
 def test_bad_wds_specs(tmp_path):
     with pytest.raises(VitsslError, match="does not exist"):
         _batches(f"wds:{tmp_path}/none-{{0..3}}.tar", steps=1, batch=1)

@@ -83,8 +83,18 @@ class StreamBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                             persistent_workers=False)
-        return _counted(itertools.islice(iter(loader), self.num_batches), self, self.stream.mean,
-                        self.stream.std)
+        return _counted(self._exactly(loader), self, self.stream.mean, self.stream.std)
+
+    def _exactly(self, loader: DataLoader) -> Iterator[dict]:
+        count = 0
+        for batch in itertools.islice(iter(loader), self.num_batches):
+            count += 1
+            yield batch
+        if count < self.num_batches:
+            raise VitsslError(f"wds: the stream ran dry after {count} of {self.num_batches} "
+                              f"batches: no readable samples left in "
+                              f"{self.stream.urls[0]} .. {self.stream.urls[-1]} "
+                              f"(see the skipped-sample warnings)")
 
 
 def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed: int,

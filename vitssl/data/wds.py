@@ -196,19 +196,30 @@ class ShardStream(IterableDataset):
             epoch += 1
 
     def samples(self, worker: int, num_workers: int, errors: SkipLog,
-                rng: random.Random) -> Iterator[dict]:
-        """Raw samples, shuffled within each pass (the buffer is emptied at a pass's end)."""
+                rng: random.Random) -> Iterator[tuple[Any, int]]:
+        """Decoded (image, label), shuffled within each pass (the buffer empties at its end).
+
+        Ends when this worker has no shards, or its passes yield nothing readable:
+        one pass without resampling (the next would read the same shards), 20
+        in a row with it.
+        """
+        empty_passes = 0
         for urls in self.passes(worker, num_workers):
             if not urls:
                 return  # more workers than shards on this rank: this worker has none
-            found = 0
+            good = 0
             one_pass = (sample for url in urls for sample in shard_samples(url, errors))
             for sample in shuffled(one_pass, self.shuffle_buffer, rng):
-                found += 1
-                yield sample
-            if not found:
-                raise VitsslError(f"wds: no readable samples in {len(urls)} shard(s) "
-                                  f"(e.g. {urls[0]})")
+                try:
+                    item = decode_sample(sample, self.labelled)
+                except CorruptImage as exc:
+                    errors.skip(str(exc))
+                    continue
+                good += 1
+                yield item
+            empty_passes = 0 if good else empty_passes + 1
+            if empty_passes >= (20 if self.resampled else 1):
+                return
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -218,12 +229,8 @@ class ShardStream(IterableDataset):
         aug_state = torch.Generator().manual_seed(
             derive_seed(self.seed, self.start_step, self.rank, worker, 4)).get_state()
         pending: list[tuple[Any, int]] = []
-        for sample in self.samples(worker, num_workers, errors, rng):
-            try:
-                pending.append(decode_sample(sample, self.labelled))
-            except CorruptImage as exc:
-                errors.skip(str(exc))
-                continue
+        for item in self.samples(worker, num_workers, errors, rng):
+            pending.append(item)
             if len(pending) == self.batch_size:
                 with torch.random.fork_rng(devices=[]):
                     torch.set_rng_state(aug_state)
