@@ -242,7 +242,7 @@ def test_missing_triton_gives_a_clear_error_and_auto_still_works(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ta, "interpreting", lambda: False)
+    monkeypatch.setattr(ta, "_INTERPRETED", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(VitsslError, match="needs CUDA tensors"):

@@ -29,7 +29,10 @@ INTERPRETER_CONFIG = BlockConfig(block_m=32, block_n=32)
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 parses the variable here
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def n_bucket(n: int) -> int:

@@ -24,14 +24,18 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                           f"k {tuple(k.shape)}, v {tuple(v.shape)}")
 
 
-@functools.cache
+_triton: ModuleType | ImportError | None = None
+
+
 def _triton_module() -> ModuleType | ImportError:
     """The Triton kernel module, imported on first use (after TRITON_INTERPRET is set)."""
-    try:
-        from vitssl.kernels import triton_attention
-    except ImportError as err:  # no triton wheel for this platform
-        return err
-    return triton_attention
+    global _triton
+    if _triton is None:
+        try:
+            from vitssl.kernels import triton_attention as _triton
+        except ImportError as err:  # no triton wheel for this platform
+            _triton = err
+    return _triton
 
 
 def triton_available() -> bool:

@@ -40,6 +40,8 @@ from vitssl.kernels.attention_configs import (
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
+# Triton picks compiled vs interpreted kernels when they are decorated, i.e. at import.
+_INTERPRETED = interpreting()
 
 
 # -- kernels ------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
 
 def _statics(q: torch.Tensor) -> dict:
     """Constexprs shared by every kernel: tile width, upcast, dot precision, accumulator."""
-    upcast = q.dtype == torch.bfloat16 and interpreting()  # the interpreter has no bf16 math
+    upcast = q.dtype == torch.bfloat16 and _INTERPRETED  # the interpreter has no bf16 math
     return {"BLOCK_D": head_block(q.shape[-1]), "UPCAST": upcast,
             "PRECISION": "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
             "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32}
@@ -264,7 +266,7 @@ def _statics(q: torch.Tensor) -> dict:
 
 def _tiles(config: BlockConfig | None) -> tuple[dict, bool]:
     """Launch kwargs for a fixed config, or ({}, True) to let the autotuner choose."""
-    if config is None and not interpreting():
+    if config is None and not _INTERPRETED:
         return {}, True
     config = config or INTERPRETER_CONFIG
     return {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
@@ -288,7 +290,7 @@ def _backward(do, q, k, v, o, lse, scale: float, config: BlockConfig | None):
     b, h, n, d = q.shape
     statics = _statics(q)
     delta = _buffer(lse)
-    block_m = 64 if not interpreting() else INTERPRETER_CONFIG.block_m
+    block_m = INTERPRETER_CONFIG.block_m if _INTERPRETED else 64
     _attn_bwd_delta[(b * h, triton.cdiv(n, block_m))](
         o, do, delta, *_bhn(o), *_bhn(do), h, n, d,
         BLOCK_M=block_m, BLOCK_D=statics["BLOCK_D"], ACC=statics["ACC"])
@@ -342,7 +344,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
                 f"got {q.shape[-1]}")
     if q.shape[2] < 1 or q.shape[-1] < 1:
         return f"attention needs N >= 1 and D >= 1, got shape {tuple(q.shape)}"
-    if q.device.type != "cuda" and not interpreting():
+    if q.device.type != "cuda" and not _INTERPRETED:
         return ("the triton attention backend needs CUDA tensors (or TRITON_INTERPRET=1 set "
                 f"before triton is imported, to run on CPU); got {q.device.type} tensors")
     return None
