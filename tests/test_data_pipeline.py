@@ -131,3 +131,19 @@ def test_pretraining_runs_from_wds_and_folder_specs(tmp_path, kind):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped"] == skipped
+
+
+def test_uint8_transport_matches_float_transform():
+    from vitssl.data.batches import StepBatches
+    from vitssl.data.transforms import pretrain_transform
+
+    cfg = DataConfig(spec="builtin:digits")
+    got = list(pretrain_batches(cfg, image_size=16, batch_size=4, seed=5, num_steps=2))
+    direct = StepBatches(open_dataset("builtin:digits"), pretrain_transform(16), batch_size=4,
+                         seed=5, mean=cfg.mean, std=cfg.std, num_steps=2)
+    for step, batch in enumerate(got):
+        reference = direct[step]
+        assert reference["pixels"].dtype == torch.float32
+        assert torch.equal(batch["pixels"], reference["pixels"])
+        assert torch.equal(batch["image"], reference["image"])
+        assert torch.equal(batch["label"], reference["label"])
