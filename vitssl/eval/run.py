@@ -1,0 +1,135 @@
+"""``vitssl eval``: load a checkpoint, build the labelled task, run one evaluator, report.
+
+Prints a table of metrics and then one JSON line (the record); when the
+checkpoint is given as a run directory the record is also appended to
+``RUN/evals.jsonl``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitssl.config import parse_override
+from vitssl.errors import VitsslError
+
+EVALS_FILE = "evals.jsonl"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VitsslError("--device cuda was given but no CUDA device is available; "
+                          "use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise VitsslError(f"unknown device '{device}'; accepted: auto, cpu, cuda")
+    return torch.device(device)
+
+
+def accepted_options(factory: Callable[..., Any]) -> list[str] | None:
+    """The keyword options a factory takes, or None when it takes any (``**kwargs``)."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params
+            if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def parse_options(items: Sequence[str], factory: Callable[..., Any],
+                  name: str) -> dict[str, Any]:
+    """``["shots=[5,10]", "seeds=2"]`` -> {"shots": [5, 10], "seeds": 2}, checked by name."""
+    accepted = accepted_options(factory)
+    options: dict[str, Any] = {}
+    for item in items:
+        keys, value = parse_override(item)
+        key = ".".join(keys)
+        if accepted is not None and key not in accepted:
+            raise VitsslError(f"unknown option '{key}' for evaluator '{name}'; accepted: "
+                              f"{', '.join(accepted)}")
+        options[key] = value
+    return options
+
+
+def build_evaluator(name: str, overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """The evaluator instance for ``name`` with ``--set`` options, and the parsed options."""
+    from vitssl.plugins import get_registry
+
+    factory = get_registry().get("evaluators", name)
+    options = parse_options(overrides, factory, name)
+    try:
+        return factory(**options), options
+    except (TypeError, ValueError) as exc:
+        raise VitsslError(f"bad options for evaluator '{name}' {options}: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def _run_dir(checkpoint: str) -> Path | None:
+    path = Path(checkpoint)
+    if path.is_dir() and ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir()):
+        return path
+    return None
+
+
+def _checkpoint_step(checkpoint: str, run_dir: Path | None) -> tuple[str, int | None]:
+    """The checkpoint actually read and its step, when the path names one."""
+    path = Path(checkpoint)
+    if run_dir is not None:
+        from vitssl.train.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(run_dir) or path
+    for part in (path.name, path.parent.name):
+        match = re.fullmatch(r"step-(\d+)", part)
+        if match:
+            return str(path), int(match[1])
+    return str(path), None
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    width = max([len("metric")] + [len(k) for k in metrics])
+    lines = [f"{'metric':<{width}}  {'value':>10}", f"{'-' * width}  {'-' * 10}"]
+    lines += [f"{k:<{width}}  {v:>10.4g}" if abs(v) < 1e-2 and v != 0
+              else f"{k:<{width}}  {v:>10.2f}" for k, v in metrics.items()]
+    return "\n".join(lines)
+
+
+def evaluate_cli(evaluator: str, checkpoint: str, data: str, overrides: Sequence[str] = (),
+                 device: str = "auto") -> int:
+    """Run ``evaluator`` on ``data`` with the encoder of ``checkpoint``; print and record."""
+    from vitssl.data.tasks import load_task
+    from vitssl.train.checkpoint import load_encoder
+
+    instance, options = build_evaluator(evaluator, overrides)
+    dev = resolve_device(device)
+    encoder, cfg = load_encoder(checkpoint, device=dev)
+    image_size = getattr(instance, "image_size", None) or cfg.model.image_size
+    task = load_task(data, image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    run_dir = _run_dir(checkpoint)
+    source, step = _checkpoint_step(checkpoint, run_dir)
+    print(f"evaluating {source} ({cfg.model.name}, {image_size}px) with '{evaluator}' on "
+          f"{task.name}: {len(task.train)} train / {len(task.test)} test, "
+          f"{task.num_classes} classes, {dev}", file=sys.stderr)
+    start = time.perf_counter()
+    metrics = {k: float(v) for k, v in instance.run(encoder, task).items()}
+    seconds = time.perf_counter() - start
+    record = {"evaluator": evaluator, "data": data, "checkpoint": source, "step": step,
+              "options": options, "metrics": metrics, "seconds": round(seconds, 2),
+              "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    print(f"{evaluator} on {task.name}  (checkpoint {source}, {seconds:.1f} s)")
+    print(format_table(metrics))
+    line = json.dumps(record)
+    print(line)
+    if run_dir is not None:
+        with open(run_dir / EVALS_FILE, "a") as fh:
+            fh.write(line + "\n")
+    return 0
