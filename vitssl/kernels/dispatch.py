@@ -49,6 +49,15 @@ def _warn_dropout_fallback() -> None:
                   "runs on torch SDPA instead", stacklevel=3)
 
 
+def _triton_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    """What "auto" asks: CUDA tensors the kernel supports, no dropout (triton is imported
+    only for CUDA tensors)."""
+    if not q.is_cuda or dropout_p > 0.0 or q.dtype == torch.float64:
+        return False
+    module = _triton_module()
+    return not isinstance(module, ImportError) and module.unsupported_reason(q, k, v) is None
+
+
 def _sdpa(q, k, v, scale, dropout_p):  # noqa: ANN001, ANN202
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
@@ -68,11 +77,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
         raise VitsslError(f"unknown attention backend '{backend}'; accepted: "
                           f"{', '.join(BACKENDS)}")
     if backend == "auto":
-        module = _triton_module()
-        use_triton = (q.is_cuda and dropout_p == 0.0 and not isinstance(module, ImportError)
-                      and q.dtype != torch.float64
-                      and module.unsupported_reason(q, k, v) is None)
-        backend = "triton" if use_triton else "sdpa"
+        backend = "triton" if _triton_takes(q, k, v, dropout_p) else "sdpa"
     if backend == "sdpa":
         return _sdpa(q, k, v, scale, dropout_p)
     if backend == "reference":
