@@ -84,3 +84,15 @@ def test_composes_with_torch_compile() -> None:
     (grad_compiled,) = torch.autograd.grad(compiled, w)
     torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(grad_compiled, grad_eager, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_runs_on_a_device_other_than_the_current_one() -> None:
+    base = make_base(2, 3, 197, 64, "packed").to("cuda:1").half().requires_grad_()
+    q, k, v = split(base, "packed", 3, 64)
+    with torch.cuda.device(0):
+        out = ta.triton_attention(q, k, v)
+        out.sum().backward()
+    torch.testing.assert_close(out.double(), math64(*(t.double() for t in (q, k, v))),
+                               rtol=2e-2, atol=2e-2)
+    assert torch.isfinite(base.grad).all()

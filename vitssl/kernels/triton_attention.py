@@ -18,6 +18,7 @@ memory layout of the inputs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -256,6 +257,13 @@ def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
+def _on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Kernels launch on the current CUDA device: make it ``t``'s."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def _statics(q: torch.Tensor) -> dict:
     """Constexprs shared by every kernel: tile width, upcast, dot precision, accumulator."""
     upcast = q.dtype == torch.bfloat16 and _INTERPRETED  # the interpreter has no bf16 math
@@ -315,7 +323,8 @@ class FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, config):  # noqa: ANN001
         q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
-        o, lse = _forward(q, k, v, scale, config)
+        with _on_device_of(q):
+            o, lse = _forward(q, k, v, scale, config)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.scale = scale
         ctx.config = config
@@ -325,7 +334,8 @@ class FusedAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do):  # noqa: ANN001
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(_last_dim_unit(do), q, k, v, o, lse, ctx.scale, ctx.config)
+        with _on_device_of(q):
+            dq, dk, dv = _backward(_last_dim_unit(do), q, k, v, o, lse, ctx.scale, ctx.config)
         return dq, dk, dv, None, None
 
 
