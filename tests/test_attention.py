@@ -186,6 +186,15 @@ def test_custom_scale_matches_math() -> None:
                                rtol=1e-5, atol=1e-5)
 
 
+def test_gradient_of_a_sum_has_zero_strides_and_still_works() -> None:
+    base = make_base(1, 2, 17, 16, "contiguous")
+    leaf = base.float().requires_grad_()
+    ta.triton_attention(*leaf.unbind(0)).sum().backward()  # dO is an expanded scalar
+    ref = base.clone().requires_grad_()
+    math64(*ref.unbind(0)).sum().backward()
+    torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=1e-5, atol=1e-5)
+
+
 # -- the dispatcher -----------------------------------------------------------------------
 
 
