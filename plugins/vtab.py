@@ -3,8 +3,12 @@
 For every candidate setting of the protocol (``paper``, ``petl``, ``quick``;
 see :mod:`vitssl.eval.vtab_protocol`) it trains on train800 and scores
 val200, keeps the best, retrains on train800val200 and reports test top-1.
-Each training is a run of the ``finetune`` evaluator (or ``linear-probe``
-with ``adapt="linear-probe"``) on a fresh copy of the encoder. Splits: see
+Each training is a run of the ``finetune`` evaluator (which trains its own
+copy of the encoder) or, with ``adapt="linear-probe"``, of ``linear-probe``
+(frozen features, cached across the sweep); the encoder handed in is never
+changed. Protocol settings are translated to the delegate's options: epochs
+become optimizer steps of full batches (``finetune`` drops the last partial
+batch), steps become epochs for ``linear-probe``. Splits: see
 :mod:`vitssl.eval.vtab_splits` (``vtab1k:`` lists as shipped; a task with
 only train/test gets 800/200 carved from train).
 
@@ -51,7 +55,21 @@ def linear_probe_options(options: dict[str, Any], train_size: int) -> dict[str, 
             "batch_size": int(options["batch_size"])}
 
 
-TRANSLATE = {"linear-probe": linear_probe_options}
+def finetune_options(options: dict[str, Any], train_size: int) -> dict[str, Any]:
+    """A protocol setting as ``finetune`` options; epochs become steps of full batches."""
+    batch = int(options["batch_size"])
+    per_epoch = max(1, train_size // batch) if train_size >= batch else 1
+    steps = (int(options["steps"]) if "steps" in options
+             else int(options["epochs"]) * per_epoch)
+    warmup = (int(options["warmup_steps"]) if "warmup_steps" in options
+              else int(options.get("warmup_epochs", 0)) * per_epoch)
+    return {"optimizer": options["optimizer"], "lr": float(options["lr"]),
+            "weight_decay": float(options.get("weight_decay", 0.0)), "steps": steps,
+            "batch_size": batch, "warmup_steps": warmup,
+            "grad_clip": float(options.get("grad_clip", 0.0))}
+
+
+TRANSLATE = {"finetune": finetune_options, "linear-probe": linear_probe_options}
 
 
 class Vtab:
@@ -78,7 +96,8 @@ class Vtab:
         name = ADAPTATIONS[self.adapt]
         factory = get_registry().get("evaluators", name)
         options = TRANSLATE[name](setting.options, len(task.train))
-        evaluator = factory(**{**options, "progress": self.progress, **self.extra})
+        evaluator = factory(**{**options, "seed": self.seed, "progress": self.progress,
+                               **self.extra})
         return pick_top1(evaluator.run(encoder, task), name)
 
     def _log(self, message: str) -> None:
@@ -88,8 +107,7 @@ class Vtab:
     def evaluate(self, encoder: nn.Module, task: Any) -> VtabOutcome:
         """The full outcome (chosen setting, val scores, time) on one task."""
         return run_protocol(encoder, as_vtab_task(task, self.seed), self.settings,
-                            self._train_and_score, self._log,
-                            copy_encoder=self.adapt != "linear-probe")
+                            self._train_and_score, self._log, copy_encoder=False)
 
     def run(self, encoder: nn.Module, task: Any) -> dict[str, float]:
         return self.evaluate(encoder, task).metrics()

@@ -51,6 +51,15 @@ def _write_task(root: Path, name: str, num_classes: int, seed: int) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vtab-1k")
@@ -160,7 +169,7 @@ def _run(script, args, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("adapt", ["linear-probe"])
+@pytest.mark.parametrize("adapt", ["finetune", "linear-probe"])
 def test_script_end_to_end_resume_and_bad_folders(tree, checkpoint, tmp_path, capsys, adapt):
     script = _load_script()
     output = tmp_path / "results.json"
@@ -194,6 +203,8 @@ def test_script_end_to_end_resume_and_bad_folders(tree, checkpoint, tmp_path, ca
     md = output.with_suffix(".md").read_text()
     assert "| dtd |" in md and "| eurosat |" in md
 
+    if adapt == "finetune":
+        return  # resuming is the driver's job, checked once with the cheaper adaptation
     # --resume skips finished tasks; a task marked failed is run again.
     first = json.loads(output.read_text())["tasks"]
     doc["tasks"]["eurosat"] = {"status": "failed", "group": "specialized", "error": "x"}
@@ -215,3 +226,17 @@ def test_script_rejects_unknown_task_names(tree, checkpoint, capsys):
     assert "unknown VTAB task(s) imagenet" in err and "caltech101" in err and "smallnorb_ele" in err
     code, _, err = _run(script, ["--checkpoint", str(checkpoint), "--tasks", "mnist"], capsys)
     assert code == 2 and "dsprites-loc, dsprites-ori, digits" in err
+
+
+def test_image_size_override_resamples_position_embeddings(checkpoint):
+    from vitssl.eval.vtab_suite import encoder_at
+    from vitssl.train.checkpoint import load_encoder
+
+    encoder, cfg = load_encoder(checkpoint)
+    same, size = encoder_at(encoder, cfg, None)
+    assert same is encoder and size == 16
+    resized, size = encoder_at(encoder, cfg, 24)
+    assert size == 24 and resized.grid_size == (6, 6) and resized.pos_embed.shape[1] == 37
+    images = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():  # the 16 px encoder resamples on the fly: the same function
+        torch.testing.assert_close(resized(images), encoder(images))
