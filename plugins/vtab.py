@@ -12,6 +12,10 @@ batch), steps become epochs for ``linear-probe``. Splits: see
 :mod:`vitssl.eval.vtab_splits` (``vtab1k:`` lists as shipped; a task with
 only train/test gets 800/200 carved from train).
 
+Options: ``protocol``, ``adapt``, ``image_size`` (``vitssl eval`` builds the
+task at this size; ``finetune`` resamples its copy's position embeddings),
+``options`` (extra delegate options, e.g. ``{eval_batch_size: 64}``), ``seed``.
+
 Reported: ``vtab_top1`` (test), ``vtab_val200_top1`` (the chosen setting),
 ``vtab_chosen_lr`` / ``vtab_chosen_steps`` (or ``_epochs``),
 ``vtab_val200_top1[SETTING]`` per candidate, ``vtab_time_s``.
@@ -76,8 +80,8 @@ class Vtab:
     """VTAB-1k protocol: sweep on train800 → val200, retrain on train800val200, test top-1."""
 
     def __init__(self, protocol: str = "paper", adapt: str = "finetune",
-                 options: dict[str, Any] | None = None, seed: int = 0,
-                 progress: bool = True) -> None:
+                 options: dict[str, Any] | None = None, image_size: int | None = None,
+                 seed: int = 0, progress: bool = True) -> None:
         if adapt not in ADAPTATIONS:
             raise VitsslError(f"vtab: unknown adapt '{adapt}'; accepted: "
                               f"{', '.join(ADAPTATIONS)}")
@@ -89,6 +93,9 @@ class Vtab:
                               f"linear-probe does not offer; use protocol paper or quick")
         self.adapt = adapt
         self.extra = dict(options or {})
+        self.image_size = None if image_size is None else int(image_size)
+        if self.image_size is not None and adapt == "finetune":
+            self.extra.setdefault("image_size", self.image_size)
         self.seed = int(seed)
         self.progress = bool(progress)
 

@@ -240,3 +240,18 @@ def test_image_size_override_resamples_position_embeddings(checkpoint):
     images = torch.randn(2, 3, 24, 24)
     with torch.no_grad():  # the 16 px encoder resamples on the fly: the same function
         torch.testing.assert_close(resized(images), encoder(images))
+
+
+def test_vitssl_eval_runs_the_vtab_evaluator_on_a_task_folder(tree, checkpoint, capsys):
+    code = vitssl_main(["eval", "--evaluator", "vtab", "--checkpoint", str(checkpoint),
+                        "--data", f"vtab1k:{tree}/eurosat", "--device", "cpu",
+                        "--set", "protocol=quick", "--set", "adapt=linear-probe"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = record["metrics"]
+    assert {"vtab_top1", "vtab_val200_top1", "vtab_chosen_lr"} <= set(metrics)
+    # Scores on the shipped val200 list (6 images) and test list (8), not a carved split.
+    for key, value in metrics.items():
+        if key.startswith("vtab_val200_top1"):
+            assert abs(value * 6 / 100 - round(value * 6 / 100)) < 1e-9
+    assert abs(metrics["vtab_top1"] * 8 / 100 - round(metrics["vtab_top1"] * 8 / 100)) < 1e-9
