@@ -4,9 +4,11 @@ The paper's hybrids (R50+ViT-B/16 and friends) feed a ResNet feature map to the
 transformer: GroupNorm instead of BatchNorm, weight-standardised convolutions
 with TensorFlow "SAME" padding, and the ResNet v1.5 bottleneck (stride on the
 3x3 convolution, ReLU after the residual sum) as in the paper's released
-hybrids. A 1x1 (or k x k) projection maps the feature channels to the width D.
+hybrids. ``preact=True`` swaps in BiT's pre-activation bottlenecks (norm + ReLU
+before each convolution, a final norm after the last stage). A 1x1 (or k x k)
+projection maps the feature channels to the width D.
 
-Parameter names follow timm's ``HybridEmbed`` over ``ResNetV2(preact=False)``
+Parameter names follow timm's ``HybridEmbed`` over ``ResNetV2`` (``preact`` as here)
 (``backbone.stem.conv``, ``backbone.stages.i.blocks.j.conv1`` ..., ``proj``), so
 timm hybrid weights map one-to-one (see :func:`vitssl.interop.from_timm`).
 
@@ -145,14 +147,50 @@ class Bottleneck(nn.Module):
         return F.relu(x + shortcut)
 
 
+class PreActBottleneck(nn.Module):
+    """BiT's pre-activation bottleneck: norm + ReLU before each convolution, plain sum."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, *, num_groups: int = 32,
+                 eps: float = 1e-8, project: bool = False) -> None:
+        super().__init__()
+        mid = out_chs // 4
+        self.downsample = (ProjectionConv(in_chs, out_chs, stride, eps) if project else None)
+        self.norm1 = GroupNormAct(in_chs, num_groups)
+        self.conv1 = StdConv2dSame(in_chs, mid, 1, eps=eps)
+        self.norm2 = GroupNormAct(mid, num_groups)
+        self.conv2 = StdConv2dSame(mid, mid, 3, stride, eps=eps)
+        self.norm3 = GroupNormAct(mid, num_groups)
+        self.conv3 = StdConv2dSame(mid, out_chs, 1, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_pre = self.norm1(x)
+        shortcut = x if self.downsample is None else self.downsample(x_pre)
+        x = self.conv1(x_pre)
+        x = self.conv2(self.norm2(x))
+        x = self.conv3(self.norm3(x))
+        return x + shortcut
+
+
+class ProjectionConv(nn.Module):
+    """Pre-activation projection shortcut: a strided 1x1 convolution (its input is normed)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float) -> None:
+        super().__init__()
+        self.conv = StdConv2dSame(in_chs, out_chs, 1, stride, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 class ResNetStage(nn.Module):
     """``depth`` bottlenecks; the first projects the shortcut and carries the stride."""
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int, **block) -> None:
+    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int,
+                 block: type[nn.Module] = Bottleneck, **options) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*[
-            Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1,
-                       project=i == 0, **block)
+            block(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1,
+                  project=i == 0, **options)
             for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,32 +201,37 @@ class ResNetBackbone(nn.Module):
     """7x7/2 convolution, GroupNorm + ReLU, 3x3/2 max pool, then the stages.
 
     The first stage keeps the resolution and every later one halves it, so the
-    total down-sampling is ``4 * 2 ** (len(layers) - 1)``.
+    total down-sampling is ``4 * 2 ** (len(layers) - 1)``. With ``preact`` the
+    blocks are BiT's pre-activation bottlenecks: the stem has no norm and a
+    final GroupNorm + ReLU follows the last stage.
     """
 
     def __init__(self, layers: Sequence[int], channels: Sequence[int] = RESNET_CHANNELS,
                  in_chans: int = 3, stem_width: int = 64, num_groups: int = 32,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, preact: bool = False) -> None:
         super().__init__()
         if not layers or len(channels) < len(layers) or min(layers) < 1:
             raise VitsslError(f"bad ResNet layout layers={tuple(layers)}, "
                               f"channels={tuple(channels)}: need one or more stages of at "
                               f"least one block and a channel count per stage")
-        self.stem = nn.Sequential(OrderedDict(
-            conv=StdConv2dSame(in_chans, stem_width, 7, 2, eps),
-            norm=GroupNormAct(stem_width, num_groups),
-            pool=MaxPool2dSame(3, 2)))
+        stem = OrderedDict(conv=StdConv2dSame(in_chans, stem_width, 7, 2, eps))
+        if not preact:
+            stem["norm"] = GroupNormAct(stem_width, num_groups)
+        stem["pool"] = MaxPool2dSame(3, 2)
+        self.stem = nn.Sequential(stem)
+        block = PreActBottleneck if preact else Bottleneck
         stages, prev = [], stem_width
         for i, (depth, width) in enumerate(zip(layers, channels[:len(layers)], strict=True)):
-            stages.append(ResNetStage(prev, width, depth, 1 if i == 0 else 2,
+            stages.append(ResNetStage(prev, width, depth, 1 if i == 0 else 2, block,
                                       num_groups=num_groups, eps=eps))
             prev = width
         self.stages = nn.Sequential(*stages)
+        self.norm = GroupNormAct(prev, num_groups) if preact else nn.Identity()
         self.num_features = prev
         self.reduction = 4 * 2 ** (len(layers) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
+        return self.norm(self.stages(self.stem(x)))
 
 
 class HybridStem(nn.Module):
@@ -203,11 +246,11 @@ class HybridStem(nn.Module):
                  layers: Sequence[int] = (3, 4, 9),
                  channels: Sequence[int] | None = None, width_factor: int = 1,
                  stem_width: int = 64, num_groups: int = 32, ws_eps: float = 1e-8,
-                 zero_init_last: bool = True) -> None:
+                 preact: bool = False, zero_init_last: bool = True) -> None:
         super().__init__()
         channels = tuple(channels or (c * width_factor for c in RESNET_CHANNELS))
         self.backbone = ResNetBackbone(tuple(layers), channels, in_chans,
-                                       stem_width * width_factor, num_groups, ws_eps)
+                                       stem_width * width_factor, num_groups, ws_eps, preact)
         reduction = self.backbone.reduction
         patch = _pair(patch_size)
         if patch[0] != patch[1] or patch[0] % reduction:
@@ -229,7 +272,7 @@ class HybridStem(nn.Module):
             elif isinstance(module, nn.GroupNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        if zero_init_last:  # each residual branch starts as the identity
+        if zero_init_last:  # each v1.5 residual branch starts as the identity
             for module in self.backbone.modules():
                 if isinstance(module, Bottleneck):
                     nn.init.zeros_(module.norm3.weight)

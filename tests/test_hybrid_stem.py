@@ -1,6 +1,7 @@
 """Hybrid ResNet stems: layouts, weight standardisation, "SAME" padding, timm parity."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -161,16 +162,47 @@ def test_hybrid_weights_round_trip_to_timm():
                                    atol=1e-5, rtol=0)
 
 
-def test_preactivation_hybrid_backbone_is_refused():
+def _with_backbone(preact, stem_type, conv_layer):
     timm = pytest.importorskip("timm")
     from timm.layers import HybridEmbed
     from timm.models.resnetv2 import ResNetV2
 
+    model = timm.create_model("vit_small_r26_s32_224", pretrained=False, num_classes=0,
+                              depth=1, img_size=32).eval()
+    backbone = ResNetV2(layers=(1, 2), channels=(256, 512), num_classes=0, global_pool="",
+                        stem_type=stem_type, preact=preact, conv_layer=conv_layer)
+    model.patch_embed = HybridEmbed(backbone, img_size=32, embed_dim=384)
+    model.pos_embed = torch.nn.Parameter(torch.randn(1, 1 + 16, 384) * 0.02)
+    with torch.no_grad():
+        for key, p in model.patch_embed.named_parameters():
+            if "norm" in key:
+                p.copy_((1.0 if key.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_from_timm_preactivation_hybrid_matches_forward_features():
+    pytest.importorskip("timm")
+    from timm.layers import StdConv2dSame as TimmStdConv2dSame
+
     from vitssl.interop import from_timm
 
-    model = timm.create_model("vit_small_r26_s32_224", pretrained=False, depth=1, img_size=32)
-    backbone = ResNetV2(layers=(1,), channels=(256,), num_classes=0, global_pool="",
-                        stem_type="same", preact=True)
-    model.patch_embed = HybridEmbed(backbone, img_size=32, embed_dim=384)
-    with pytest.raises(VitsslError, match="preact=False"):
+    torch.manual_seed(0)
+    model = _with_backbone(True, "same", partial(TimmStdConv2dSame, eps=1e-8))
+    encoder = from_timm(model).eval()
+    assert encoder.patch_embed.backbone.norm.weight.shape == (512,)
+    assert encoder.grid_size == (4, 4) and encoder.patch_size == 8
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.forward_features(x), model.forward_features(x),
+                                   atol=1e-5, rtol=0)
+
+
+def test_hybrid_backbone_without_same_padding_is_refused():
+    pytest.importorskip("timm")
+    from timm.layers import StdConv2d
+
+    from vitssl.interop import from_timm
+
+    model = _with_backbone(False, "", StdConv2d)
+    with pytest.raises(VitsslError, match="hybrid ResNet stem"):
         from_timm(model)

@@ -72,15 +72,18 @@ def _stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
 def _hybrid_stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
     """The ``resnet-hybrid`` stem with the layout of timm's HybridEmbed over a ResNetV2.
 
-    Only the paper's hybrid backbone maps: ``ResNetV2(preact=False, stem_type='same')``
-    with weight-standardised "SAME" convolutions, GroupNorm + ReLU and no dilation.
+    Only the paper's hybrid backbone (``ResNetV2(preact=False, stem_type='same')``)
+    and its pre-activation (BiT) form map: weight-standardised "SAME" convolutions,
+    GroupNorm + ReLU, bottleneck blocks, no dilation.
     """
     backbone = patch_embed.backbone
     names = lambda module: [type(m).__name__ for m in module.children()]
-    if type(backbone).__name__ != "ResNetV2" or not _is_identity(backbone.norm):
+    if type(backbone).__name__ != "ResNetV2":
         raise _unsupported(f"the hybrid backbone {type(backbone).__name__} (only ResNetV2 "
-                           f"with preact=False maps)")
-    if names(backbone.stem) != ["StdConv2dSame", "GroupNormAct", "MaxPool2dSame"]:
+                           f"maps)")
+    preact = not _is_identity(backbone.norm)
+    stem = ["StdConv2dSame"] + ([] if preact else ["GroupNormAct"]) + ["MaxPool2dSame"]
+    if names(backbone.stem) != stem:
         raise _unsupported("a hybrid ResNet stem other than 'same' 7x7 conv, norm, max pool")
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in backbone.modules() if isinstance(m, nn.GroupNorm)]
@@ -95,10 +98,11 @@ def _hybrid_stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
     for i, stage in enumerate(backbone.stages):
         for j, block in enumerate(stage.blocks):
             stride = (1 if i == 0 else 2) if j == 0 else 1
-            if (type(block).__name__ != "Bottleneck" or block.conv2.stride != (stride, stride)
+            kind = "PreActBottleneck" if preact else "Bottleneck"
+            if (type(block).__name__ != kind or block.conv2.stride != (stride, stride)
                     or block.conv1.out_channels != block.conv3.out_channels // 4
                     or (block.downsample is None) != (j > 0)):
-                raise _unsupported(f"hybrid block {i}.{j} (only ResNet v1.5 bottlenecks)")
+                raise _unsupported(f"hybrid block {i}.{j} (only plain bottleneck blocks)")
     proj = patch_embed.proj
     if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride \
             or proj.kernel_size[0] != proj.kernel_size[1]:
@@ -113,7 +117,8 @@ def _hybrid_stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
                    in_chans=backbone.stem.conv.in_channels, embed_dim=embed_dim, layers=layers,
                    channels=tuple(stage.blocks[0].conv3.out_channels
                                   for stage in backbone.stages),
-                   stem_width=backbone.stem.conv.out_channels, num_groups=groups, ws_eps=eps)
+                   stem_width=backbone.stem.conv.out_channels, num_groups=groups, ws_eps=eps,
+                   preact=preact)
 
 
 def from_timm(model: Any) -> VisionTransformer:
