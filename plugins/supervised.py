@@ -9,6 +9,10 @@ indices (B,), or multi-hot targets (B, num_classes) for multi-label data.
 Metrics: ``top1`` accuracy, and ``top5`` when there are more than 5 classes
 (for multi-hot targets: whether the top-k predictions hit a positive class).
 
+Options: ``num_classes`` (required), ``pre_logits`` (default true), ``loss``
+(``softmax`` | ``sigmoid``), ``label_smoothing`` (default 0), ``head_bias_init``
+(the classifier starts with zero weights and this bias; e.g. -10 for sigmoid).
+
 At transfer the whole head is dropped; evaluators put a zero-initialised
 linear layer on the encoder, as the paper does.
 """
