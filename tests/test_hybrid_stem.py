@@ -206,3 +206,16 @@ def test_hybrid_backbone_without_same_padding_is_refused():
     model = _with_backbone(False, "", StdConv2d)
     with pytest.raises(VitsslError, match="hybrid ResNet stem"):
         from_timm(model)
+
+
+def test_masked_patch_pretraining_runs_on_the_tiny_hybrid(tmp_path):
+    from vitssl.cli import main
+
+    code = main(["pretrain", "--objective", "masked-patch", "--stem", "resnet-tiny-hybrid",
+                 "--model", "Ti/4", "--image-size", "32", "--steps", "3", "--batch-size", "8",
+                 "--out", str(tmp_path), "--set", "model.depth=1",
+                 "--set", "summary_eval.enabled=false"])
+    assert code == 0
+    records = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(records) == 3
+    assert (tmp_path / "checkpoints" / "step-00000003" / "model.safetensors").is_file()
