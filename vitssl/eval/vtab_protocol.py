@@ -9,13 +9,13 @@ Protocols (each a list of settings, each a dict of options for the
 ``finetune`` or ``linear-probe`` evaluator):
 
 - ``paper`` — the ViT paper's VTAB sweep: SGD momentum 0.9, no weight decay,
-  batch 512, cosine decay, gradient clipping at 1, lr {0.001, 0.01} ×
-  {500, 2500} steps (4 candidates).
+  batch 512, cosine decay (no warm-up: PAPER.md names none), gradient
+  clipping at 1, lr {0.001, 0.01} × {500, 2500} steps (4 candidates).
 - ``petl`` — the PyTorch VTAB community convention: AdamW lr 1e-3, weight
   decay 1e-4, batch 64, 100 epochs, cosine with 10 warm-up epochs (1 candidate).
-- ``quick`` — a CPU-sized smoke schedule: SGD momentum 0.9, batch 32,
-  60 steps, cosine, clipping at 1, lr {0.01, 0.03} (2 candidates, so the
-  selection path runs). Its numbers are not comparable to published ones.
+- ``quick`` — a CPU-sized smoke schedule: SGD momentum 0.9, batch 16,
+  40 steps (4 warm-up), cosine, clipping at 1, lr {0.01, 0.03} (2 candidates,
+  so the selection path runs). Its numbers are not comparable to published ones.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ class Setting:
     options: dict[str, Any] = field(hash=False)
 
 
-def _sgd(lr: float, steps: int, batch: int) -> Setting:
+def _sgd(lr: float, steps: int, batch: int, warmup: int = 0) -> Setting:
     return Setting(f"lr={lr:g},steps={steps}",
                    {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0,
-                    "steps": steps, "batch_size": batch, "warmup_steps": 0,
+                    "steps": steps, "batch_size": batch, "warmup_steps": warmup,
                     "schedule": "cosine", "grad_clip": 1.0})
 
 
@@ -60,7 +60,7 @@ def protocol_settings(protocol: str) -> list[Setting]:
                          "epochs": 100, "batch_size": 64, "warmup_epochs": 10,
                          "schedule": "cosine"})]
     if protocol == "quick":
-        return [_sgd(lr, 60, 32) for lr in (0.01, 0.03)]
+        return [_sgd(lr, 40, 16, warmup=4) for lr in (0.01, 0.03)]
     raise VitsslError(f"unknown VTAB protocol '{protocol}'; accepted: {', '.join(PROTOCOLS)}")
 
 
