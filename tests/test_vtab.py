@@ -255,3 +255,22 @@ def test_vitssl_eval_runs_the_vtab_evaluator_on_a_task_folder(tree, checkpoint, 
         if key.startswith("vtab_val200_top1"):
             assert abs(value * 6 / 100 - round(value * 6 / 100)) < 1e-9
     assert abs(metrics["vtab_top1"] * 8 / 100 - round(metrics["vtab_top1"] * 8 / 100)) < 1e-9
+
+
+def test_protocol_settings_translate_to_delegate_options():
+    from vitssl_plugins.vtab import Vtab, finetune_options, linear_probe_options
+
+    petl = protocol_settings("petl")[0].options
+    ft = finetune_options(petl, 1000)  # 100 epochs of 15 full batches of 64
+    assert (ft["optimizer"], ft["steps"], ft["warmup_steps"], ft["lr"], ft["weight_decay"]) \
+        == ("adamw", 1500, 150, 1e-3, 1e-4)
+    paper = protocol_settings("paper")[3].options
+    ft = finetune_options(paper, 800)
+    assert (ft["steps"], ft["batch_size"], ft["grad_clip"], ft["warmup_steps"]) == \
+        (2500, 512, 1.0, 0)
+    assert linear_probe_options(paper, 800)["epochs"] == 2500  # one full batch per epoch
+    assert linear_probe_options({**paper, "batch_size": 100}, 800)["epochs"] == 313
+    with pytest.raises(VitsslError, match="AdamW"):
+        Vtab(protocol="petl", adapt="linear-probe")
+    with pytest.raises(VitsslError, match="accepted: paper, petl, quick"):
+        Vtab(protocol="fast")
