@@ -6,8 +6,8 @@ best pair is retrained on the whole training set and scored once on the test
 split. The classifier is BatchNorm without affine parameters followed by a
 linear layer (as MAE), trained on cached features with SGD (momentum 0.9,
 cosine schedule) or full-batch L-BFGS. Reported (percent): ``linear_probe_top1``
-on test and ``linear_probe_val_top1``, with the chosen ``linear_probe_lr`` and
-``linear_probe_wd``.
+on test and, when there was a sweep, ``linear_probe_val_top1``; with the chosen
+``linear_probe_lr`` and ``linear_probe_wd``.
 """
 
 from __future__ import annotations
@@ -78,16 +78,19 @@ class LinearProbe:
                                 desc=f"{task.name} train features", show_progress=self.progress)
         test = cached_features(encoder, task.test, batch_size=self.feature_batch_size,
                                desc=f"{task.name} test features", show_progress=self.progress)
-        fit_idx, val_idx = split_train_val(len(train.y), self.val_fraction, self.seed)
         settings = [(lr, wd) for lr in self.lrs for wd in self.wds]
-        sweep = self._fit(train.x[fit_idx], train.y[fit_idx], task.num_classes, settings)
-        val_scores = [top1(s, train.y[val_idx]) for s in sweep.logits(train.x[val_idx])]
-        best = max(range(len(settings)), key=lambda i: (val_scores[i], -i))  # ties: first
+        metrics: dict[str, float] = {}
+        best = 0
+        if len(settings) > 1:  # a single setting needs no validation split
+            fit_idx, val_idx = split_train_val(len(train.y), self.val_fraction, self.seed)
+            sweep = self._fit(train.x[fit_idx], train.y[fit_idx], task.num_classes, settings)
+            val_scores = [top1(s, train.y[val_idx]) for s in sweep.logits(train.x[val_idx])]
+            best = max(range(len(settings)), key=lambda i: (val_scores[i], -i))  # ties: first
+            metrics["linear_probe_val_top1"] = val_scores[best]
         final = self._fit(train.x, train.y, task.num_classes, [settings[best]])
         lr, wd = settings[best]
-        return {"linear_probe_top1": top1(final.logits(test.x)[0], test.y),
-                "linear_probe_val_top1": val_scores[best], "linear_probe_lr": lr,
-                "linear_probe_wd": wd}
+        return {"linear_probe_top1": top1(final.logits(test.x)[0], test.y), **metrics,
+                "linear_probe_lr": lr, "linear_probe_wd": wd}
 
 
 @vitssl.hookimpl

@@ -78,3 +78,15 @@ def test_validation_split_is_disjoint_and_covers_train():
     fit, val = split_train_val(101, 0.2, seed=3)
     assert len(val) == 20 and len(fit) == 81
     assert sorted(torch.cat([fit, val]).tolist()) == list(range(101))
+
+
+def test_sweep_picks_the_setting_that_wins_on_validation(digits_pixels):
+    task, _ = digits_pixels
+    probe = get_registry().get("evaluators", "linear-probe")(
+        lr=[0.0, 0.5], weight_decay=[0.0], epochs=5, progress=False)
+    metrics = probe.run(nn.Identity(), task)  # lr 0 leaves the zero weights: chance level
+    assert metrics["linear_probe_lr"] == 0.5 and metrics["linear_probe_val_top1"] > 80
+    single = get_registry().get("evaluators", "linear-probe")(
+        lr=0.5, weight_decay=0.0, epochs=5, progress=False).run(nn.Identity(), task)
+    assert single["linear_probe_top1"] == metrics["linear_probe_top1"]  # same final fit
+    assert "linear_probe_val_top1" not in single
