@@ -58,7 +58,7 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 64
     accum_steps: int = 1
     lr: float = 1e-3
@@ -87,13 +87,18 @@ class SummaryEvalConfig:
 
     enabled: bool = True
     data: str = "builtin:digits"
-    shots: tuple[int, ...] = (10,)
+    shots: tuple[int, ...] = (5, 10, 25)
     seeds: int = 3
+
+
+def _default_run_model() -> ModelConfig:
+    """The default run's encoder: Ti/4 cut to 4 layers at 16 px (minutes on a laptop CPU)."""
+    return ModelConfig(image_size=16, depth=4)
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=_default_run_model)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
