@@ -85,6 +85,12 @@ def _pretrain_config(args: argparse.Namespace):
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    # OpenMP threads that spin while waiting slow CPU training many-fold when the cores
+    # are shared with other processes; sleeping waits cost little when they are not.
+    # Read once when torch loads, so this must come before the first torch import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vitssl.plugins import get_registry
 
     cfg = _pretrain_config(args)
