@@ -157,3 +157,14 @@ def test_config_errors_are_user_errors(tmp_path):
     pretrain(_tiny(tmp_path / "d", "train.steps=2"))
     with pytest.raises(VitsslError, match="--resume"):
         pretrain(_tiny(tmp_path / "d", "train.steps=2"))
+
+
+@pytest.mark.slow
+def test_default_run_beats_random_init_on_few_shot(tmp_path):
+    """The main job: ``vitssl pretrain --objective masked-patch`` with the defaults."""
+    cfg = load_config(None, [f"out={tmp_path / 'run'}"])
+    summary = pretrain(cfg)
+    few = summary["few_shot"]
+    assert few["pretrained"].keys() == few["random_init"].keys() and few["pretrained"]
+    for key, value in few["pretrained"].items():
+        assert value > few["random_init"][key], (key, few)
