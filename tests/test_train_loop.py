@@ -141,10 +141,16 @@ def test_objective_needing_labels_refuses_unlabelled_data(tmp_path, extra_object
         pretrain(cfg)
 
 
-def test_bf16_autocast_trains(tmp_path):
-    cfg = _tiny(tmp_path / "run", "train.precision=bf16", "train.steps=2")
+def test_bf16_autocast_trains_and_tensorboard_is_optional(tmp_path, capsys):
+    cfg = _tiny(tmp_path / "run", "train.precision=bf16", "train.steps=2", "log.tensorboard=true")
     summary = pretrain(cfg)
     assert math.isfinite(summary["final_loss"])
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard is not installed" in capsys.readouterr().err
+    else:
+        assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
 def test_config_errors_are_user_errors(tmp_path):
