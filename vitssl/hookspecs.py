@@ -26,7 +26,11 @@ def register_objectives(register: Register) -> None:
 
 @hookspec
 def register_stems(register: Register) -> None:
-    """Register patch stems: ``factory(image_size=, patch_size=, in_chans=, embed_dim=, **options)``."""
+    """Register patch stems.
+
+    ``factory(image_size=, patch_size=, in_chans=, embed_dim=, **options)`` returns a
+    module mapping images (B, 3, H, W) to tokens (B, N, D) that exposes ``grid_size``.
+    """
 
 
 @hookspec
