@@ -132,7 +132,7 @@ def test_pretraining_on_digits_beats_chance_on_held_out_split(tmp_path):
     from vitssl.train.run import pretrain
 
     cfg = load_config(overrides=[
-        "objective.name=supervised", "objective.options.num_classes=10",
+        "objective.name=supervised",  # num_classes comes from the data
         "data.spec=builtin:digits", "data.augment=false",
         "model.name=Ti/4", "model.image_size=8", "model.depth=1",
         "train.steps=200", "train.batch_size=64", "train.lr=0.001", "train.warmup_steps=20",

@@ -159,6 +159,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise VitsslError(f"'{key}' needs true or false, got {value!r}")
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

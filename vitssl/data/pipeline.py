@@ -50,13 +50,15 @@ class PretrainBatches:
 
     Each batch: ``"image"`` normalised float (B, 3, S, S), ``"pixels"`` the same
     images in [0, 1] before normalisation, and ``"label"`` long (B,) when the
-    data is labelled. ``skipped`` counts samples dropped as unreadable so far.
+    data is labelled. ``skipped`` counts samples dropped as unreadable so far;
+    ``num_classes`` is the dataset's class count (None when unlabelled).
     """
 
     batches: StepBatches
     start_step: int
     num_workers: int
     labelled: bool
+    num_classes: int | None = None
     skipped: int = field(default=0)
 
     def __len__(self) -> int:
@@ -75,6 +77,7 @@ class StreamBatches:
     num_batches: int
     num_workers: int
     labelled: bool
+    num_classes: int | None = None  # unknown without reading every shard
     skipped: int = field(default=0)
 
     def __len__(self) -> int:
@@ -119,5 +122,5 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed:
     batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=cfg.mean,
                           std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps,
                           on_error=on_error)
-    labelled = bool(getattr(dataset, "num_classes", None))
-    return PretrainBatches(batches, start_step, cfg.num_workers, labelled)
+    classes = getattr(dataset, "num_classes", None)
+    return PretrainBatches(batches, start_step, cfg.num_workers, bool(classes), classes)

@@ -11,6 +11,7 @@ and a run on N ranks match one process with the same global batch.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import sys
@@ -83,12 +84,20 @@ def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
     return Path(name)
 
 
-def _build_objective(cfg: Config) -> nn.Module:
+def _build_objective(cfg: Config, batches: Any) -> nn.Module:
+    """The objective around a fresh encoder; ``num_classes`` comes from the data if needed."""
     factory = get_registry().get("objectives", cfg.objective.name)
+    if getattr(factory, "requires_labels", False) and not batches.labelled:
+        raise VitsslError(f"objective '{cfg.objective.name}' needs labels but '{cfg.data.spec}' "
+                          f"is unlabelled; use a labelled spec such as builtin:digits")
+    options = dict(cfg.objective.options)
+    accepts = inspect.signature(factory).parameters
+    if "num_classes" in accepts and "num_classes" not in options and batches.num_classes:
+        options["num_classes"] = batches.num_classes
     torch.manual_seed(cfg.train.seed)
     encoder = build_encoder(cfg.model)
     try:
-        return factory(encoder=encoder, **cfg.objective.options)
+        return factory(encoder=encoder, **options)
     except TypeError as exc:
         raise VitsslError(f"objective '{cfg.objective.name}' does not accept options "
                           f"{cfg.objective.options}: {exc}") from None
@@ -127,7 +136,6 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
     run_dir = _run_dir(cfg, ctx)
     cfg.out = str(run_dir)
     device = ctx.device
-    objective = _build_objective(cfg)
 
     ckpt = None
     if resume:
@@ -144,9 +152,7 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
                                seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
                                start_step=start * tc.accum_steps, rank=ctx.rank,
                                world_size=ctx.world_size)
-    if getattr(objective, "requires_labels", False) and not batches.labelled:
-        raise VitsslError(f"objective '{cfg.objective.name}' needs labels but '{cfg.data.spec}' "
-                          f"is unlabelled; use a labelled spec such as builtin:digits")
+    objective = _build_objective(cfg, batches)
 
     objective.to(device)
     optimizer = build_optimizer(objective, lr=tc.lr, weight_decay=tc.weight_decay,
