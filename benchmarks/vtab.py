@@ -3,6 +3,7 @@
     python benchmarks/vtab.py --checkpoint RUN [--data-root DIR] [--tasks a,b]
         [--protocol paper|petl|quick] [--adapt finetune|linear-probe]
         [--image-size N] [--output results.json] [--resume] [--device auto|cpu|cuda]
+        [--set KEY=VALUE ...]
 
 Every task runs through the ``vtab`` evaluator (sweep on train800 -> val200,
 retrain on train800val200, test top-1). The table (per task, group means, the
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", help="results JSON (default: RUN/vtab-PROTOCOL-ADAPT.json)")
     p.add_argument("--resume", action="store_true", help="skip tasks already in --output")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an option of every training, e.g. steps=20 or "
+                        "eval_batch_size=64 (repeatable)")
     return p.parse_args(argv)
 
 
@@ -56,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         tasks, problems = select_tasks(args.data_root, args.tasks)
         encoder, cfg = load_encoder(args.checkpoint, device=resolve_device(args.device))
         encoder, image_size = encoder_at(encoder, cfg, args.image_size)
+        from vitssl.config import parse_override
+
+        extra = {".".join(k): v for k, v in map(parse_override, args.set)}
         evaluator = get_registry().get("evaluators", "vtab")(protocol=protocol,
-                                                             adapt=args.adapt)
+                                                             adapt=args.adapt, options=extra)
         output = Path(args.output) if args.output else default_output(
             args.checkpoint, protocol, args.adapt)
         print(f"vtab: {len(tasks)} task(s), protocol {protocol}, {args.adapt}, {image_size} px; "
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                         mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
                         image_size=image_size, tasks=tasks, problems=problems,
                         evaluator=evaluator, protocol=protocol, adapt=args.adapt,
-                        output=output, resume=args.resume)
+                        output=output, resume=args.resume, options=extra)
     except VitsslError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

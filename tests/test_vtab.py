@@ -169,12 +169,15 @@ def _run(script, args, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("adapt", ["finetune", "linear-probe"])
-def test_script_end_to_end_resume_and_bad_folders(tree, checkpoint, tmp_path, capsys, adapt):
+@pytest.mark.parametrize(("adapt", "override"), [("finetune", {"steps": 30}),
+                                                 ("linear-probe", {"epochs": 20})])
+def test_script_end_to_end_resume_and_bad_folders(tree, checkpoint, tmp_path, capsys, adapt,
+                                                   override):
     script = _load_script()
     output = tmp_path / "results.json"
     args = ["--checkpoint", str(checkpoint), "--data-root", str(tree), "--protocol", "quick",
-            "--adapt", adapt, "--output", str(output), "--device", "cpu"]
+            "--adapt", adapt, "--output", str(output), "--device", "cpu",
+            "--set", "{}={}".format(*next(iter(override.items())))]
     code, out, err = _run(script, args, capsys)
     assert code == 1  # two tasks failed, the others finished
     doc = json.loads(output.read_text())
@@ -198,6 +201,7 @@ def test_script_end_to_end_resume_and_bad_folders(tree, checkpoint, tmp_path, ca
     assert summary["groups"]["natural"]["mean"] == pytest.approx(ok["dtd"]["top1"])
     assert summary["mean_of_group_means"] == pytest.approx(statistics.mean(top1s))
     assert summary["num_tasks"] == 2 and summary["num_failed"] == 2
+    assert doc["overrides"] == override
     assert "mean over 2 task(s)" in out and "mean of 2 group mean(s)" in out
     assert "65.57" in out and "52.94" in out  # reference rows
     md = output.with_suffix(".md").read_text()

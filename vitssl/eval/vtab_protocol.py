@@ -13,8 +13,8 @@ Protocols (each a list of settings, each a dict of options for the
   clipping at 1, lr {0.001, 0.01} × {500, 2500} steps (4 candidates).
 - ``petl`` — the PyTorch VTAB community convention: AdamW lr 1e-3, weight
   decay 1e-4, batch 64, 100 epochs, cosine with 10 warm-up epochs (1 candidate).
-- ``quick`` — a CPU-sized smoke schedule: SGD momentum 0.9, batch 16,
-  40 steps (4 warm-up), cosine, clipping at 1, lr {0.01, 0.03} (2 candidates,
+- ``quick`` — a CPU-sized schedule for the default small encoder: SGD momentum
+  0.9, batch 32, 100 steps (10 warm-up), cosine, clipping at 1, lr {0.01, 0.03} (2 candidates,
   so the selection path runs). Its numbers are not comparable to published ones.
 """
 
@@ -60,7 +60,7 @@ def protocol_settings(protocol: str) -> list[Setting]:
                          "epochs": 100, "batch_size": 64, "warmup_epochs": 10,
                          "schedule": "cosine"})]
     if protocol == "quick":
-        return [_sgd(lr, 40, 16, warmup=4) for lr in (0.01, 0.03)]
+        return [_sgd(lr, 100, 32, warmup=10) for lr in (0.01, 0.03)]
     raise VitsslError(f"unknown VTAB protocol '{protocol}'; accepted: {', '.join(PROTOCOLS)}")
 
 

@@ -135,7 +135,8 @@ def default_output(checkpoint: str | Path, protocol: str, adapt: str) -> Path:
 def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
               std: tuple[float, ...], image_size: int, tasks: list[TaskRef],
               problems: list[str], evaluator: Any, protocol: str, adapt: str,
-              output: str | Path, resume: bool = False, log: Log = _stderr) -> dict[str, Any]:
+              output: str | Path, resume: bool = False, options: dict[str, Any] | None = None,
+              log: Log = _stderr) -> dict[str, Any]:
     """Run ``evaluator`` (a ``vtab`` evaluator) on every task; write JSON + Markdown as it goes.
 
     Each finished task is written at once, so an interrupted suite can
@@ -147,6 +148,7 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
         doc = load_document(output, protocol=protocol, adapt=adapt, image_size=image_size)
     else:
         doc = new_document(str(checkpoint), protocol, adapt, image_size)
+    doc["overrides"] = dict(options or {})  # --set options applied to every training
     for line in problems:
         log(f"vtab: {line}")
         name = line.split(":", 1)[0]
