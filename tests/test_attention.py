@@ -24,13 +24,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = {torch.float32: 1e-6, torch.float16: 2.5e-4, torch.bfloat16: 4e-3, torch.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded_numpy_blas():
-    """The interpreter's tile matmuls are tiny; threaded OpenBLAS only thrashes a busy CPU."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        yield
-
 
 # -- helpers ------------------------------------------------------------------------------
 

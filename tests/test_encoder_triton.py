@@ -15,13 +15,6 @@ ta = pytest.importorskip("vitssl.kernels.triton_attention")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded_numpy_blas():
-    """The interpreter's tile matmuls are tiny; threaded OpenBLAS only thrashes a busy CPU."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        yield
-
 
 @pytest.fixture
 def triton_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from vitssl.cli import main
 from vitssl.data.tasks import load_task
@@ -11,19 +10,9 @@ from vitssl.plugins import get_registry
 from vitssl.train.checkpoint import latest_checkpoint, load_encoder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
     code = main(["pretrain", "--objective", "masked-patch", "--steps", "2", "--batch-size", "16",
                  "--image-size", "16", "--device", "cpu", "--out", str(out),
                  "--set", "model.depth=1", "--set", "summary_eval.enabled=false"])

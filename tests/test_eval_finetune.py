@@ -11,15 +11,6 @@ from vitssl.models.pos_embed import resample_pos_embed
 from vitssl.plugins import get_registry
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _encoder(depth=1, patch=4, size=16, seed=0):
     torch.manual_seed(seed)
     return build_encoder(ModelConfig(name=f"Ti/{patch}", image_size=size, depth=depth))

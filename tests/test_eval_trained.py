@@ -17,15 +17,6 @@ from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _error(top1: float) -> float:
     return 100.0 - top1
 
@@ -50,13 +41,10 @@ def _supervised(encoder: nn.Module, task, steps: int = 100, batch: int = 64) -> 
 
 @pytest.fixture(scope="module")
 def encoders_and_task():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     random = build_encoder(ModelConfig(name="Ti/8", image_size=16, depth=2)).eval()
     task = load_task("builtin:digits", 16)
     trained = _supervised(copy.deepcopy(random), task)
-    torch.set_num_threads(before)
     return random, trained, task
 
 

@@ -13,16 +13,6 @@ from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: much faster than two on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # name, image size (H, W), patch size, expected grid, expected feature channels, stage depths
 LAYOUTS = [
     ("resnet50-hybrid", (32, 48), 16, (2, 3), 1024, (3, 4, 9)),

@@ -15,15 +15,6 @@ from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: much faster than two on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _objective(num_classes=10, depth=1, **options):
     torch.manual_seed(0)
     encoder = build_encoder(ModelConfig(name="Ti/4", image_size=8, depth=depth))

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from PIL import Image
+from torch.utils.data import Dataset
 
 from vitssl.errors import VitsslError
 
@@ -47,3 +48,22 @@ def shard_ext(path: Path) -> str | None:
     ext = path.suffix.lower().lstrip(".")
     ext = "jpg" if ext == "jpeg" else ext
     return ext if ext in SHARD_EXTS else None
+
+
+class ImageFiles(Dataset):
+    """Map-style dataset over ``self.samples``: a list of (image path, label) pairs."""
+
+    samples: list[tuple[Path, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return load_image(path), label
+
+    def raw(self, index: int) -> tuple[bytes, str, int] | None:
+        """(file bytes, shard key, label) when the file can go into a shard unchanged."""
+        path, label = self.samples[index]
+        ext = shard_ext(path)
+        return (path.read_bytes(), ext, label) if ext else None

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-from torch.utils.data import Dataset
-
-from vitssl.data.decode import IMAGE_EXTS, is_image_file, load_image, shard_ext
+from vitssl.data.decode import IMAGE_EXTS, ImageFiles, is_image_file
 from vitssl.errors import VitsslError
 
 
@@ -38,7 +35,7 @@ def _split_root(path: Path, split: str) -> Path:
     raise VitsslError(f"folder:{path} has no split '{split}': expected a directory {path / split}")
 
 
-class ImageFolder(Dataset):
+class ImageFolder(ImageFiles):
     """Map-style dataset of (RGB PIL image, label) over an image tree."""
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
@@ -67,16 +64,3 @@ class ImageFolder(Dataset):
         else:
             raise VitsslError(f"folder:{self.root} holds no images ({', '.join(IMAGE_EXTS)}), "
                               f"neither directly nor in class sub-folders")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[index]
-        return load_image(path), label
-
-    def raw(self, index: int) -> tuple[bytes, str, int] | None:
-        """(file bytes, shard key, label) when the file can go into a shard unchanged."""
-        path, label = self.samples[index]
-        ext = shard_ext(path)
-        return (path.read_bytes(), ext, label) if ext else None

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-from torch.utils.data import Dataset
-
-from vitssl.data.decode import load_image, shard_ext
+from vitssl.data.decode import ImageFiles
 from vitssl.errors import VitsslError
 
 # The 19 VTAB-1k tasks (folder name -> number of classes), grouped as in VTAB.
@@ -58,7 +55,7 @@ def parse_list(path: Path, num_classes: int) -> list[tuple[str, int]]:
     return out
 
 
-class Vtab1kTask(Dataset):
+class Vtab1kTask(ImageFiles):
     """Map-style dataset of (RGB PIL image, label) for one split of one VTAB-1k task."""
 
     def __init__(self, path: str | Path, split: str = "train", *,
@@ -87,16 +84,3 @@ class Vtab1kTask(Dataset):
             if not image.is_file():
                 raise VitsslError(f"{list_file}:{number}: image {image} does not exist")
             self.samples.append((image, label))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[index]
-        return load_image(path), label
-
-    def raw(self, index: int) -> tuple[bytes, str, int] | None:
-        """(file bytes, shard key, label) when the file can go into a shard unchanged."""
-        path, label = self.samples[index]
-        ext = shard_ext(path)
-        return (path.read_bytes(), ext, label) if ext else None
