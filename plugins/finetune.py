@@ -9,6 +9,13 @@ AdamW convention of the PyTorch VTAB-1k community (lr 1e-3, weight decay 1e-4,
 10% warm-up). The test split is scored once, after the last step. Reported
 (percent): ``finetune_top1``, and the mean training loss of the last steps as
 ``finetune_train_loss``. Defaults are CPU-sized (200 steps of 64).
+
+Gradient accumulation: ``accum_steps`` splits each batch of ``batch_size``
+into that many micro-batches of ``batch_size // accum_steps`` (it must
+divide), or ``micro_batch`` caps the images per forward pass (it must divide
+``batch_size``; a value >= ``batch_size`` means one pass). Each micro-batch
+loss is weighted by its share of the batch, so an optimizer step equals one
+step on the whole batch (the ViT has no BatchNorm) up to float rounding.
 """
 
 from __future__ import annotations
@@ -90,6 +97,25 @@ def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator:
                               drop_last=drop_last, generator=generator, num_workers=0)
 
 
+def _accum_steps(batch_size: int, accum_steps: int, micro_batch: int | None) -> int:
+    """Micro-batches per optimizer step, from ``accum_steps`` or a ``micro_batch`` cap."""
+    if micro_batch is not None:
+        if accum_steps != 1:
+            raise VitsslError("finetune: give 'accum_steps' or 'micro_batch', not both")
+        if int(micro_batch) < 1:
+            raise VitsslError(f"finetune option 'micro_batch' must be >= 1, got {micro_batch!r}")
+        if int(micro_batch) >= batch_size:
+            return 1
+        if batch_size % int(micro_batch):
+            raise VitsslError(f"finetune option 'micro_batch' ({micro_batch}) must divide "
+                              f"'batch_size' ({batch_size}) or be at least as large")
+        return batch_size // int(micro_batch)
+    if accum_steps < 1 or batch_size % accum_steps:
+        raise VitsslError(f"finetune option 'accum_steps' must be >= 1 and divide "
+                          f"'batch_size' ({batch_size}), got {accum_steps}")
+    return accum_steps
+
+
 class Finetune:
     """Full fine-tuning: SGD momentum 0.9, cosine, no weight decay, clip 1, zero-init head."""
 
@@ -97,6 +123,7 @@ class Finetune:
                  weight_decay: float | None = None, steps: int = 200, batch_size: int = 64,
                  warmup_steps: int | None = None, image_size: int | None = None,
                  layer_decay: float | None = None, grad_clip: float = 1.0, seed: int = 0,
+                 accum_steps: int = 1, micro_batch: int | None = None,
                  eval_batch_size: int = 256, progress: bool = True) -> None:
         if optimizer not in OPTIMIZERS:
             raise VitsslError(f"finetune option 'optimizer' must be one of "
@@ -118,6 +145,7 @@ class Finetune:
         self.layer_decay = None if layer_decay is None else float(layer_decay)
         self.grad_clip, self.seed = float(grad_clip), int(seed)
         self.eval_batch_size, self.progress = int(eval_batch_size), bool(progress)
+        self.accum_steps = _accum_steps(self.batch_size, int(accum_steps), micro_batch)
 
     def param_groups(self, model: _Classifier) -> list[dict]:
         """One group per (layer, decays?) with its learning-rate scale."""
@@ -149,7 +177,8 @@ class Finetune:
             labels.append(torch.as_tensor(y))
         return top1(torch.cat(preds), torch.cat(labels))
 
-    def run(self, encoder: nn.Module, task: Any) -> dict[str, float]:
+    def fit(self, encoder: nn.Module, task: Any) -> tuple[nn.Module, list[float]]:
+        """Train a copy of ``encoder`` with a new head on ``task.train``; model and losses."""
         device = module_device(encoder)
         torch.manual_seed(self.seed)
         copied = copy.deepcopy(encoder)
@@ -168,19 +197,34 @@ class Finetune:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             images, labels = next(batches)
-            logits = model(_resized(images.to(device), self.image_size))
-            loss = F.cross_entropy(logits, torch.as_tensor(labels).to(device))
-            if not math.isfinite(loss.item()):
-                raise VitsslError(f"finetune diverged at step {step} (loss {loss.item()}); "
-                                  f"lower 'lr' (now {self.lr:g})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._accumulate(model, images, torch.as_tensor(labels), device)
+            if not math.isfinite(loss):
+                raise VitsslError(f"finetune diverged at step {step} (loss {loss}); "
+                                  f"lower 'lr' (now {self.lr:g})")
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss)
+        return model, losses
+
+    def _accumulate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    device: torch.device) -> float:
+        """Backward over micro-batches, each loss weighted by its share; the batch's mean loss."""
+        total = len(labels)
+        size = max(1, self.batch_size // self.accum_steps)  # a short last batch: fewer chunks
+        loss_sum = torch.zeros((), device=device)
+        for chunk, chunk_labels in zip(images.split(size), labels.split(size), strict=True):
+            logits = model(_resized(chunk.to(device), self.image_size))
+            loss = F.cross_entropy(logits, chunk_labels.to(device)) * (len(chunk_labels) / total)
+            loss.backward()
+            loss_sum += loss.detach()
+        return loss_sum.item()
+
+    def run(self, encoder: nn.Module, task: Any) -> dict[str, float]:
+        model, losses = self.fit(encoder, task)
         tail = losses[-max(1, min(20, len(losses) // 5)):]
-        return {"finetune_top1": self._score(model, task.test, device),
+        return {"finetune_top1": self._score(model, task.test, module_device(encoder)),
                 "finetune_train_loss": sum(tail) / len(tail)}
 
 

@@ -1,11 +1,14 @@
-"""finetune: learns on a copy, resamples position embeddings, layer-wise lr decay groups."""
+"""finetune: learns on a copy, resamples position embeddings, layer-wise lr decay groups,
+accumulates gradients over micro-batches."""
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from vitssl_plugins.finetune import Finetune, _Classifier, set_resolution
 
 from vitssl.config import ModelConfig
-from vitssl.data.tasks import load_task
+from vitssl.data.tasks import Task, load_task
+from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.models.pos_embed import resample_pos_embed
 from vitssl.plugins import get_registry
@@ -69,3 +72,44 @@ def test_layer_decay_scales_each_layer():
     assert id(named["encoder.pos_embed"]) not in decayed
     sgd_groups = Finetune().param_groups(model)  # the paper's recipe: no weight decay
     assert all(g["weight_decay"] == 0 for g in sgd_groups)
+
+
+def _tensor_task(train_size: int, seed: int = 0) -> Task:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(train_size + 20, 3, 16, 16, generator=gen)
+    labels = torch.randint(0, 4, (train_size + 20,), generator=gen)
+    return Task("tensors", TensorDataset(images[:train_size], labels[:train_size]),
+                TensorDataset(images[train_size:], labels[train_size:]), num_classes=4)
+
+
+@pytest.mark.parametrize("train_size", [48, 10])  # full batches of 16; one short batch of 10
+def test_accumulated_micro_batches_give_the_full_batch_update(train_size):
+    task = _tensor_task(train_size)
+    encoder = _encoder(patch=8)
+    init = {k: v.clone() for k, v in _Classifier(encoder, 4).state_dict().items()}
+    fits, scores = {}, {}
+    for accum in (1, 4):
+        finetune = Finetune(lr=0.1, steps=4, batch_size=16, warmup_steps=1, accum_steps=accum,
+                            grad_clip=0.0, progress=False)  # no clipping: scale errors show
+        fits[accum] = finetune.fit(encoder, task)
+        scores[accum] = finetune.run(encoder, task)
+    (whole, whole_losses), (accumulated, accum_losses) = fits[1], fits[4]
+    torch.testing.assert_close(accum_losses, whole_losses, rtol=1e-5, atol=1e-6)
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(accumulated.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+    moved = max((value - init[name]).abs().max().item()
+                for name, value in whole.state_dict().items())
+    assert moved > 1e-2  # the steps changed the weights, so the comparison means something
+    assert scores[4] == pytest.approx(scores[1], rel=1e-5)
+
+
+def test_accumulation_options_are_checked():
+    assert Finetune(batch_size=512, micro_batch=64).accum_steps == 8
+    assert Finetune(batch_size=32, micro_batch=64).accum_steps == 1  # one pass is enough
+    assert Finetune(batch_size=16, accum_steps=4).accum_steps == 4
+    with pytest.raises(VitsslError, match="accum_steps"):
+        Finetune(batch_size=16, accum_steps=3)
+    with pytest.raises(VitsslError, match="micro_batch"):
+        Finetune(batch_size=512, micro_batch=100)
+    with pytest.raises(VitsslError, match="not both"):
+        Finetune(batch_size=512, micro_batch=64, accum_steps=8)

@@ -278,3 +278,25 @@ def test_protocol_settings_translate_to_delegate_options():
         Vtab(protocol="petl", adapt="linear-probe")
     with pytest.raises(VitsslError, match="accepted: paper, petl, quick"):
         Vtab(protocol="fast")
+
+
+def test_micro_batch_option_reaches_finetune_as_gradient_accumulation(monkeypatch):
+    from vitssl_plugins.finetune import Finetune
+    from vitssl_plugins.vtab import Vtab
+
+    seen = []
+
+    def record(self, encoder, task):
+        seen.append((self.batch_size, self.accum_steps, self.steps))
+        return {"finetune_top1": 50.0}
+
+    monkeypatch.setattr(Finetune, "run", record)
+    for protocol in ("paper", "quick"):
+        vtab = Vtab(protocol=protocol, options={"micro_batch": 64}, progress=False)
+        setting = vtab.settings[-1]
+        assert vtab._train_and_score(None, _fake_task().final_task(), setting) == 50.0
+    assert seen == [(512, 8, 2500), (32, 1, 100)]  # 8 passes of 64; quick fits in one
+    with pytest.raises(VitsslError, match="micro_batch"):
+        Vtab(protocol="paper", options={"micro_batch": 100},
+             progress=False)._train_and_score(None, _fake_task().final_task(),
+                                              protocol_settings("paper")[0])
