@@ -20,7 +20,7 @@ import torch
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import cached_features
+from vitssl.eval.features import task_features
 from vitssl.eval.metrics import top1
 from vitssl.eval.ridge import DEFAULT_L2, FewShotRidge
 
@@ -63,10 +63,8 @@ class FewShot:
         self.progress = bool(progress)
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
-        train = cached_features(encoder, task.train, batch_size=self.batch_size,
-                                desc=f"{task.name} train features", show_progress=self.progress)
-        test = cached_features(encoder, task.test, batch_size=self.batch_size,
-                               desc=f"{task.name} test features", show_progress=self.progress)
+        train, test = task_features(encoder, task, batch_size=self.batch_size,
+                                    show_progress=self.progress)
         labels = train.y.numpy()
         counts = np.bincount(labels, minlength=task.num_classes)
         fewest = int(counts.min())

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import cached_features
+from vitssl.eval.features import task_features
 from vitssl.eval.metrics import top1
 
 
@@ -56,10 +56,8 @@ class KNN:
         self.progress = bool(progress)
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
-        train = cached_features(encoder, task.train, batch_size=self.batch_size,
-                                desc=f"{task.name} train features", show_progress=self.progress)
-        test = cached_features(encoder, task.test, batch_size=self.batch_size,
-                               desc=f"{task.name} test features", show_progress=self.progress)
+        train, test = task_features(encoder, task, batch_size=self.batch_size,
+                                    show_progress=self.progress)
         preds = knn_predict(train.x, train.y, test.x, task.num_classes, self.ks,
                             self.temperature)
         return {f"knn_k{k}_top1": top1(preds[k], test.y) for k in self.ks}

@@ -19,7 +19,7 @@ import torch
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import cached_features
+from vitssl.eval.features import task_features
 from vitssl.eval.linear import (
     OPTIMIZERS,
     LinearClassifiers,
@@ -74,10 +74,8 @@ class LinearProbe:
                          batch_size=self.batch_size, seed=self.seed)
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
-        train = cached_features(encoder, task.train, batch_size=self.feature_batch_size,
-                                desc=f"{task.name} train features", show_progress=self.progress)
-        test = cached_features(encoder, task.test, batch_size=self.feature_batch_size,
-                               desc=f"{task.name} test features", show_progress=self.progress)
+        train, test = task_features(encoder, task, batch_size=self.feature_batch_size,
+                                    show_progress=self.progress)
         settings = [(lr, wd) for lr in self.lrs for wd in self.wds]
         metrics: dict[str, float] = {}
         best = 0

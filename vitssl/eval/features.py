@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,6 +80,14 @@ def cached_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 2
                                 show_progress=show_progress)
     per_encoder[id(dataset)] = _Entry(dataset, fingerprint, features)
     return features
+
+
+def task_features(encoder: nn.Module, task: Any, *, batch_size: int = 256,
+                  show_progress: bool = True) -> tuple[Features, Features]:
+    """Cached (train, test) features of a task's two splits."""
+    return tuple(cached_features(encoder, split, batch_size=batch_size,
+                                 desc=f"{task.name} {name} features", show_progress=show_progress)
+                 for name, split in (("train", task.train), ("test", task.test)))
 
 
 def clear_cache() -> None:
