@@ -86,12 +86,17 @@ class MaskedPatchPrediction(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.num_classes = 2 ** (3 * self.bits)
+        grid = encoder.grid_size
+        self.num_corrupted(grid[0] * grid[1])  # a grid with nothing to corrupt is refused now
         if target == "mean-color":
             out = self.num_classes
         elif target == "downsampled-4x4":
+            patch = getattr(encoder, "patch_size", 0)
+            if not isinstance(patch, int) or patch < 4 or patch % 4:
+                raise VitsslError(f"target=downsampled-4x4 needs square patches whose side is "
+                                  f"a multiple of 4, got patch size {patch}")
             out = 16 * self.num_classes
         else:
-            grid = encoder.grid_size
             image = getattr(encoder.patch_embed, "image_size", None)
             if image is None:
                 raise VitsslError("target=pixels needs a stem with an image_size")
@@ -102,7 +107,13 @@ class MaskedPatchPrediction(nn.Module):
 
     # -- corruption ---------------------------------------------------------------------------
     def num_corrupted(self, num_patches: int) -> int:
-        return int(self.corrupt_ratio * num_patches)  # floor
+        """floor(corrupt_ratio * N); a :class:`VitsslError` when that is 0."""
+        k = int(self.corrupt_ratio * num_patches)
+        if k < 1:
+            raise VitsslError(f"masked-patch: corrupt_ratio={self.corrupt_ratio} of a "
+                              f"{num_patches}-patch grid corrupts nothing; use a larger image "
+                              f"or a smaller patch size")
+        return k
 
     def draw(self, batch_size: int, num_patches: int, device: torch.device,
              sample_seed: torch.Tensor | None = None) -> Corruption:

@@ -104,7 +104,7 @@ def test_mean_colour_targets_for_hand_made_patches():
 
 
 def test_downsampled_and_pixel_targets():
-    obj = _objective(image_size=8, patch=8, target="downsampled-4x4")
+    obj = _objective(image_size=16, patch=8, target="downsampled-4x4")
     pixels = torch.zeros(1, 3, 8, 8)
     pixels[0, 0, 0:2, 2:4] = 0.9  # cell (row 0, col 1) red -> level 7
     pixels[0, 1, 6:8, 6:8] = 0.5  # cell (3, 3) green -> level 4
@@ -161,3 +161,10 @@ def test_bad_options_are_user_errors():
         MaskedPatchPrediction(encoder, corrupt_ratio=0.0)
     with pytest.raises(VitsslError, match="mask_prob"):
         MaskedPatchPrediction(encoder, mask_prob=0.9, random_prob=0.2)
+
+
+def test_grids_and_patches_the_objective_cannot_use_are_refused():
+    with pytest.raises(VitsslError, match="corrupts nothing"):
+        _objective(image_size=16, patch=16)  # one patch: floor(0.5 * 1) = 0
+    with pytest.raises(VitsslError, match="multiple of 4"):
+        _objective(image_size=16, patch=2, target="downsampled-4x4")

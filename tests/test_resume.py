@@ -137,3 +137,25 @@ def test_sigkilled_run_resumes_to_the_same_losses(tmp_path):
     b = load_encoder(killed)[0].state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _run_cfg(out: Path, **changes) -> Config:
+    from vitssl.config import load_config
+
+    sets = {"model.depth": 1, "model.image_size": 8, "train.steps": 2, "train.batch_size": 4,
+            "train.checkpoint_every": 1, "summary_eval.enabled": False, **changes}
+    return load_config(None, [f"{k}={v}" for k, v in sets.items()] + [f"out={out}"])
+
+
+def test_resume_refuses_a_changed_config_and_keeps_a_finished_summary(tmp_path):
+    from vitssl.train.run import pretrain
+
+    first = pretrain(_run_cfg(tmp_path))
+    saved = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(VitsslError, match=r"changed config \(model.image_size: 8 -> 16\)"):
+        pretrain(_run_cfg(tmp_path, **{"model.image_size": 16, "train.steps": 3}), resume=True)
+    assert (tmp_path / "config.yaml").read_text() == saved  # the run directory is untouched
+    again = pretrain(_run_cfg(tmp_path), resume=True)  # already complete: nothing retrained
+    assert again["images_per_s"] == first["images_per_s"] > 0
+    longer = pretrain(_run_cfg(tmp_path, **{"train.steps": 3}), resume=True)
+    assert longer["steps"] == 3 and len(list_checkpoints(tmp_path)) >= 1

@@ -291,3 +291,18 @@ def test_micro_batch_option_reaches_finetune_as_gradient_accumulation(monkeypatc
         Vtab(protocol="paper", options={"micro_batch": 100},
              progress=False)._train_and_score(None, _fake_task().final_task(),
                                               protocol_settings("paper")[0])
+
+
+def test_tasks_outside_vtab_take_no_part_in_the_vtab_means():
+    from vitssl.eval.vtab_report import summarize
+
+    summary = summarize({
+        "dsprites-loc": {"status": "ok", "group": "structured", "top1": 10.0},
+        "eurosat": {"status": "ok", "group": "specialized", "top1": 30.0},
+        "dsprites-ori": {"status": "ok", "group": "structured", "top1": 20.0},
+        "digits": {"status": "ok", "group": "other", "top1": 90.0},
+    })
+    assert summary["mean_over_tasks"] == pytest.approx(20.0)
+    assert summary["mean_of_group_means"] == pytest.approx((15.0 + 30.0) / 2)
+    assert summary["groups"]["other"]["mean"] == pytest.approx(90.0)
+    assert summary["num_tasks"] == 3

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from vitssl.errors import VitsslError
 
@@ -80,8 +81,12 @@ def _pretrain_config(args: argparse.Namespace):
     overrides = [f"{a}.{b}={json.dumps(v)}" for (a, b), v in flags.items() if v is not None]
     if args.out is not None:
         overrides.append(f"out={json.dumps(args.out)}")
+    config_file = args.config
+    if args.resume and config_file is None and args.out is not None:
+        saved = Path(args.out) / "config.yaml"
+        config_file = saved if saved.is_file() else None  # resume the run as it was made
     # Explicit flags beat the config file; --set beats both.
-    return load_config(args.config, overrides + list(args.set))
+    return load_config(config_file, overrides + list(args.set))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:

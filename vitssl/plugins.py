@@ -81,9 +81,15 @@ def _wanted(names: str | None) -> set[str] | None:
     return {n.strip() for n in names.split(",") if n.strip()}
 
 
-def _selected_entry_points() -> list[EntryPoint]:
+def _selected_entry_points(registry: Registry) -> list[EntryPoint]:
     only = _wanted(os.environ.get("VITSSL_PLUGINS"))
     blocked = _wanted(os.environ.get("VITSSL_DISABLE_PLUGINS")) or set()
+    available = {ep.name for ep in entry_points(group=GROUP)}
+    for var, names in (("VITSSL_PLUGINS", only or set()), ("VITSSL_DISABLE_PLUGINS", blocked)):
+        for name in sorted(names - available):
+            registry.failures.append(PluginFailure(
+                name, "unknown", f"{var} names no installed entry point '{name}'; available: "
+                                 f"{', '.join(sorted(available))}"))
     chosen = [ep for ep in entry_points(group=GROUP)
               if (only is None or ep.name in only) and ep.name not in blocked]
     # Built-ins first, so a third-party package cannot shadow them.
@@ -105,7 +111,7 @@ def build_registry() -> Registry:
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     distributions: dict[str, str] = {}
-    for ep in _selected_entry_points():
+    for ep in _selected_entry_points(registry):
         dist = _distribution(ep)
         try:
             module = ep.load()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -24,10 +26,25 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
-        raise CorruptImage(f"cannot decode image {name}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}") from None
+        detail = re.sub(r" ?<[^<>]* at 0x[0-9a-f]+>", "", str(exc).splitlines()[0]) \
+            if str(exc) else "no detail"
+        raise CorruptImage(f"cannot decode image {name}: {type(exc).__name__}: {detail}") \
+            from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with 16-bit, 32-bit and float images scaled to 8 bits (PIL would clip them)."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max(initial=0.0)
+        if image.mode.startswith("I;16") or 255 < top <= 65535:
+            values = values / 257.0
+        elif top > 65535:
+            values = values * (255.0 / top)
+        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from vitssl.errors import VitsslError
 from vitssl.eval.progress import progress
 
 
@@ -43,6 +44,9 @@ def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 
                      device: torch.device | str | None = None, desc: str = "features",
                      show_progress: bool = True) -> Features:
     """``encoder(images)`` over the whole dataset in eval mode, without gradients."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise VitsslError(f"the feature batch size must be a positive integer, got "
+                          f"{batch_size!r}")
     device = torch.device(device) if device is not None else module_device(encoder)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     was_training = encoder.training

@@ -63,7 +63,11 @@ def _mean(values: list[float]) -> float:
 
 
 def summarize(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Group means, the plain mean over tasks and the mean of group means (successful tasks)."""
+    """Group means, the plain mean over tasks and the mean of group means (successful tasks).
+
+    Tasks of the ``"other"`` group (not VTAB tasks, e.g. digits) get their own group
+    row but take no part in the two VTAB means.
+    """
     done = {name: r for name, r in tasks.items() if r.get("status") == "ok"}
     groups: dict[str, dict[str, Any]] = {}
     for group in GROUP_ORDER:
@@ -71,10 +75,12 @@ def summarize(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if members:
             groups[group] = {"mean": _mean([done[n]["top1"] for n in members]),
                              "tasks": members}
+    vtab = {g: v for g, v in groups.items() if g != "other"}
     return {"groups": groups,
-            "mean_over_tasks": _mean([r["top1"] for r in done.values()]),
-            "mean_of_group_means": _mean([g["mean"] for g in groups.values()]),
-            "num_tasks": len(done),
+            "mean_over_tasks": _mean([done[n]["top1"] for g in vtab.values()
+                                      for n in g["tasks"]]),
+            "mean_of_group_means": _mean([g["mean"] for g in vtab.values()]),
+            "num_tasks": sum(len(g["tasks"]) for g in vtab.values()),
             "num_failed": sum(1 for r in tasks.values() if r.get("status") == "failed")}
 
 
@@ -106,7 +112,7 @@ def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for group, g in summary["groups"].items():
         rows.append([f"mean: {GROUP_TITLES.get(group, group)}", f"{len(g['tasks'])} task(s)",
                      _fmt(g["mean"]), "", "", ""])
-    n, k = summary["num_tasks"], len(summary["groups"])
+    n, k = summary["num_tasks"], len([g for g in summary["groups"] if g != "other"])
     rows.append([f"mean over {n} task(s) (VTAB score)", "", _fmt(summary["mean_over_tasks"]),
                  "", "", ""])
     rows.append([f"mean of {k} group mean(s)", "", _fmt(summary["mean_of_group_means"]),

@@ -21,10 +21,16 @@ def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = No
         raise VitsslError(f"unknown attention backend '{cfg.attention}'; accepted: "
                           f"{', '.join(ATTENTION_BACKENDS)}")
     variant, patch = parse_model_name(cfg.name)
+    if cfg.depth is not None and cfg.depth < 1:
+        raise VitsslError(f"model.depth must be >= 1, got {cfg.depth}")
     registry = registry or get_registry()
-    stem = registry.get("stems", cfg.stem)(image_size=cfg.image_size, patch_size=patch,
-                                            in_chans=3, embed_dim=variant.embed_dim,
-                                            **cfg.stem_options)
+    try:
+        stem = registry.get("stems", cfg.stem)(image_size=cfg.image_size, patch_size=patch,
+                                                in_chans=3, embed_dim=variant.embed_dim,
+                                                **cfg.stem_options)
+    except TypeError as exc:
+        raise VitsslError(f"stem '{cfg.stem}' does not accept options {cfg.stem_options}: "
+                          f"{exc}") from None
     return VisionTransformer(
         stem, embed_dim=variant.embed_dim, depth=cfg.depth or variant.depth,
         num_heads=variant.num_heads, mlp_dim=variant.mlp_dim, class_token=cfg.class_token,

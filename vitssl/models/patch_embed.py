@@ -21,6 +21,9 @@ class PatchEmbed(nn.Module):
         self.image_size = _pair(image_size)
         self.patch_size = _pair(patch_size)
         for size, patch in zip(self.image_size, self.patch_size, strict=True):
+            if patch < 1 or size < patch:
+                raise VitsslError(f"image size {self.image_size} must be at least the patch "
+                                  f"size {self.patch_size}")
             if size % patch:
                 raise VitsslError(f"image size {self.image_size} is not a multiple of the "
                                   f"patch size {self.patch_size}")

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vitssl.config import Config, save_config
+from vitssl.config import Config, config_from_dict, flatten, save_config, to_dict
 from vitssl.data.pipeline import pretrain_batches
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
@@ -73,6 +74,20 @@ def _check(cfg: Config, world_size: int) -> int:
                           f"world size x accum_steps = {share}")
     if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
         raise VitsslError("train.checkpoint_every and train.keep_checkpoints must be >= 1")
+    if tc.warmup_steps < 0 or tc.lr <= 0 or tc.grad_clip < 0:
+        raise VitsslError("train.warmup_steps and train.grad_clip must be >= 0 (grad_clip 0 "
+                          "turns clipping off) and train.lr > 0")
+    if not all(0.0 <= b < 1.0 for b in tc.betas):
+        raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
+    dc = cfg.data
+    if dc.num_workers < 0:
+        raise VitsslError(f"data.num_workers must be >= 0, got {dc.num_workers}")
+    lo, hi = dc.crop_scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise VitsslError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
+    lo, hi = dc.crop_ratio
+    if not 0.0 < lo <= hi:
+        raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
     return tc.batch_size // share
 
 
@@ -82,6 +97,27 @@ def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = distributed.broadcast_text(f"runs/{cfg.objective.name}-{stamp}", ctx)
     return Path(name)
+
+
+# What may change when a run is resumed; everything else must match its config.yaml.
+RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers",
+                     "summary_eval.", "log.")
+
+
+def _check_resumable(cfg: Config, run_dir: Path) -> None:
+    """Refuse to resume a run with a config that changes what its checkpoints hold."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    before = flatten(to_dict(config_from_dict(yaml.safe_load(path.read_text()) or {})))
+    now = flatten(to_dict(cfg))
+    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+               for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise VitsslError(f"cannot resume {run_dir} with a changed config ({'; '.join(changed)});"
+                          f" drop those flags, or start a new run with another --out")
 
 
 def _build_objective(cfg: Config, batches: Any) -> nn.Module:
@@ -147,6 +183,14 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
     start = int(state["step"]) if state is not None else 0
     if start > tc.steps:
         raise VitsslError(f"checkpoint {ckpt} is at step {start}, past train.steps={tc.steps}")
+    if ckpt is not None:
+        _check_resumable(cfg, run_dir)
+        done = run_dir / "summary.json"
+        if start == tc.steps and done.is_file():
+            if ctx.is_main:
+                print(f"{run_dir} is already complete at step {start}; raise train.steps "
+                      f"to continue it", file=sys.stderr)
+            return json.loads(done.read_text())
 
     batches = pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
                                seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
