@@ -31,8 +31,16 @@ from vitssl.eval.vtab_suite import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint")
     p.add_argument("--data-root", help="vtab-1k tree (one folder per task); default: "
                                        "the embedded tasks")
