@@ -7,6 +7,11 @@ features plus a bias feature of 100, targets in {-1, 1}^K) is solved in closed
 form and scored on the whole test split. Reported: top-1 (percent) per shot
 count, averaged over seeds, as ``fewshot_{s}shot_top1``; with ``l2_sweep``,
 also ``fewshot_{s}shot_top1_l2_{λ}`` for every swept λ.
+
+``features``: which feature of each image is used (see
+:mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
+``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
+concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import task_features
+from vitssl.eval.features import parse_features, task_features
 from vitssl.eval.metrics import top1
 from vitssl.eval.ridge import DEFAULT_L2, FewShotRidge
 
@@ -52,7 +57,8 @@ class FewShot:
 
     def __init__(self, shots: Sequence[int] | int = (1, 5, 10, 25), seeds: int = 3,
                  l2_reg: float = DEFAULT_L2, l2_sweep: Sequence[float] | None = None,
-                 batch_size: int = 256, progress: bool = True) -> None:
+                 batch_size: int = 256, progress: bool = True, features: str = "pooled") -> None:
+        self.features = parse_features(features)
         self.shots = tuple(sorted(set(_as_ints(shots, "shots"))))
         self.seeds = _as_ints(seeds, "seeds")[0]
         self.l2_reg = float(l2_reg)
@@ -64,7 +70,7 @@ class FewShot:
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
         train, test = task_features(encoder, task, batch_size=self.batch_size,
-                                    show_progress=self.progress)
+                                    show_progress=self.progress, features=self.features)
         labels = train.y.numpy()
         counts = np.bincount(labels, minlength=task.num_classes)
         fewest = int(counts.min())

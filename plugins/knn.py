@@ -4,6 +4,11 @@ Features are L2-normalised; each test example votes over its k most similar
 training examples (cosine similarity s) with weight exp(s / T), the protocol
 of Wu et al. (2018) used by DINO. Reported: top-1 (percent) per k, as
 ``knn_k{k}_top1``.
+
+``features``: which feature of each image is used (see
+:mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
+``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
+concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import task_features
+from vitssl.eval.features import parse_features, task_features
 from vitssl.eval.metrics import top1
 
 
@@ -44,7 +49,8 @@ class KNN:
     """Weighted k-NN on L2-normalised frozen features; k = 20 and 200, temperature 0.07."""
 
     def __init__(self, k: Sequence[int] | int = (20, 200), temperature: float = 0.07,
-                 batch_size: int = 256, progress: bool = True) -> None:
+                 batch_size: int = 256, progress: bool = True, features: str = "pooled") -> None:
+        self.features = parse_features(features)
         ks = k if isinstance(k, (list, tuple)) else [k]
         if not ks or any(not isinstance(v, int) or v < 1 for v in ks):
             raise VitsslError(f"knn option 'k' needs positive integers, got {k!r}")
@@ -57,7 +63,7 @@ class KNN:
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
         train, test = task_features(encoder, task, batch_size=self.batch_size,
-                                    show_progress=self.progress)
+                                    show_progress=self.progress, features=self.features)
         preds = knn_predict(train.x, train.y, test.x, task.num_classes, self.ks,
                             self.temperature)
         return {f"knn_k{k}_top1": top1(preds[k], test.y) for k in self.ks}

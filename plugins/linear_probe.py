@@ -8,6 +8,11 @@ linear layer (as MAE), trained on cached features with SGD (momentum 0.9,
 cosine schedule) or full-batch L-BFGS. Reported (percent): ``linear_probe_top1``
 on test and, when there was a sweep, ``linear_probe_val_top1``; with the chosen
 ``linear_probe_lr`` and ``linear_probe_wd``.
+
+``features``: which feature of each image is used (see
+:mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
+``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
+concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import task_features
+from vitssl.eval.features import parse_features, task_features
 from vitssl.eval.linear import (
     OPTIMIZERS,
     LinearClassifiers,
@@ -49,7 +54,8 @@ class LinearProbe:
                  weight_decay: Sequence[float] | float = (0.0, 1e-4, 1e-3),
                  epochs: int = 100, batch_size: int = 256, lbfgs_iters: int = 300,
                  val_fraction: float = 0.2, seed: int = 0, feature_batch_size: int = 256,
-                 progress: bool = True) -> None:
+                 progress: bool = True, features: str = "pooled") -> None:
+        self.features = parse_features(features)
         if optimizer not in OPTIMIZERS:
             raise VitsslError(f"linear-probe option 'optimizer' must be one of "
                               f"{', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -75,7 +81,7 @@ class LinearProbe:
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
         train, test = task_features(encoder, task, batch_size=self.feature_batch_size,
-                                    show_progress=self.progress)
+                                    show_progress=self.progress, features=self.features)
         settings = [(lr, wd) for lr in self.lrs for wd in self.wds]
         metrics: dict[str, float] = {}
         best = 0

@@ -14,6 +14,8 @@ only train/test gets 800/200 carved from train).
 
 Options: ``protocol``, ``adapt``, ``image_size`` (``vitssl eval`` builds the
 task at this size; ``finetune`` resamples its copy's position embeddings),
+``features`` (with ``adapt="linear-probe"``: the frozen feature probed, as
+``linear-probe``'s option of that name; ``finetune`` trains on the pooled output),
 ``options`` (extra delegate options, e.g. ``{eval_batch_size: 64}``), ``seed``.
 
 Reported: ``vtab_top1`` (test), ``vtab_val200_top1`` (the chosen setting),
@@ -31,6 +33,7 @@ from torch import nn
 
 import vitssl
 from vitssl.errors import VitsslError
+from vitssl.eval.features import parse_features
 from vitssl.eval.vtab_protocol import (
     ADAPTATIONS,
     Setting,
@@ -81,7 +84,7 @@ class Vtab:
 
     def __init__(self, protocol: str = "paper", adapt: str = "finetune",
                  options: dict[str, Any] | None = None, image_size: int | None = None,
-                 seed: int = 0, progress: bool = True) -> None:
+                 seed: int = 0, progress: bool = True, features: str = "pooled") -> None:
         if adapt not in ADAPTATIONS:
             raise VitsslError(f"vtab: unknown adapt '{adapt}'; accepted: "
                               f"{', '.join(ADAPTATIONS)}")
@@ -93,6 +96,12 @@ class Vtab:
                               f"linear-probe does not offer; use protocol paper or quick")
         self.adapt = adapt
         self.extra = dict(options or {})
+        features = parse_features(self.extra.pop("features", features))
+        if features != "pooled":
+            if adapt != "linear-probe":
+                raise VitsslError(f"vtab: features='{features}' needs adapt=linear-probe; "
+                                  f"finetune trains on the encoder's pooled output")
+            self.extra["features"] = features
         self.image_size = None if image_size is None else int(image_size)
         if self.image_size is not None and adapt == "finetune":
             self.extra.setdefault("image_size", self.image_size)

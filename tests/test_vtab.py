@@ -306,3 +306,28 @@ def test_tasks_outside_vtab_take_no_part_in_the_vtab_means():
     assert summary["mean_of_group_means"] == pytest.approx((15.0 + 30.0) / 2)
     assert summary["groups"]["other"]["mean"] == pytest.approx(90.0)
     assert summary["num_tasks"] == 3
+
+
+def test_features_option_reaches_linear_probe_and_is_refused_for_finetune(monkeypatch):
+    from vitssl_plugins.linear_probe import LinearProbe
+    from vitssl_plugins.vtab import Vtab
+
+    seen = []
+
+    def record(self, encoder, task):
+        seen.append(self.features)
+        return {"linear_probe_top1": 40.0}
+
+    monkeypatch.setattr(LinearProbe, "run", record)
+    setting = protocol_settings("quick")[0]
+    for vtab in (Vtab(protocol="quick", adapt="linear-probe", features="blocks:2",
+                      progress=False),
+                 Vtab(protocol="quick", adapt="linear-probe", options={"features": "mean"},
+                      progress=False),
+                 Vtab(protocol="quick", adapt="linear-probe", progress=False)):
+        assert vtab._train_and_score(None, _fake_task().final_task(), setting) == 40.0
+    assert seen == ["blocks:2", "mean", "pooled"]
+    with pytest.raises(VitsslError, match="needs adapt=linear-probe"):
+        Vtab(protocol="quick", features="cls")
+    with pytest.raises(VitsslError, match="unknown features"):
+        Vtab(protocol="quick", adapt="linear-probe", features="last4")

@@ -1,6 +1,17 @@
 """Frozen-encoder features: batched, no-grad extraction with an in-memory cache.
 
-The cache is keyed by the encoder object and the dataset object and remembers
+Which feature of an image is read is chosen by name (the evaluators' ``features=``):
+
+- ``pooled`` — ``encoder(images)``, the encoder's pooled output (B, D); the default.
+- ``cls`` — the class token of ``forward_features`` (B, D); needs a class token.
+- ``mean`` — the mean of the patch tokens of ``forward_features`` (B, D).
+- ``cls+mean`` — the two above concatenated (B, 2D).
+- ``blocks:K`` — the last K blocks' outputs from ``forward_intermediates`` (each
+  after the final norm), patch tokens mean-pooled, concatenated oldest first (B, K·D).
+- ``pre-logits`` — ``encoder.pre_logits(encoder(images))``, where the checkpoint
+  loader attached the supervised objective's pre-logits module as ``pre_logits``.
+
+The cache is keyed by the encoder object, the dataset object and the feature choice, and remembers
 a fingerprint of the encoder's parameters (storage and in-place version
 counters), so features are recomputed after any optimiser step or weight load
 but reused across evaluators and sweeps on the same frozen encoder.
@@ -19,10 +30,76 @@ from torch.utils.data import DataLoader, Dataset
 from vitssl.errors import VitsslError
 from vitssl.eval.progress import progress
 
+FEATURE_CHOICES = ("pooled", "cls", "mean", "cls+mean", "blocks:K", "pre-logits")
+
+
+def parse_features(value: Any) -> str:
+    """A ``features=`` value checked and normalised (``"blocks:4"``); one-line error if bad."""
+    text = str(value).strip()
+    if text in FEATURE_CHOICES and text != "blocks:K":
+        return text
+    head, colon, count = text.partition(":")
+    if head == "blocks" and colon and count.strip().isdigit() and int(count) >= 1:
+        return f"blocks:{int(count)}"
+    raise VitsslError(f"unknown features '{value}'; accepted: pooled, cls, mean, cls+mean, "
+                      f"blocks:K (K >= 1: the last K blocks, mean-pooled, concatenated), "
+                      f"pre-logits")
+
+
+def _needs(encoder: nn.Module, method: str, features: str) -> None:
+    if not callable(getattr(encoder, method, None)):
+        raise VitsslError(f"features='{features}' needs an encoder with {method}(); "
+                          f"{type(encoder).__name__} has none (use features=pooled)")
+
+
+def check_features(encoder: nn.Module, features: str) -> str:
+    """``features`` normalised, refused when this encoder cannot provide it."""
+    features = parse_features(features)
+    if features in ("cls", "mean", "cls+mean"):
+        _needs(encoder, "forward_features", features)
+    if features in ("cls", "cls+mean") and getattr(encoder, "num_prefix_tokens", 0) < 1:
+        raise VitsslError(f"features='{features}': this encoder has no class token "
+                          f"(class_token=false); use mean or pooled")
+    if features.startswith("blocks:"):
+        _needs(encoder, "forward_intermediates", features)
+        depth = len(getattr(encoder, "blocks", ()))
+        if int(features.split(":")[1]) > depth:
+            raise VitsslError(f"features='{features}': the encoder has {depth} blocks; "
+                              f"accepted: blocks:1 .. blocks:{depth}")
+    if features == "pre-logits" and not isinstance(getattr(encoder, "pre_logits", None),
+                                                    nn.Module):
+        raise VitsslError("features='pre-logits': this checkpoint has no pre-logits (only a "
+                          "supervised objective's checkpoint has them); use pooled, cls, mean, "
+                          "cls+mean or blocks:K")
+    return features
+
+
+def encode_images(encoder: nn.Module, images: torch.Tensor,
+                  features: str = "pooled") -> torch.Tensor:
+    """One batch of images (B, 3, H, W) -> features (B, F) as named by ``features``."""
+    if features == "pooled":
+        return encoder(images)
+    if features == "pre-logits":
+        return encoder.pre_logits(encoder(images))
+    prefix = int(getattr(encoder, "num_prefix_tokens", 0))
+    if features.startswith("blocks:"):
+        outputs = encoder.forward_intermediates(images, int(features.split(":")[1]), norm=True,
+                                                intermediates_only=True)
+        return torch.cat([out[:, prefix:].mean(dim=1) for out in outputs], dim=-1)
+    tokens = encoder.forward_features(images)  # (B, T, D)
+    cls, mean = tokens[:, 0], tokens[:, prefix:].mean(dim=1)
+    if features == "cls":
+        return cls
+    if features == "mean":
+        return mean
+    if features == "cls+mean":
+        return torch.cat([cls, mean], dim=-1)
+    raise VitsslError(f"unknown features '{features}'")
+
 
 @dataclass
 class Features:
-    """Pooled features (N, D) float32 on the CPU and their labels (N,) long."""
+    """Features (N, F) float32 on the CPU and their labels (N,) long."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -42,8 +119,9 @@ def _fingerprint(encoder: nn.Module) -> tuple:
 @torch.no_grad()
 def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 256,
                      device: torch.device | str | None = None, desc: str = "features",
-                     show_progress: bool = True) -> Features:
-    """``encoder(images)`` over the whole dataset in eval mode, without gradients."""
+                     show_progress: bool = True, features: str = "pooled") -> Features:
+    """The chosen ``features`` of the whole dataset in eval mode, without gradients."""
+    features = check_features(encoder, features)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VitsslError(f"the feature batch size must be a positive integer, got "
                           f"{batch_size!r}")
@@ -54,7 +132,7 @@ def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 
     xs, ys = [], []
     try:
         for images, labels in progress(loader, len(loader), desc, show_progress):
-            out = encoder(images.to(device, non_blocking=True))
+            out = encode_images(encoder, images.to(device, non_blocking=True), features)
             xs.append(out.float().flatten(1).cpu())
             ys.append(torch.as_tensor(labels, dtype=torch.long))
     finally:
@@ -69,28 +147,36 @@ class _Entry:
     features: Features
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[int, _Entry]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, str], _Entry]] = \
+    weakref.WeakKeyDictionary()
 
 
 def cached_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-                    desc: str = "features", show_progress: bool = True) -> Features:
-    """Like :func:`extract_features`, reusing the last result for this encoder and dataset."""
+                    desc: str = "features", show_progress: bool = True,
+                    features: str = "pooled") -> Features:
+    """Like :func:`extract_features`, reusing the last result for this encoder, dataset and
+    feature choice."""
+    features = check_features(encoder, features)
     per_encoder = _CACHE.setdefault(encoder, {})
     fingerprint = _fingerprint(encoder)
-    entry = per_encoder.get(id(dataset))
+    key = (id(dataset), features)
+    entry = per_encoder.get(key)
     if entry is not None and entry.dataset is dataset and entry.fingerprint == fingerprint:
         return entry.features
-    features = extract_features(encoder, dataset, batch_size=batch_size, desc=desc,
-                                show_progress=show_progress)
-    per_encoder[id(dataset)] = _Entry(dataset, fingerprint, features)
-    return features
+    out = extract_features(encoder, dataset, batch_size=batch_size, desc=desc,
+                           show_progress=show_progress, features=features)
+    per_encoder[key] = _Entry(dataset, fingerprint, out)
+    return out
 
 
 def task_features(encoder: nn.Module, task: Any, *, batch_size: int = 256,
-                  show_progress: bool = True) -> tuple[Features, Features]:
-    """Cached (train, test) features of a task's two splits."""
-    return tuple(cached_features(encoder, split, batch_size=batch_size,
-                                 desc=f"{task.name} {name} features", show_progress=show_progress)
+                  show_progress: bool = True,
+                  features: str = "pooled") -> tuple[Features, Features]:
+    """Cached (train, test) ``features`` of a task's two splits."""
+    label = "" if features == "pooled" else f" {features}"
+    return tuple(cached_features(encoder, split, batch_size=batch_size, features=features,
+                                 desc=f"{task.name} {name}{label} features",
+                                 show_progress=show_progress)
                  for name, split in (("train", task.train), ("test", task.test)))
 
 

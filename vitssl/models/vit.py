@@ -7,6 +7,7 @@ Names follow timm's ``VisionTransformer`` (``patch_embed``, ``cls_token``,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -124,6 +125,66 @@ class VisionTransformer(nn.Module):
         """Images (B, 3, H, W) -> features (B, T, D); any input size the stem accepts."""
         grid = self.grid_for(images.shape[-2], images.shape[-1])
         return self.encode(self.embed_patches(images), grid=grid)
+
+    def forward_intermediates(
+            self, images: torch.Tensor, indices: int | Sequence[int] | None = None, *,
+            norm: bool = False, output_fmt: str = "NLC", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The outputs of selected blocks, and the final features (timm's API, no hooks).
+
+        ``indices``: ``None`` takes every block, an int ``n`` the last ``n`` blocks, a
+        sequence those block indices (negative ones count from the end); outputs come in
+        block order. ``norm`` applies the final norm to each taken output (the last block's
+        output with ``norm=True`` equals the final features). ``output_fmt``: ``"NLC"``
+        gives (B, T, D) with the prefix tokens, ``"NCHW"`` the patch tokens as (B, D, h, w).
+        Returns ``(forward_features(images), outputs)``, or with ``intermediates_only`` just
+        ``outputs`` (the blocks after the last taken one are then not run).
+        """
+        if output_fmt not in ("NLC", "NCHW"):
+            raise VitsslError(f"unknown output_fmt '{output_fmt}'; accepted: NLC, NCHW")
+        take = self._block_indices(indices)
+        grid = self.grid_for(images.shape[-2], images.shape[-1])
+        x = self.embed_patches(images)
+        if x.shape[1] != grid[0] * grid[1]:
+            raise VitsslError(f"got {x.shape[1]} patch tokens but the grid {grid} has "
+                              f"{grid[0] * grid[1]}")
+        x = x + self.patch_pos_embed(grid)
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls.to(x.dtype), x], dim=1)
+        x = self.pos_drop(x)
+        last = max(take) if intermediates_only and take else len(self.blocks) - 1
+        outputs = []
+        for i, block in enumerate(self.blocks[:last + 1]):
+            x = block(x)
+            if i in take:
+                outputs.append(self._format(self.norm(x) if norm else x, grid, output_fmt))
+        if intermediates_only:
+            return outputs
+        return self.norm(x), outputs
+
+    def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        depth = len(self.blocks)
+        if indices is None:
+            return list(range(depth))
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 1 <= indices <= depth:
+                raise VitsslError(f"cannot take the last {indices} blocks of {depth}; "
+                                  f"accepted: 1..{depth}")
+            return list(range(depth - indices, depth))
+        take = []
+        for i in indices:
+            if not -depth <= int(i) < depth:
+                raise VitsslError(f"block index {i} out of range for depth {depth}; "
+                                  f"accepted: {-depth}..{depth - 1}")
+            take.append(int(i) % depth)
+        return sorted(set(take))
+
+    def _format(self, x: torch.Tensor, grid: tuple[int, int], output_fmt: str) -> torch.Tensor:
+        if output_fmt == "NLC":
+            return x
+        patches = x[:, self.num_prefix_tokens:]  # "b (h w) d -> b d h w"
+        return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""
