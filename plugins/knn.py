@@ -3,7 +3,9 @@
 Features are L2-normalised; each test example votes over its k most similar
 training examples (cosine similarity s) with weight exp(s / T), the protocol
 of Wu et al. (2018) used by DINO. Reported: top-1 (percent) per k, as
-``knn_k{k}_top1``.
+``knn_k{k}_top1``. A k larger than the training set is capped at its size and
+the metric is named by the k actually used (k = 200 on 150 training examples
+reports ``knn_k150_top1``), with a line on stderr saying so.
 
 ``features``: which feature of each image is used (see
 :mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
@@ -13,6 +15,7 @@ concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,7 +69,12 @@ class KNN:
                                     show_progress=self.progress, features=self.features)
         preds = knn_predict(train.x, train.y, test.x, task.num_classes, self.ks,
                             self.temperature)
-        return {f"knn_k{k}_top1": top1(preds[k], test.y) for k in self.ks}
+        used = {k: min(k, len(train.y)) for k in self.ks}
+        capped = [k for k in self.ks if used[k] != k]
+        if capped:
+            print(f"knn: k={', '.join(map(str, capped))} exceeds the {len(train.y)} training "
+                  f"examples of {task.name}; used k={len(train.y)}", file=sys.stderr)
+        return {f"knn_k{used[k]}_top1": top1(preds[k], test.y) for k in self.ks}
 
 
 @vitssl.hookimpl

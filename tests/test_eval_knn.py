@@ -30,12 +30,28 @@ def test_matches_sklearn_weighted_neighbours():
         np.testing.assert_array_equal(ours[k].numpy(), expected)
 
 
-def test_evaluator_reports_each_k_and_caps_k_at_train_size():
-    x = torch.randn(60, 5)
-    y = torch.arange(60) % 3
-    task = type("T", (), {"train": TensorDataset(x, y), "test": TensorDataset(x, y),
+def _task(n):
+    torch.manual_seed(0)
+    x = torch.randn(n, 5)
+    y = torch.arange(n) % 3
+    return type("T", (), {"train": TensorDataset(x, y), "test": TensorDataset(x, y),
                           "num_classes": 3, "name": "t"})()
-    metrics = get_registry().get("evaluators", "knn")(k=[1, 100], progress=False).run(
+
+
+def test_evaluator_reports_each_k_and_names_a_capped_k_by_the_k_used(capsys):
+    task = _task(60)
+    metrics = get_registry().get("evaluators", "knn")(k=[1, 100, 200], progress=False).run(
         nn.Identity(), task)
-    assert sorted(metrics) == ["knn_k100_top1", "knn_k1_top1"]
+    assert sorted(metrics) == ["knn_k1_top1", "knn_k60_top1"]  # 100 and 200 both use all 60
+    assert "k=100, 200 exceeds the 60 training examples" in capsys.readouterr().err
     assert metrics["knn_k1_top1"] == pytest.approx(100.0)  # each test point is its own neighbour
+    x, y = task.train.tensors
+    expected = knn_predict(x, y, x, 3, (60,), 0.07)[60]
+    assert metrics["knn_k60_top1"] == pytest.approx(100.0 * (expected == y).float().mean().item())
+
+
+def test_k_within_the_train_size_keeps_its_name(capsys):
+    metrics = get_registry().get("evaluators", "knn")(k=[5, 60], progress=False).run(
+        nn.Identity(), _task(60))
+    assert sorted(metrics) == ["knn_k5_top1", "knn_k60_top1"]
+    assert "exceeds" not in capsys.readouterr().err
