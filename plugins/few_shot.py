@@ -8,6 +8,13 @@ form and scored on the whole test split. Reported: top-1 (percent) per shot
 count, averaged over seeds, as ``fewshot_{s}shot_top1``; with ``l2_sweep``,
 also ``fewshot_{s}shot_top1_l2_{λ}`` for every swept λ.
 
+A class with fewer training examples than a shot count uses what it has, and a
+class with none simply has no training example (it keeps its target column, so
+it is never predicted): big_vision's behaviour, which VTAB-1k's train800 of
+sun397 or caltech101 needs. Each shot count with such classes also reports
+``fewshot_{s}shot_short_classes`` (how many classes had fewer than ``s``) and
+says so on stderr.
+
 ``features``: which feature of each image is used (see
 :mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
 ``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
@@ -48,12 +55,12 @@ def class_orders(labels: np.ndarray, num_classes: int, seed: int) -> list[np.nda
 
 
 def fewshot_indices(orders: list[np.ndarray], shots: int) -> np.ndarray:
-    """The first ``shots`` examples of every class (nested: k-shot ⊂ (k+m)-shot)."""
+    """The first ``shots`` examples of every class, or all it has (nested: k-shot ⊂ (k+m)-shot)."""
     return np.concatenate([order[:shots] for order in orders])
 
 
 class FewShot:
-    """Closed-form ridge on frozen features; shots (1, 5, 10, 25) as available, 3 seeds."""
+    """Closed-form ridge on frozen features; shots (1, 5, 10, 25), 3 seeds."""
 
     def __init__(self, shots: Sequence[int] | int = (1, 5, 10, 25), seeds: int = 3,
                  l2_reg: float = DEFAULT_L2, l2_sweep: Sequence[float] | None = None,
@@ -72,16 +79,17 @@ class FewShot:
         train, test = task_features(encoder, task, batch_size=self.batch_size,
                                     show_progress=self.progress, features=self.features)
         labels = train.y.numpy()
+        if len(labels) == 0:
+            raise VitsslError(f"few-shot: task {task.name} has no training examples")
         counts = np.bincount(labels, minlength=task.num_classes)
-        fewest = int(counts.min())
-        shots = [s for s in self.shots if s <= fewest]
-        if not shots:
-            raise VitsslError(f"few-shot: task {task.name} has only {fewest} training "
-                              f"example(s) in its smallest class; shots must be <= {fewest}")
-        skipped = [s for s in self.shots if s > fewest]
-        if skipped:
-            print(f"few-shot: skipping shots {skipped} ({task.name} has {fewest} examples in "
-                  f"its smallest class)", file=sys.stderr)
+        shots = list(self.shots)
+        short = {s: int((counts < s).sum()) for s in shots}
+        if any(short.values()):
+            empty = int((counts == 0).sum())
+            per_shot = ", ".join(f"{s}-shot {n}" for s, n in short.items() if n)
+            print(f"few-shot: {task.name}: classes with fewer examples than the shots (they "
+                  f"use what they have): {per_shot}; {empty} class(es) have none",
+                  file=sys.stderr)
         l2s = (self.l2_reg,) + tuple(v for v in self.l2_sweep if v != self.l2_reg)
         scores: dict[tuple[int, float], list[float]] = {}
         for seed in range(self.seeds):
@@ -97,6 +105,9 @@ class FewShot:
         for s in shots:
             for l2 in self.l2_sweep:
                 metrics[f"fewshot_{s}shot_top1_l2_{l2:g}"] = float(np.mean(scores[(s, l2)]))
+        for s in shots:
+            if short[s]:
+                metrics[f"fewshot_{s}shot_short_classes"] = float(short[s])
         return metrics
 
 

@@ -110,9 +110,46 @@ def test_evaluator_matches_sklearn_protocol():
     assert metrics["fewshot_10shot_top1"] > 60  # well-separated clusters: far above chance (20)
 
 
-def test_shots_beyond_smallest_class_are_skipped():
+def test_short_and_empty_classes_use_what_they_have(capsys):
+    """big_vision: a short class gives what it has, an empty one none; counts are reported."""
+    rng = np.random.default_rng(7)
+    k, d = 4, 6
+    centers = rng.normal(size=(k, d)) * 2
+    ytr = np.array([0] * 12 + [1] * 9 + [3] * 2)  # class 2: none; class 3: two examples
+    yte = np.repeat(np.arange(k), 10)
+    xtr = (centers[ytr] + rng.normal(size=(len(ytr), d))).astype(np.float32)
+    xte = (centers[yte] + rng.normal(size=(len(yte), d))).astype(np.float32)
+    task = _Task(TensorDataset(torch.from_numpy(xtr), torch.from_numpy(ytr)),
+                 TensorDataset(torch.from_numpy(xte), torch.from_numpy(yte)), k)
+    metrics = get_registry().get("evaluators", "few-shot")(shots=[1, 5, 10], seeds=2,
+                                                           progress=False).run(nn.Identity(), task)
+    assert sorted(metrics) == sorted(["fewshot_1shot_top1", "fewshot_5shot_top1",
+                                      "fewshot_10shot_top1", "fewshot_1shot_short_classes",
+                                      "fewshot_5shot_short_classes",
+                                      "fewshot_10shot_short_classes"])
+    assert [metrics[f"fewshot_{s}shot_short_classes"] for s in (1, 5, 10)] == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert "1-shot 1, 5-shot 2, 10-shot 3" in err and "1 class(es) have none" in err
+    for s in (1, 5, 10):
+        accs = []
+        for seed in range(2):
+            perm = np.random.default_rng(seed).permutation(len(ytr))
+            idx = np.array([i for c in range(k) for i in [j for j in perm if ytr[j] == c][:s]])
+            assert len(idx) == sum(min(s, n) for n in (12, 9, 0, 2))
+            x64 = xtr[idx].astype(np.float64)
+            mean, std = x64.mean(0), x64.std(0) + 1e-5
+            design = np.hstack([(x64 - mean) / std, np.full((len(idx), 1), 100.0)])
+            test = np.hstack([(xte - mean) / std, np.full((len(xte), 1), 100.0)])
+            ref = Ridge(alpha=1024.0, fit_intercept=False).fit(design, 2 * np.eye(k)[ytr[idx]] - 1)
+            accs.append(100 * np.mean(ref.predict(test).argmax(1) == yte))
+        assert metrics[f"fewshot_{s}shot_top1"] == pytest.approx(np.mean(accs), abs=1e-9)
+
+
+def test_full_classes_report_no_short_counts(capsys):
     x = torch.randn(30, 4)
     y = torch.tensor([0] * 20 + [1] * 10)
     task = _Task(TensorDataset(x, y), TensorDataset(x, y), 2)
-    metrics = get_registry().get("evaluators", "few-shot")(progress=False).run(nn.Identity(), task)
-    assert sorted(metrics) == ["fewshot_10shot_top1", "fewshot_1shot_top1", "fewshot_5shot_top1"]
+    metrics = get_registry().get("evaluators", "few-shot")(shots=[1, 10],
+                                                           progress=False).run(nn.Identity(), task)
+    assert sorted(metrics) == ["fewshot_10shot_top1", "fewshot_1shot_top1"]
+    assert "fewer examples" not in capsys.readouterr().err
