@@ -1,4 +1,4 @@
-"""The ``vitssl`` command line: pretrain, eval, plugins, shard."""
+"""The ``vitssl`` command line: pretrain, eval, plugins, shard, analyze."""
 
 from __future__ import annotations
 
@@ -58,12 +58,27 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="draw the paper's section 4.5 figures from a checkpoint",
+                       description="Filters, position embeddings, attention distance, rollout "
+                                   "and training curves as PNGs plus analysis.json.")
+    p.add_argument("checkpoint", help="run directory, checkpoint, or timm ViT state dict file")
+    p.add_argument("--data", help="images to attend over (default: the run's data spec)")
+    p.add_argument("--images", type=int, default=128, help="images to average over")
+    p.add_argument("--out", help="output directory (default: RUN/analysis or ./analysis)")
+    p.add_argument("--curves-only", action="store_true",
+                   help="only training_curves.png from the run's metrics.jsonl")
+    p.add_argument("--heads", type=int, help="head count of a timm state dict of unusual width")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vitssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_pretrain(sub)
     _add_eval(sub)
     _add_shard(sub)
+    _add_analyze(sub)
     p = sub.add_parser("plugins", help="list registered objectives, stems, evaluators, datasets")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -120,6 +135,14 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from vitssl.analyze.command import analyze
+
+    analyze(args.checkpoint, data=args.data, images=args.images, out=args.out,
+            curves_only=args.curves_only, device=args.device, heads=args.heads)
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from vitssl.plugins import KINDS, get_registry
 
@@ -145,7 +168,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"pretrain": _cmd_pretrain, "eval": _cmd_eval, "shard": _cmd_shard,
-            "plugins": _cmd_plugins}
+            "plugins": _cmd_plugins, "analyze": _cmd_analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
