@@ -6,7 +6,11 @@
         [--set KEY=VALUE ...]
 
 Every task runs through the ``vtab`` evaluator (sweep on train800 -> val200,
-retrain on train800val200, test top-1). The table (per task, group means, the
+retrain on train800val200, test top-1). With ``--data-root``, folders named
+after VTAB tasks run in their VTAB groups and any other folder in the vtab-1k
+layout runs as a custom task in an "other" group, outside the VTAB means (its
+class count inferred from its lists, or given as ``--tasks NAME:classes=N``).
+The table (per task, group means, the
 plain mean over tasks and the mean of group means, reference rows from
 PAPER.md) is printed and written to ``--output`` (JSON) and its ``.md`` twin
 after every task. Default protocol: ``paper`` with ``--data-root``, ``quick``
@@ -44,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint")
     p.add_argument("--data-root", help="vtab-1k tree (one folder per task); default: "
                                        "the embedded tasks")
-    p.add_argument("--tasks", help="comma-separated task names (default: all present)")
+    p.add_argument("--tasks", help="comma-separated task names (default: all present); a "
+                                   "custom task may give its class count as NAME:classes=N")
     p.add_argument("--protocol", choices=PROTOCOLS,
                    help="default: paper with --data-root, quick on the embedded tasks")
     p.add_argument("--adapt", choices=tuple(ADAPTATIONS), default="finetune")

@@ -218,7 +218,8 @@ def test_script_rejects_unknown_task_names(tree, checkpoint, capsys):
     code, _, err = _run(script, ["--checkpoint", str(checkpoint), "--data-root", str(tree),
                                  "--tasks", "dtd,imagenet"], capsys)
     assert code == 2
-    assert "unknown VTAB task(s) imagenet" in err and "caltech101" in err and "smallnorb_ele" in err
+    assert "unknown task(s) imagenet: neither a VTAB task" in err
+    assert "caltech101" in err and "smallnorb_ele" in err
     code, _, err = _run(script, ["--checkpoint", str(checkpoint), "--tasks", "mnist"], capsys)
     assert code == 2 and "dsprites-loc, dsprites-ori, digits" in err
 
@@ -331,3 +332,58 @@ def test_features_option_reaches_linear_probe_and_is_refused_for_finetune(monkey
         Vtab(protocol="quick", features="cls")
     with pytest.raises(VitsslError, match="unknown features"):
         Vtab(protocol="quick", adapt="linear-probe", features="last4")
+
+
+# -- custom tasks in the vtab-1k layout -----------------------------------------------------
+
+def test_custom_task_class_count_given_or_inferred(tmp_path, capsys):
+    from vitssl.data.sources import open_dataset
+
+    folder = _write_task(tmp_path, "my_task", 3, seed=5)
+    labels = [int(line.split()[1]) for split in ("train800", "val200", "test")
+              for line in (folder / f"{split}.txt").read_text().splitlines()]
+    inferred = open_dataset(f"vtab1k:{folder}:test")
+    assert inferred.num_classes == max(labels) + 1 and len(inferred) == SIZES["test"]
+    assert f"my_task is not a VTAB task: {max(labels) + 1} classes inferred" in \
+        capsys.readouterr().err
+    given = open_dataset(f"vtab1k:{folder}:classes=7:val200")
+    assert given.num_classes == 7 and len(given) == SIZES["val200"]
+    assert "7 classes (given)" in capsys.readouterr().err
+    assert open_dataset(f"vtab1k:{folder}", num_classes=9).num_classes == 9
+    task = load_task(f"vtab1k:{folder}:classes=7", 16)
+    assert task.num_classes == 7 and as_vtab_task(task).num_classes == 7
+    for spec, match in ((f"vtab1k:{folder}:classes=2", r"outside 0\.\.1"),
+                        (f"vtab1k:{folder}:classes=0", "positive integer"),
+                        (f"vtab1k:{tmp_path / 'dtd'}:classes=5", "no such task directory")):
+        with pytest.raises(VitsslError, match=match):
+            open_dataset(spec)
+    _write_task(tmp_path, "dtd", 47, seed=6)
+    with pytest.raises(VitsslError, match="VTAB task with 47 classes; got classes=5"):
+        open_dataset(f"vtab1k:{tmp_path / 'dtd'}:classes=5")
+    (folder / "val200.txt").unlink()
+    with pytest.raises(VitsslError, match="missing list file .*val200.txt"):
+        open_dataset(f"vtab1k:{folder}:test")  # inference needs all four lists
+
+
+def test_script_runs_custom_tasks_in_an_other_group(checkpoint, tmp_path, capsys):
+    root = tmp_path / "tree"
+    _write_task(root, "eurosat", 10, seed=2)
+    _write_task(root, "my_task", 3, seed=5)
+    (root / "notes").mkdir()  # no list files: not a task
+    script = _load_script()
+    output = tmp_path / "results.json"
+    args = ["--checkpoint", str(checkpoint), "--data-root", str(root), "--protocol", "quick",
+            "--adapt", "linear-probe", "--output", str(output), "--device", "cpu",
+            "--set", "epochs=5"]
+    code, out, err = _run(script, args, capsys)
+    assert code == 0
+    doc = json.loads(output.read_text())
+    assert set(doc["tasks"]) == {"eurosat", "my_task"}
+    assert doc["tasks"]["my_task"]["group"] == "other" and "classes inferred" in err
+    summary = doc["summary"]
+    assert summary["num_tasks"] == 1  # the VTAB means cover eurosat only
+    assert summary["mean_over_tasks"] == pytest.approx(doc["tasks"]["eurosat"]["top1"])
+    assert summary["groups"]["other"]["tasks"] == ["my_task"]
+    code, _, err = _run(script, [*args, "--tasks", "my_task:classes=4"], capsys)
+    assert code == 0 and "my_task is not a VTAB task: 4 classes (given)" in err
+    assert json.loads(output.read_text())["tasks"]["my_task"]["spec"].endswith(":classes=4")

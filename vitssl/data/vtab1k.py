@@ -1,10 +1,15 @@
-"""``vtab1k:PATH/TASK[:split]``: the VTAB-1k folder layout of the PyTorch VTAB community.
+"""``vtab1k:PATH/TASK[:classes=N][:split]``: the VTAB-1k layout of the PyTorch VTAB community.
 
 A task folder holds ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
 ``test.txt``; each line is ``images/<split>/000123.jpg <label>`` (a path
 relative to the task folder, one space, a 0-based integer label; parsed with
-``rsplit(maxsplit=1)``). The class count comes from the VTAB table below, keyed
-by the task folder's name, never from the labels seen.
+``rsplit(maxsplit=1)``). A folder named after one of the 19 VTAB tasks has the
+class count of the VTAB table below, never one from the labels seen. Any other
+folder in this layout is a custom task: its class count is given as
+``vtab1k:PATH:classes=N`` (or the ``num_classes`` option of
+:func:`vitssl.data.sources.open_dataset`), or else inferred as one more than the
+largest label of its four lists; stderr says which (inference cannot know of a
+class whose label appears in no list).
 
 Split names: ``train800``, ``val200``, ``train800val200``, ``test``; ``train``
 means ``train800val200`` (the final-training set of the protocol) and ``val``
@@ -13,6 +18,7 @@ means ``val200``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from vitssl.data.decode import ImageFiles
@@ -33,8 +39,11 @@ LIST_SPLITS = ("train800", "val200", "train800val200", "test")
 SPLIT_ALIASES = {"train": "train800val200", "val": "val200"}
 
 
-def parse_list(path: Path, num_classes: int) -> list[tuple[str, int]]:
-    """``(relative image path, label)`` per non-blank line; errors name the file and line."""
+def parse_list(path: Path, num_classes: int | None) -> list[tuple[str, int]]:
+    """``(relative image path, label)`` per non-blank line; errors name the file and line.
+
+    With ``num_classes`` None, labels need only be non-negative.
+    """
     out = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -46,7 +55,9 @@ def parse_list(path: Path, num_classes: int) -> list[tuple[str, int]]:
             label = int(parts[1])
         except ValueError:
             raise VitsslError(f"{path}:{number}: label {parts[1]!r} is not an integer") from None
-        if not 0 <= label < num_classes:
+        if label < 0 and num_classes is None:
+            raise VitsslError(f"{path}:{number}: label {label} is negative")
+        if num_classes is not None and not 0 <= label < num_classes:
             raise VitsslError(f"{path}:{number}: label {label} outside 0..{num_classes - 1} "
                               f"({num_classes} classes)")
         out.append((parts[0], label))
@@ -55,21 +66,73 @@ def parse_list(path: Path, num_classes: int) -> list[tuple[str, int]]:
     return out
 
 
+def split_target(target: str) -> tuple[str, int | None]:
+    """``"PATH:classes=N"`` -> (PATH, N); a target without the suffix -> (target, None)."""
+    head, colon, tail = str(target).rpartition(":")
+    if not colon or not tail.startswith("classes="):
+        return str(target), None
+    value = tail.removeprefix("classes=")
+    if not value.isdigit() or int(value) < 1:
+        raise VitsslError(f"vtab1k:{target}: classes= needs a positive integer, got '{value}'")
+    return head, int(value)
+
+
+_ANNOUNCED: set[tuple[str, int, str]] = set()
+
+
+def _announce(root: Path, num_classes: int, how: str) -> None:
+    """Say once per process how a custom task's class count was found."""
+    key = (str(root.resolve()), num_classes, how)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"vtab1k: {root.name} is not a VTAB task: {num_classes} classes {how}",
+              file=sys.stderr, flush=True)
+
+
+def infer_num_classes(root: Path) -> int:
+    """One more than the largest label in the task's four list files."""
+    labels = []
+    for split in LIST_SPLITS:
+        list_file = root / f"{split}.txt"
+        if not list_file.is_file():
+            raise VitsslError(f"vtab1k:{root}: missing list file {list_file} (needed to infer "
+                              f"the class count; or give vtab1k:PATH:classes=N)")
+        labels += [label for _, label in parse_list(list_file, None)]
+    return max(labels) + 1
+
+
+def task_num_classes(root: Path, given: int | None = None) -> int:
+    """The class count of the task folder ``root``: VTAB table, ``given``, or inferred."""
+    fixed = VTAB_CLASSES.get(root.name)
+    if fixed is not None:
+        if given is not None and int(given) != fixed:
+            raise VitsslError(f"vtab1k:{root}: {root.name} is a VTAB task with {fixed} classes; "
+                              f"got classes={given}")
+        return fixed
+    if given is not None:
+        _announce(root, int(given), "(given)")
+        return int(given)
+    inferred = infer_num_classes(root)
+    _announce(root, inferred, "inferred from the labels of its four lists (set "
+                              "vtab1k:PATH:classes=N to give the count)")
+    return inferred
+
+
 class Vtab1kTask(ImageFiles):
     """Map-style dataset of (RGB PIL image, label) for one split of one VTAB-1k task."""
 
     def __init__(self, path: str | Path, split: str = "train", *,
                  num_classes: int | None = None) -> None:
-        self.root = Path(path).expanduser()
+        target, given = split_target(str(path))
+        if given is not None and num_classes is not None and int(num_classes) != given:
+            raise VitsslError(f"vtab1k:{path}: classes={given} disagrees with "
+                              f"num_classes={num_classes}")
+        self.root = Path(target).expanduser()
         self.task = self.root.name
         if not self.root.is_dir():
             raise VitsslError(f"vtab1k:{self.root}: no such task directory")
-        if num_classes is None:
-            if self.task not in VTAB_CLASSES:
-                raise VitsslError(f"vtab1k:{self.root}: unknown task '{self.task}'; the folder "
-                                  f"name must be one of {', '.join(VTAB_CLASSES)}")
-            num_classes = VTAB_CLASSES[self.task]
-        self.num_classes = int(num_classes)
+        self.num_classes = task_num_classes(self.root, given if given is not None
+                                            else num_classes)
         self.split = SPLIT_ALIASES.get(split, split)
         if self.split not in LIST_SPLITS:
             raise VitsslError(f"vtab1k has no split '{split}'; accepted: "

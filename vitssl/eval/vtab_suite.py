@@ -2,7 +2,9 @@
 
 ``benchmarks/vtab.py`` is a thin command line over :func:`run_suite`.
 Tasks come from a vtab-1k tree (one folder per task, named as in the VTAB
-table) or, without one, from the embedded tasks, which need no download.
+table; other folders in the same layout run as custom tasks in an "other"
+group, outside the VTAB means) or, without one, from the embedded tasks, which
+need no download.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitssl.data.vtab1k import LIST_SPLITS, VTAB_CLASSES
+from vitssl.data.vtab1k import LIST_SPLITS, VTAB_CLASSES, split_target
 from vitssl.errors import VitsslError
 from vitssl.eval.vtab_report import (
     load_document,
@@ -40,10 +42,11 @@ def _stderr(message: str) -> None:
 
 @dataclass
 class TaskRef:
-    """A task to run: its display name and data spec."""
+    """A task to run: its display name, data spec and, when it is fixed, its group."""
 
     name: str
     spec: str
+    group: str | None = None  # None: by name (vtab_report.task_group)
 
 
 def _parse_names(tasks: str | list[str] | None) -> list[str] | None:
@@ -54,13 +57,21 @@ def _parse_names(tasks: str | list[str] | None) -> list[str] | None:
     return names or None
 
 
+def _is_task_folder(folder: Path) -> bool:
+    """A folder in the vtab-1k layout: it holds at least one of the four list files."""
+    return folder.is_dir() and any((folder / f"{s}.txt").is_file() for s in LIST_SPLITS)
+
+
 def select_tasks(data_root: str | Path | None,
                  tasks: str | list[str] | None = None) -> tuple[list[TaskRef], list[str]]:
     """(tasks to run, one problem line per missing or unusable task folder).
 
     Unknown task names are an error listing the known ones. With ``data_root``,
-    without ``tasks``, every folder named after a VTAB task is taken; a root
-    holding none is an error.
+    without ``tasks``, every folder named after a VTAB task is taken, then every
+    other folder in the vtab-1k layout (a custom task, group "other", its class
+    count inferred from its lists); a root holding none is an error. A name in
+    ``tasks`` may be any VTAB task or folder under the root, and a custom one
+    may carry its class count as ``NAME:classes=N``.
     """
     names = _parse_names(tasks)
     if data_root is None:
@@ -74,18 +85,22 @@ def select_tasks(data_root: str | Path | None,
     if not root.is_dir():
         raise VitsslError(f"--data-root {root} is not a directory")
     if names:
-        unknown = [n for n in names if n not in VTAB_CLASSES]
+        chosen = [split_target(n) for n in names]
+        unknown = [n for n, _ in chosen if n not in VTAB_CLASSES and not (root / n).is_dir()]
         if unknown:
-            raise VitsslError(f"unknown VTAB task(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(VTAB_CLASSES)}")
-        chosen = names
+            raise VitsslError(f"unknown task(s) {', '.join(unknown)}: neither a VTAB task "
+                              f"({', '.join(VTAB_CLASSES)}) nor a folder in {root}")
     else:
-        chosen = [n for n in VTAB_CLASSES if (root / n).is_dir()]
+        custom = sorted(p.name for p in root.iterdir()
+                        if p.name not in VTAB_CLASSES and _is_task_folder(p))
+        chosen = [(n, None) for n in VTAB_CLASSES if (root / n).is_dir()]
+        chosen += [(n, None) for n in custom]
         if not chosen:
-            raise VitsslError(f"--data-root {root} holds no task folder named after a VTAB "
-                              f"task ({', '.join(VTAB_CLASSES)})")
+            raise VitsslError(f"--data-root {root} holds no task folder: none named after a "
+                              f"VTAB task ({', '.join(VTAB_CLASSES)}) and none with the "
+                              f"vtab-1k list files ({', '.join(LIST_SPLITS)})")
     refs, problems = [], []
-    for name in chosen:
+    for name, classes in chosen:
         folder = root / name
         if not folder.is_dir():
             problems.append(f"{name}: missing task folder {folder}")
@@ -95,7 +110,9 @@ def select_tasks(data_root: str | Path | None,
             problems.append(f"{name}: missing list file(s) "
                             + ", ".join(str(folder / f"{s}.txt") for s in missing))
             continue
-        refs.append(TaskRef(name, f"vtab1k:{folder}"))
+        suffix = f":classes={classes}" if classes is not None else ""
+        group = task_group(name) if name in VTAB_CLASSES else "other"
+        refs.append(TaskRef(name, f"vtab1k:{folder}{suffix}", group))
     return refs, problems
 
 
@@ -163,6 +180,7 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
                 f"(top-1 {previous['top1']:.2f}), skipped")
             continue
         log(f"vtab: [{i}/{len(tasks)}] {ref.name} ({ref.spec})")
+        group = ref.group or task_group(ref.name)
         start = time.monotonic()
         try:
             task = load_vtab_task(ref.spec, image_size, mean=mean, std=std)
@@ -174,11 +192,11 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
                 else str(exc)
             message = message.splitlines()[0] if message else type(exc).__name__
             log(f"vtab: {ref.name}: failed: {message}")
-            doc["tasks"][ref.name] = {"status": "failed", "group": task_group(ref.name),
+            doc["tasks"][ref.name] = {"status": "failed", "group": group,
                                       "error": message, "time_s": time.monotonic() - start}
         else:
             doc["tasks"][ref.name] = {
-                "status": "ok", "group": task_group(ref.name), "spec": ref.spec,
+                "status": "ok", "group": group, "spec": ref.spec,
                 "top1": outcome.top1, "setting_name": outcome.setting.name,
                 "setting": outcome.setting.options, "val_top1": outcome.val_top1,
                 "train_sizes": [len(task.train800), len(task.val200), len(task.train)],
