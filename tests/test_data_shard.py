@@ -1,5 +1,7 @@
 """``vitssl shard``: folders and built-ins to webdataset shards and back, atomically."""
 
+import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -48,7 +50,8 @@ def test_folder_round_trips_through_shards(tmp_path, capsys):
         path, label = source.samples[index]
         assert sample["__key__"] == f"{index:08d}" and int(sample["cls"]) == label
         ext = "png" if path.suffix == ".bmp" else path.suffix[1:]
-        assert [k for k in sample if not k.startswith("__")] == sorted(["cls", ext])
+        assert [k for k in sample if not k.startswith("__")] == sorted(["cls", "json", ext])
+        assert json.loads(sample["json"]) == {"source": str(path)}
         if path.suffix != ".bmp":  # stored unchanged, byte for byte
             assert sample[ext] == path.read_bytes()
         decoded = np.asarray(decode_image(sample[ext], "x"))
@@ -66,6 +69,7 @@ def test_builtin_tensors_round_trip_losslessly(tmp_path):
         back = np.asarray(decode_image(samples[index]["png"], "x"))
         assert np.array_equal(back, image.permute(1, 2, 0).numpy())
         assert int(samples[index]["cls"]) == label
+        assert json.loads(samples[index]["json"]) == {"source": f"builtin:digits:test#{index}"}
 
 
 def test_unlabelled_data_has_no_cls_and_wds_reshards(tmp_path):
@@ -85,8 +89,8 @@ def test_interrupted_run_leaves_only_complete_shards(tmp_path, monkeypatch):
     _folder(tmp_path / "imgs")
     real = shard_module._map_samples
 
-    def failing(spec):
-        samples, total = real(spec)
+    def failing(spec, skips):
+        samples, total = real(spec, skips)
 
         def gen():
             for i, sample in enumerate(samples):
@@ -101,7 +105,7 @@ def test_interrupted_run_leaves_only_complete_shards(tmp_path, monkeypatch):
     # Shard 0 (4 samples) was completed; shard 1 was half written and must not exist.
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["s-0.tar"]
     with tarfile.open(tmp_path / "o" / "s-0.tar") as tar:
-        assert len(tar.getnames()) == 8
+        assert len(tar.getnames()) == 12  # 4 samples: image, cls and json each
 
 
 def test_bad_shard_arguments(tmp_path, capsys):
@@ -113,3 +117,47 @@ def test_bad_shard_arguments(tmp_path, capsys):
     assert err.startswith("error: folder:") and "no such directory" in err and "\n" not in err
     with pytest.raises(VitsslError, match="maxcount"):
         write_shards("builtin:digits", str(tmp_path / "s-%d.tar"), maxcount=0)
+
+
+def test_undecodable_images_are_skipped_and_counted(tmp_path, capsys):
+    _folder(tmp_path / "imgs")
+    bad = [tmp_path / "imgs" / "cat" / "img1.png", tmp_path / "imgs" / "dog" / "img3.jpg"]
+    bad[0].write_bytes(b"not an image at all")
+    bad[1].write_bytes(bad[1].read_bytes()[:40])  # a truncated JPEG
+    source = open_dataset(f"folder:{tmp_path / 'imgs'}")
+    bad_index = [i for i, (p, _) in enumerate(source.samples) if p in bad]
+    assert len(bad_index) == 2
+    assert main(["shard", "--data", f"folder:{tmp_path / 'imgs'}", "--output",
+                 str(tmp_path / "s" / "p-%d.tar"), "--maxcount", "100"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote 8 samples in 1 shard(s)" in err
+    assert "skipped 2 undecodable or unreadable sample(s)" in err
+    samples = _read_back(str(tmp_path / "s" / "p-0.tar"))
+    keys = [s["__key__"] for s in samples]
+    assert keys == [f"{i:08d}" for i in range(10) if i not in bad_index]
+    for sample in samples:  # each traces back to its file, and the bytes are that file's
+        path = Path(json.loads(sample["json"])["source"])
+        ext = next(k for k in ("jpg", "png", "webp") if k in sample)
+        if path.suffix != ".bmp":
+            assert sample[ext] == path.read_bytes()
+        assert path not in bad
+
+
+def test_wds_resharding_skips_bad_images_and_keeps_provenance(tmp_path, capsys):
+    from webdataset import TarWriter
+
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(good, format="PNG")
+    with open(tmp_path / "in-0.tar", "wb") as fh, TarWriter(fh, encoder=False) as writer:
+        writer.write({"__key__": "a", "png": good.getvalue(), "cls": b"1"})
+        writer.write({"__key__": "b", "png": b"garbage", "cls": b"2"})
+        writer.write({"__key__": "c", "cls": b"3"})  # no image at all
+        writer.write({"__key__": "d", "png": good.getvalue(),
+                      "json": b'{"source": "/orig/d.png"}'})
+    write_shards(f"wds:{tmp_path}/in-0.tar", str(tmp_path / "out-%d.tar"))
+    err = capsys.readouterr().err
+    assert "wrote 2 samples" in err and "skipped 2 undecodable or unreadable" in err
+    out = _read_back(str(tmp_path / "out-0.tar"))
+    assert [s["__key__"] for s in out] == ["a", "d"]
+    assert json.loads(out[0]["json"]) == {"source": f"{tmp_path}/in-0.tar#a"}
+    assert json.loads(out[1]["json"]) == {"source": "/orig/d.png"}  # kept as it was

@@ -1,11 +1,16 @@
 """``vitssl shard``: write webdataset tar shards from any data spec.
 
 Sample ``i`` (in the dataset's order) gets key ``%08d`` of ``i``, its image
-under ``jpg``/``png``/``webp`` and, when labelled, its label as ASCII under
-``cls``. Image files already in one of those formats are copied byte for
-byte; anything else (other file types, in-memory images of ``builtin:`` data)
-is encoded once as PNG, which is lossless. ``wds:`` input is re-sharded
-member for member. Each shard is written to ``NAME.partial`` and renamed when
+under ``jpg``/``png``/``webp``, when labelled its label as ASCII under
+``cls``, and its provenance as ``json``: ``{"source": ...}``, the image file's
+path, or ``SPEC#i`` for in-memory data (``builtin:digits:train#17``). Image
+files already in one of those formats are copied byte for byte once they
+decode; anything else (other file types, in-memory images of ``builtin:``
+data) is encoded once as PNG, which is lossless. ``wds:`` input is re-sharded
+member for member; a sample without a ``json`` member gets
+``{"source": "URL#KEY"}``. Images that do not decode (and unreadable files or
+shards) are skipped, logged and counted, as training does; the final line
+says how many. Each shard is written to ``NAME.partial`` and renamed when
 complete, so an interrupted run never leaves a half-written shard under a
 final name.
 """
@@ -13,6 +18,7 @@ final name.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import time
@@ -24,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitssl.data.decode import CorruptImage, ImageFiles, decode_image
+from vitssl.data.skips import SkipLog
 from vitssl.data.sources import open_dataset
 from vitssl.data.spec import DataSpec, parse_spec
 from vitssl.errors import VitsslError
@@ -42,19 +50,34 @@ def encode_png(image: Any) -> bytes:
     return out.getvalue()
 
 
-def _map_samples(spec: DataSpec) -> tuple[Iterator[dict[str, Any]], int]:
+def _provenance(source: str) -> bytes:
+    return json.dumps({"source": source}).encode()
+
+
+def _map_samples(spec: DataSpec, skips: SkipLog) -> tuple[Iterator[dict[str, Any]], int]:
     dataset = open_dataset(spec)
     raw = getattr(dataset, "raw", None)
+    paths = dataset.samples if isinstance(dataset, ImageFiles) else None
+    name = f"{spec.kind}:{spec.target}:{spec.split or 'train'}"
 
     def samples() -> Iterator[dict[str, Any]]:
         for index in range(len(dataset)):
-            stored = raw(index) if raw is not None else None
-            if stored is not None:
-                data, ext, label = stored
-            else:
-                image, label = dataset[index]
-                data, ext = encode_png(image), "png"
-            sample = {"__key__": f"{index:08d}", ext: data}
+            source = str(paths[index][0]) if paths is not None else f"{name}#{index}"
+            try:
+                stored = raw(index) if raw is not None else None
+                if stored is not None:
+                    data, ext, label = stored
+                    decode_image(data, source)  # copied unchanged, but only if it decodes
+                else:
+                    image, label = dataset[index]
+                    data, ext = encode_png(image), "png"
+            except CorruptImage as exc:
+                skips.skip(str(exc))
+                continue
+            except OSError as exc:
+                skips.skip(f"cannot read image {source}: {exc.strerror or exc}")
+                continue
+            sample = {"__key__": f"{index:08d}", ext: data, "json": _provenance(source)}
             if int(label) >= 0:
                 sample["cls"] = str(int(label)).encode()
             yield sample
@@ -62,14 +85,24 @@ def _map_samples(spec: DataSpec) -> tuple[Iterator[dict[str, Any]], int]:
     return samples(), len(dataset)
 
 
-def _stream_samples(spec: DataSpec) -> Iterator[dict[str, Any]]:
-    from vitssl.data.skips import SkipLog
-    from vitssl.data.wds import expand_urls, shard_samples
+def _stream_samples(spec: DataSpec, skips: SkipLog) -> Iterator[dict[str, Any]]:
+    from vitssl.data.wds import IMAGE_KEYS, expand_urls, shard_samples
 
-    errors = SkipLog("skip")
     for url in expand_urls(spec.target):
-        for sample in shard_samples(url, errors):
-            yield {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
+        for sample in shard_samples(url, skips):
+            where = f"{url} key {sample['__key__']}"
+            ext = next((k for k in IMAGE_KEYS if k in sample), None)
+            if ext is None:
+                skips.skip(f"{where}: no image member")
+                continue
+            try:
+                decode_image(sample[ext], f"{where}.{ext}")
+            except CorruptImage as exc:
+                skips.skip(str(exc))
+                continue
+            out = {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
+            out.setdefault("json", _provenance(f"{url}#{sample['__key__']}"))
+            yield out
 
 
 def _shard_path(pattern: str, number: int) -> Path:
@@ -115,10 +148,11 @@ def write_shards(spec: str | DataSpec, pattern: str, *, maxcount: int = 1000) ->
     if _shard_path(pattern, 0) == _shard_path(pattern, 1):
         raise VitsslError(f"--output '{pattern}' gives every shard the same name; "
                           f"use an integer field such as %06d")
+    skips = SkipLog("skip")
     if spec.kind == "wds":
-        samples, total = _stream_samples(spec), None
+        samples, total = _stream_samples(spec, skips), None
     else:
-        samples, total = _map_samples(spec)
+        samples, total = _map_samples(spec, skips)
     progress = _Progress(total)
     written: list[Path] = []
     count = 0
@@ -157,8 +191,10 @@ def write_shards(spec: str | DataSpec, pattern: str, *, maxcount: int = 1000) ->
             finally:
                 handle.close()
                 partial.unlink(missing_ok=True)
+    skipped = f"; skipped {skips.count} undecodable or unreadable sample(s)" \
+        if skips.count else ""
     if not written:
-        raise VitsslError(f"'{spec}' has no samples to write")
+        raise VitsslError(f"'{spec}' has no samples to write{skipped}")
     print(f"shard: wrote {count} samples in {len(written)} shard(s) "
-          f"{written[0]} .. {written[-1]}", file=sys.stderr)
+          f"{written[0]} .. {written[-1]}{skipped}", file=sys.stderr)
     return written
