@@ -48,6 +48,7 @@ def test_few_shot_table_json_and_evals_jsonl(run_dir, capsys):
 
 @pytest.mark.parametrize("evaluator,options,key", [
     ("knn", ["k=[5]"], "knn_k5_top1"),
+    ("knn", ["k=[5]", "features=blocks:1"], "knn_k5_top1"),
     ("linear-probe", ["epochs=3", "lr=[0.1]", "weight_decay=[0]"], "linear_probe_top1"),
     ("finetune", ["steps=2", "batch_size=16", "image_size=24"], "finetune_top1"),
 ])
@@ -71,11 +72,20 @@ def test_every_evaluator_runs_from_a_checkpoint_directory(run_dir, capsys, evalu
     (["--evaluator", "few-shot", "--set", "shot=3"], "accepted: shots, seeds"),
     (["--evaluator", "fewshot"], "did you mean 'few-shot'"),
     (["--evaluator", "knn", "--set", "temperature=0"], "'temperature' must be > 0"),
+    (["--evaluator", "knn", "--set", "features=last4"], "accepted: pooled, cls, mean"),
 ])
 def test_user_errors_are_one_line(run_dir, capsys, args, message):
     code, out, err = _eval(capsys, "--checkpoint", str(run_dir), *args)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_pre_logits_of_a_checkpoint_without_them_is_one_error_line(run_dir, capsys):
+    code, _, err = _eval(capsys, "--checkpoint", str(run_dir), "--evaluator", "knn",
+                         "--set", "features=pre-logits")
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: ") and "has no pre-logits" in lines[-1]
+    assert sum(line.startswith("error") for line in lines) == 1 and "Traceback" not in err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
