@@ -29,13 +29,11 @@ from torch.autograd.function import once_differentiable
 from vitssl.kernels.attention_configs import (
     INTERPRETER_CONFIG,
     BlockConfig,
-    backward_kv_configs,
-    backward_q_configs,
-    forward_configs,
+    autotune_configs,
     head_block,
     interpreting,
     n_bucket,
-    prune_for_head_dim,
+    pruner,
 )
 
 LOG2E = 1.4426950408889634
@@ -226,13 +224,17 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     tl.store(DQ + rows[:, None] * sdqn + dims[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
-_PRUNE = {"early_config_prune": prune_for_head_dim}
 _KEY = ["N_BUCKET", "BLOCK_D"]  # the autotuner adds the tensors' dtypes to the key
-_attn_fwd_tuned = triton.autotune(forward_configs(), key=_KEY, prune_configs_by=_PRUNE)(_attn_fwd)
-_attn_bwd_dkdv_tuned = triton.autotune(backward_kv_configs(), key=_KEY,
-                                       prune_configs_by=_PRUNE)(_attn_bwd_dkdv)
-_attn_bwd_dq_tuned = triton.autotune(backward_q_configs(), key=_KEY,
-                                     prune_configs_by=_PRUNE)(_attn_bwd_dq)
+
+
+def _tuned(kernel: str, fn):  # noqa: ANN001, ANN202
+    return triton.autotune(autotune_configs(kernel), key=_KEY,
+                           prune_configs_by={"early_config_prune": pruner(kernel)})(fn)
+
+
+_attn_fwd_tuned = _tuned("fwd", _attn_fwd)
+_attn_bwd_dkdv_tuned = _tuned("bwd_dkdv", _attn_bwd_dkdv)
+_attn_bwd_dq_tuned = _tuned("bwd_dq", _attn_bwd_dq)
 
 
 # -- launches -----------------------------------------------------------------------------
@@ -264,9 +266,10 @@ def _on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _statics(q: torch.Tensor) -> dict:
+def _statics(q, interpreted: bool | None = None) -> dict:  # noqa: ANN001
     """Constexprs shared by every kernel: tile width, upcast, dot precision, accumulator."""
-    upcast = q.dtype == torch.bfloat16 and _INTERPRETED  # the interpreter has no bf16 math
+    interpreted = _INTERPRETED if interpreted is None else interpreted
+    upcast = q.dtype == torch.bfloat16 and interpreted  # the interpreter has no bf16 math
     return {"BLOCK_D": head_block(q.shape[-1]), "UPCAST": upcast,
             "PRECISION": "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
             "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32}
@@ -277,8 +280,43 @@ def _tiles(config: BlockConfig | None) -> tuple[dict, bool]:
     if config is None and not _INTERPRETED:
         return {}, True
     config = config or INTERPRETER_CONFIG
-    return {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
-            "num_warps": config.num_warps, "num_stages": config.num_stages}, False
+    return config.launch_kwargs(), False
+
+
+# Launch arguments, shared with the ahead-of-time compile check (``compile_check``), which
+# calls these with stand-in tensors so that it compiles what a real launch would.
+
+
+def forward_args(q, k, v, o, lse, scale: float) -> tuple[tuple, dict]:  # noqa: ANN001
+    """(positional args, constexprs) of ``_attn_fwd`` for (B, H, N, D) q, k, v, o."""
+    b, h, n, d = q.shape
+    return ((q, k, v, o, lse, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(o),
+             h, n, d, scale * LOG2E, n_bucket(n)), _statics(q))
+
+
+def delta_args(o, do, delta) -> tuple[tuple, dict]:  # noqa: ANN001
+    """(positional args, constexprs) of ``_attn_bwd_delta``, less BLOCK_M."""
+    b, h, n, d = o.shape
+    statics = _statics(o)
+    return ((o, do, delta, *_bhn(o), *_bhn(do), h, n, d),
+            {"BLOCK_D": statics["BLOCK_D"], "ACC": statics["ACC"]})
+
+
+def dkdv_args(q, k, v, do, lse, delta, dk, dv, scale: float) -> tuple[tuple, dict]:  # noqa: ANN001
+    """(positional args, constexprs) of ``_attn_bwd_dkdv``."""
+    b, h, n, d = q.shape
+    return ((q, k, v, do, lse, delta, dk, dv, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(do),
+             *_bhn(dk), *_bhn(dv), h, n, d, scale * LOG2E, scale, n_bucket(n)), _statics(q))
+
+
+def dq_args(q, k, v, do, lse, delta, dq, scale: float) -> tuple[tuple, dict]:  # noqa: ANN001
+    """(positional args, constexprs) of ``_attn_bwd_dq``."""
+    b, h, n, d = q.shape
+    return ((q, k, v, do, lse, delta, dq, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(do), *_bhn(dq),
+             h, n, d, scale * LOG2E, scale, n_bucket(n)), _statics(q))
+
+
+DELTA_BLOCK_M = 64  # rows per program of the delta kernel (no tuning: it is a row reduction)
 
 
 def _forward(q, k, v, scale: float, config: BlockConfig | None):
@@ -288,32 +326,26 @@ def _forward(q, k, v, scale: float, config: BlockConfig | None):
     lse = _buffer(q, (b * h, n), stats)
     tiles, tuned = _tiles(config)
     kernel = _attn_fwd_tuned if tuned else _attn_fwd
-    grid = lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))
-    kernel[grid](q, k, v, o, lse, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(o),
-                 h, n, d, scale * LOG2E, n_bucket(n), **_statics(q), **tiles)
+    args, statics = forward_args(q, k, v, o, lse, scale)
+    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))](*args, **statics, **tiles)
     return o, lse
 
 
 def _backward(do, q, k, v, o, lse, scale: float, config: BlockConfig | None):
     b, h, n, d = q.shape
-    statics = _statics(q)
     delta = _buffer(lse)
-    block_m = INTERPRETER_CONFIG.block_m if _INTERPRETED else 64
-    _attn_bwd_delta[(b * h, triton.cdiv(n, block_m))](
-        o, do, delta, *_bhn(o), *_bhn(do), h, n, d,
-        BLOCK_M=block_m, BLOCK_D=statics["BLOCK_D"], ACC=statics["ACC"])
+    block_m = INTERPRETER_CONFIG.block_m if _INTERPRETED else DELTA_BLOCK_M
+    args, statics = delta_args(o, do, delta)
+    _attn_bwd_delta[(b * h, triton.cdiv(n, block_m))](*args, BLOCK_M=block_m, **statics)
 
     dq, dk, dv = _buffer(q), _buffer(k), _buffer(v)
     tiles, tuned = _tiles(config)
-    common = (h, n, d, scale * LOG2E, scale, n_bucket(n))
-    strides = (*_bhn(q), *_bhn(k), *_bhn(v), *_bhn(do))
     kernel = _attn_bwd_dkdv_tuned if tuned else _attn_bwd_dkdv
-    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_N"]))](
-        q, k, v, do, lse, delta, dk, dv, *strides, *_bhn(dk), *_bhn(dv), *common,
-        **statics, **tiles)
+    args, statics = dkdv_args(q, k, v, do, lse, delta, dk, dv, scale)
+    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_N"]))](*args, **statics, **tiles)
     kernel = _attn_bwd_dq_tuned if tuned else _attn_bwd_dq
-    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))](
-        q, k, v, do, lse, delta, dq, *strides, *_bhn(dq), *common, **statics, **tiles)
+    args, statics = dq_args(q, k, v, do, lse, delta, dq, scale)
+    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))](*args, **statics, **tiles)
     return dq, dk, dv
 
 
