@@ -12,7 +12,7 @@ from vitssl.analyze import figures
 from vitssl.analyze.attention import attention_maps, explicit_features
 from vitssl.analyze.distance import mean_attention_distance
 from vitssl.analyze.filters import filter_components, pixel_filters
-from vitssl.analyze.position import position_similarity, tile_grid
+from vitssl.analyze.position import neighbour_contrast, position_similarity, tile_grid
 from vitssl.analyze.rollout import attention_rollout, rollout_map
 from vitssl.cli import main
 from vitssl.config import Config, ModelConfig
@@ -130,6 +130,18 @@ def test_position_similarity_of_a_planted_pattern():
     assert canvas.shape == (rows * (rows + 1) - 1, cols * (cols + 1) - 1)
     torch.testing.assert_close(canvas[1 * 4:1 * 4 + 3, 3 * 6:3 * 6 + 5],
                                flat[1 * cols + 3].reshape(rows, cols))
+
+
+def test_row_and_column_summaries():
+    rows, cols, a, b = 3, 4, 0.7, 0.4
+    got = neighbour_contrast(position_similarity(_planted(rows, cols, a, b), (rows, cols)))
+    # same row: dr = 0, so (1 + cos(b dc)) / 2 averaged over ordered pairs of distinct columns
+    dcs = [abs(i - j) for i in range(cols) for j in range(cols) if i != j]
+    assert got["same_row"] == pytest.approx(sum((1 + math.cos(b * d)) / 2 for d in dcs) / len(dcs))
+    drs = [abs(i - j) for i in range(rows) for j in range(rows) if i != j]
+    assert got["same_column"] == pytest.approx(sum((math.cos(a * d) + 1) / 2 for d in drs)
+                                               / len(drs))
+    assert got["neighbours"] > got["others"]
 
 
 def test_transposed_position_embedding_gives_the_transposed_figure():

@@ -20,16 +20,16 @@ def position_similarity(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch
 
 
 def neighbour_contrast(similarity: torch.Tensor) -> dict[str, float]:
-    """Mean similarity of 4-neighbour patches vs. of all other distinct pairs (one summary)."""
+    """Mean similarity over pairs of distinct patches: 4-neighbours, all other pairs, pairs in
+    the same row and pairs in the same column (the paper's row/column structure)."""
     rows, cols = similarity.shape[:2]
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     dr = (r.reshape(-1, 1) - r.reshape(1, -1)).abs()
     dc = (c.reshape(-1, 1) - c.reshape(1, -1)).abs()
     flat = similarity.reshape(rows * cols, rows * cols)
-    near = (dr + dc) == 1
-    far = (dr + dc) > 1
-    return {"neighbours": float(flat[near].mean()) if near.any() else float("nan"),
-            "others": float(flat[far].mean()) if far.any() else float("nan")}
+    pairs = {"neighbours": (dr + dc) == 1, "others": (dr + dc) > 1,
+             "same_row": (dr == 0) & (dc > 0), "same_column": (dc == 0) & (dr > 0)}
+    return {k: float(flat[m].mean()) if m.any() else float("nan") for k, m in pairs.items()}
 
 
 def tile_grid(similarity: torch.Tensor) -> torch.Tensor:
