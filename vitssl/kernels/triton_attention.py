@@ -24,7 +24,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from vitssl.kernels.attention_configs import (
     INTERPRETER_CONFIG,
@@ -349,26 +348,66 @@ def _backward(do, q, k, v, o, lse, scale: float, config: BlockConfig | None):
     return dq, dk, dv
 
 
-class FusedAttention(torch.autograd.Function):
-    """Autograd wrapper: the forward saves (q, k, v, o, lse); the backward recomputes P."""
+# -- the torch op -------------------------------------------------------------------------
+# A torch.library custom op with a fake (shape-only) implementation and autograd, so that
+# torch.compile traces through attention without a graph break. Tiles travel as four ints
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); [] means autotuned.
 
-    @staticmethod
-    def forward(ctx, q, k, v, scale, config):  # noqa: ANN001
-        q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
-        with _on_device_of(q):
-            o, lse = _forward(q, k, v, scale, config)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.scale = scale
-        ctx.config = config
-        return o
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, do):  # noqa: ANN001
-        q, k, v, o, lse = ctx.saved_tensors
-        with _on_device_of(q):
-            dq, dk, dv = _backward(_last_dim_unit(do), q, k, v, o, lse, ctx.scale, ctx.config)
-        return dq, dk, dv, None, None
+def _config(tiles: list[int]) -> BlockConfig | None:
+    return BlockConfig(*tiles) if tiles else None
+
+
+def _out_like(t: torch.Tensor) -> torch.Tensor:
+    """Where a kernel output for ``t`` is laid out: ``t``'s order, last stride 1."""
+    return torch.empty_like(_last_dim_unit(t))
+
+
+@torch.library.custom_op("vitssl::fused_attention_fwd", mutates_args=())
+def fused_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, log2-sum-exp per row) of the fused forward."""
+    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    with _on_device_of(q):
+        return _forward(q, k, v, scale, _config(tiles))
+
+
+@fused_attention_fwd.register_fake
+def _(q, k, v, scale, tiles):  # noqa: ANN001, ANN202
+    stats = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return _out_like(q), q.new_empty((q.shape[0] * q.shape[1], q.shape[2]), dtype=stats)
+
+
+@torch.library.custom_op("vitssl::fused_attention_bwd", mutates_args=())
+def fused_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        o: torch.Tensor, lse: torch.Tensor, scale: float, tiles: list[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of the fused backward; P is recomputed from q, k and the saved lse."""
+    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    with _on_device_of(q):
+        return _backward(_last_dim_unit(do), q, k, v, o, lse, scale, _config(tiles))
+
+
+@fused_attention_bwd.register_fake
+def _(do, q, k, v, o, lse, scale, tiles):  # noqa: ANN001, ANN202
+    return _out_like(q), _out_like(k), _out_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+    q, k, v, scale, tiles = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.scale, ctx.tiles = scale, tiles
+
+
+def _backward_rule(ctx, do, _dlse):  # noqa: ANN001, ANN202
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = fused_attention_bwd(do, q, k, v, o, lse, ctx.scale, ctx.tiles)
+    return dq, dk, dv, None, None
+
+
+fused_attention_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
@@ -403,4 +442,6 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if q.shape[0] * q.shape[1] == 0:  # nothing to launch; plain math keeps autograd happy
         return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
-    return FusedAttention.apply(q, k, v, scale, config)
+    tiles = [] if config is None else [config.block_m, config.block_n, config.num_warps,
+                                       config.num_stages]
+    return fused_attention_fwd(q, k, v, scale, tiles)[0]
