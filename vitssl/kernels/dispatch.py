@@ -7,6 +7,7 @@ import warnings
 from types import ModuleType
 
 import torch
+import torch._subclasses.fake_tensor
 import torch.nn.functional as F
 
 from vitssl.errors import VitsslError
@@ -49,13 +50,71 @@ def _warn_dropout_fallback() -> None:
                   "runs on torch SDPA instead", stacklevel=3)
 
 
+AUTO_TRITON_DEVICES = ("cuda",)  # device types on which "auto" considers the Triton kernel
+# Largest |Triton - SDPA| the self-check accepts, per dtype (values and gradients are O(1)).
+SELF_CHECK_TOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2, torch.float32: 1e-3}
+_verdicts: dict[tuple[str, int, torch.dtype], str | None] = {}
+
+
+def self_check(device: str, head_dim: int, dtype: torch.dtype) -> str | None:
+    """Run the Triton kernel once, forward and backward, on a small packed-qkv batch against
+    torch SDPA. Returns None if it agrees, else why not (exception or mismatch)."""
+    module = _triton_module()
+    if isinstance(module, ImportError):
+        return f"triton does not import ({module})"
+    g = torch.Generator().manual_seed(0)
+    b, n, h, d = 2, 37, 2, head_dim  # 37: a ragged tile
+    base = torch.randn(b, n, 3 * h * d, generator=g).to(device=device, dtype=dtype)
+    dout = torch.randn(b, h, n, d, generator=g).to(device=device, dtype=dtype)
+    results = []
+    try:
+        for fn in (module.triton_attention, _sdpa_plain):
+            leaf = base.detach().requires_grad_()
+            q, k, v = leaf.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+            with torch.enable_grad():
+                out = fn(q, k, v)
+                (grad,) = torch.autograd.grad(out, leaf, dout)
+            results.append((out.detach().float(), grad.float()))
+    except Exception as exc:  # noqa: BLE001  whatever broke, auto must not take a run down
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    (out, grad), (ref_out, ref_grad) = results
+    err = max((out - ref_out).abs().max().item(), (grad - ref_grad).abs().max().item())
+    if not err <= SELF_CHECK_TOL.get(dtype, 1e-3):  # also catches NaN
+        return f"differs from torch SDPA by {err:.3g} (tolerance {SELF_CHECK_TOL.get(dtype)})"
+    return None
+
+
+def _sdpa_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@torch.compiler.assume_constant_result
+def _self_check_passes(device: str, head_dim: int, dtype: torch.dtype) -> bool:
+    """The cached self-check verdict for (device, D, dtype); warns once when it fails.
+
+    Under torch.compile the verdict is taken while tracing and baked in as a constant.
+    """
+    key = (device, head_dim, dtype)
+    if key not in _verdicts:
+        with torch._subclasses.fake_tensor.unset_fake_temporarily():
+            _verdicts[key] = self_check(device, head_dim, dtype)
+        if _verdicts[key] is not None:
+            warnings.warn(f"the triton attention kernel failed its self-check on {device} for "
+                          f"head dim {head_dim}, {dtype} ({_verdicts[key]}); attention 'auto' "
+                          f"uses torch SDPA for these from now on", stacklevel=4)
+    return _verdicts[key] is None
+
+
 def _triton_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
-    """What "auto" asks: CUDA tensors the kernel supports, no dropout (triton is imported
-    only for CUDA tensors)."""
-    if not q.is_cuda or dropout_p > 0.0 or q.dtype == torch.float64:
+    """What "auto" asks: CUDA tensors the kernel supports, no dropout, and a passed self-check
+    for this (device, D, dtype) (triton is imported only for CUDA tensors)."""
+    if q.device.type not in AUTO_TRITON_DEVICES or dropout_p > 0.0 or q.dtype == torch.float64:
         return False
     module = _triton_module()
-    return not isinstance(module, ImportError) and module.unsupported_reason(q, k, v) is None
+    if isinstance(module, ImportError) or module.unsupported_reason(q, k, v) is not None:
+        return False
+    return _self_check_passes(str(q.device), q.shape[-1], q.dtype)
 
 
 def _sdpa(q, k, v, scale, dropout_p):  # noqa: ANN001, ANN202
@@ -68,7 +127,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
 
     ``backend``: ``"triton"`` (our fused kernel), ``"sdpa"`` (torch's
     scaled_dot_product_attention), ``"reference"`` (plain math) or ``"auto"``
-    (Triton for CUDA tensors it supports, else SDPA). The Triton kernel has no
+    (Triton for CUDA tensors it supports, else SDPA). Before "auto" first uses Triton for a
+    (device, D, dtype), ``self_check`` compares it with SDPA; if that fails, it warns once
+    and uses SDPA for them from then on ("triton" raises instead). The Triton kernel has no
     dropout: with ``dropout_p > 0`` the ``"triton"`` backend warns once and runs
     SDPA, and ``"auto"`` picks SDPA.
     """
