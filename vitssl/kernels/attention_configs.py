@@ -1,7 +1,9 @@
 """Launch configurations for the fused-attention kernels.
 
-On CUDA the kernels are autotuned over block sizes, warps and stages, keyed on
-(N bucket, padded head dim, dtype). Under the Triton interpreter (CPU) one small
+On CUDA the kernels are autotuned over a few block sizes, warps and stages per
+(kernel, N bucket, padded head dim, dtype, architecture): the tuned lists below,
+each entry checked by ``python -m vitssl.kernels.compile_check``; other keys
+(fp32, fp64, head-dim tiles 16 and 256) use a small generic grid. Under the Triton interpreter (CPU) one small
 fixed configuration is used: the interpreter runs every program in Python, so
 small tiles keep tests fast.
 """
@@ -89,6 +91,22 @@ _TUNED: dict[tuple[str, int], list[BlockConfig]] = {
     ("bwd_dq", 128): [BlockConfig(64, 32, 4, 2), BlockConfig(64, 64, 8, 2),
                       BlockConfig(128, 32, 8, 2)],
 }
+# sm_80 (mma.sync) needs more registers for the same tiles: these replace the lists above.
+_TUNED_AMPERE: dict[tuple[str, int], list[BlockConfig]] = {
+    ("fwd", 32): [BlockConfig(128, 64, 8, 3), BlockConfig(64, 64, 4, 3),
+                  BlockConfig(128, 128, 8, 3)],
+    ("fwd", 64): [BlockConfig(128, 64, 8, 3), BlockConfig(64, 64, 4, 3),
+                  BlockConfig(128, 128, 8, 3)],
+    ("bwd_dkdv", 32): [BlockConfig(32, 64, 4, 3), BlockConfig(32, 64, 8, 2),
+                       BlockConfig(32, 128, 8, 2)],
+    ("bwd_dkdv", 64): [BlockConfig(32, 64, 4, 3), BlockConfig(32, 64, 8, 2),
+                       BlockConfig(32, 128, 8, 2)],
+    ("bwd_dkdv", 128): [BlockConfig(32, 64, 8, 2), BlockConfig(64, 64, 8, 2)],
+    ("bwd_dq", 32): [BlockConfig(64, 32, 4, 3), BlockConfig(64, 32, 8, 2),
+                     BlockConfig(128, 32, 8, 2)],
+    ("bwd_dq", 64): [BlockConfig(64, 32, 4, 3), BlockConfig(64, 32, 8, 2),
+                     BlockConfig(128, 32, 8, 2)],
+}
 _SHORT = 256  # N buckets up to here: the tail tile is a large share of the work
 
 
@@ -102,7 +120,8 @@ def tuned_configs(kernel: str, bucket: int, block_d: int, itemsize: int, arch: i
     """
     if itemsize != 2 or arch < 80 or (kernel, block_d) not in _TUNED:
         return []
-    configs = list(_TUNED[(kernel, block_d)])
+    table = _TUNED_AMPERE if arch < 90 and (kernel, block_d) in _TUNED_AMPERE else _TUNED
+    configs = list(table[(kernel, block_d)])
     if bucket <= _SHORT:  # drop the widest tile: it is mostly padding at N <= 256
         configs = [c for c in configs if c.block_m * c.block_n < 128 * 128]
     return configs
@@ -119,7 +138,8 @@ def _generic(kernel: str) -> list[BlockConfig]:
 
 def autotune_configs(kernel: str) -> list[triton.Config]:
     """Every config the autotuner of ``kernel`` knows; ``prune`` picks per key."""
-    seen = dict.fromkeys(c for (name, _), cs in _TUNED.items() if name == kernel for c in cs)
+    seen = dict.fromkeys(c for table in (_TUNED, _TUNED_AMPERE) for (name, _), cs in table.items()
+                         if name == kernel for c in cs)
     seen.update(dict.fromkeys(_generic(kernel)))
     return [triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n},
                           num_warps=c.num_warps, num_stages=c.num_stages) for c in seen]

@@ -7,9 +7,9 @@ head dims 32/64/80/128, fp16 and bf16, sm_80 and sm_90 (and sm_100 when the
 bundled ptxas knows it), on contiguous and packed-qkv tensors, it compiles the
 kernel with the specialisation a real launch applies and prints registers,
 spills, shared memory, the MMA instruction kind and the loads of the main loop.
-It exits 1 when a kernel fails to compile, spills registers, needs more shared
+It exits 1 when a kernel (sm_80 or sm_90) fails to compile, spills registers, needs more shared
 memory than the architecture has, or on sm_90 multiplies without wgmma or loads
-its main loop without cp.async / TMA. ``--dump DIR`` writes each compiled
+its main loop without cp.async / TMA; sm_100 findings are reported as advisory. ``--dump DIR`` writes each compiled
 kernel's cubin and PTX as ``<kernel>-<config>-sm<arch>.cubin`` / ``.ptx``.
 Needs the triton package, no GPU; must run without ``TRITON_INTERPRET=1``.
 """
@@ -29,6 +29,8 @@ ARCHS = (80, 90, 100)
 VIT_LENGTHS = (197, 257, 577, 1025)  # B/16@224, H/14@224, B/16@384, H/14@448 (N = 1 + grid²)
 LAYOUTS = ("contiguous", "packed")
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq", "bwd_delta")
+# Findings on these fail the check; sm_100 (tcgen05, newer ptxas) is compiled and reported.
+GATING_ARCHS = (80, 90)
 MMA_KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")  # the ones with a matmul main loop
 
 
@@ -206,7 +208,8 @@ def table(rows: list[Row]) -> str:
             "| status |\n|---|---|---|---:|---:|---:|---|---|---|")
     lines = [head]
     for r in rows:
-        status = "ok" if not r.problems else "FAIL: " + "; ".join(r.problems)
+        verdict = "FAIL" if r.job.arch in GATING_ARCHS else "advisory"
+        status = "ok" if not r.problems else f"{verdict}: " + "; ".join(r.problems)
         lines.append(f"| {r.job.kernel} | {_label(r.job)} | sm_{r.job.arch} | {r.registers} "
                      f"| {r.spill_bytes} | {r.shared_bytes / 1024:.1f} | {r.mma} "
                      f"| {r.loop_loads} | {status} |")
@@ -263,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run_job, todo, [args.dump] * len(todo)))
     print(table(rows))
-    failed = [r for r in rows if r.problems]
+    failed = [r for r in rows if r.problems and r.job.arch in GATING_ARCHS]
+    advisory = [r for r in rows if r.problems and r.job.arch not in GATING_ARCHS]
     print(f"\n{len(rows)} kernels checked in {time.perf_counter() - start:.0f} s: "
-          f"{len(rows) - len(failed)} ok, {len(failed)} failed")
+          f"{len(rows) - len(failed) - len(advisory)} ok, {len(failed)} failed"
+          + (f", {len(advisory)} with advisory findings on sm_100" if advisory else ""))
     return 1 if failed else 0
 
 
