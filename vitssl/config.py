@@ -41,12 +41,13 @@ class DataConfig:
     num_workers: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    crop_scale: tuple[float, float] = (0.35, 1.0)
-    hflip: bool = True
-    augment: bool = True
+    # Augmentation: None takes the dataset's own (vitssl.data.augment); a value wins.
+    crop_scale: tuple[float, float] | None = None
+    hflip: bool | None = None
+    augment: bool | None = None
     shuffle_buffer: int = 1000
     on_error: str = "skip"  # "skip" | "raise"
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect range of the random resized crop
+    crop_ratio: tuple[float, float] | None = None  # aspect range of the random resized crop
     resampled: bool | None = None  # wds: draw shards with replacement (None: when world_size > 1)
 
 
@@ -83,12 +84,17 @@ class LogConfig:
 
 @dataclass
 class SummaryEvalConfig:
-    """The few-shot check printed at the end of a pretraining run."""
+    """The evaluation printed at the end of a pretraining run (vitssl.train.summary)."""
 
     enabled: bool = True
     data: str = "builtin:digits"
     shots: tuple[int, ...] = (5, 10, 25)
     seeds: int = 3
+    features: str = "pooled"  # few-shot features: see vitssl.eval.features
+    finetune_per_class: int = 10  # labelled images per class for the fine-tune comparison
+    finetune_steps: int = 100  # 0 turns the fine-tune comparison off
+    finetune_batch_size: int = 32
+    finetune_seeds: int = 3
 
 
 def _default_run_model() -> ModelConfig:

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vitssl.config import Config, config_from_dict, flatten, save_config, to_dict
+from vitssl.data.augment import resolve_augmentation
 from vitssl.data.pipeline import pretrain_batches
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
@@ -35,6 +36,7 @@ from vitssl.plugins import get_registry
 from vitssl.train import distributed
 from vitssl.train.checkpoint import (
     WEIGHTS,
+    export_name,
     latest_checkpoint,
     list_checkpoints,
     load_training_state,
@@ -44,7 +46,7 @@ from vitssl.train.checkpoint import (
 from vitssl.train.optim import build_optimizer
 from vitssl.train.runlog import RunLog, read_metrics, truncate_metrics
 from vitssl.train.schedule import build_scheduler
-from vitssl.train.summary import few_shot_comparison, format_summary
+from vitssl.train.summary import format_summary, summary_evaluation
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINAL_WINDOW = 10  # steps averaged for the summary's final loss and metrics
@@ -144,6 +146,27 @@ def _metrics(out: dict[str, Any]) -> dict[str, float]:
             if k != "loss" and isinstance(v, (int, float, torch.Tensor))}
 
 
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch dict on ``device``."""
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def _call_hook(objective: nn.Module, name: str, step: int, total_steps: int) -> None:
+    """An objective's optional step hook (once per optimiser step, on every rank)."""
+    hook = getattr(objective, name, None)
+    if callable(hook):
+        hook(step, total_steps)
+
+
+def _exported_encoder(objective: nn.Module) -> nn.Module | None:
+    try:
+        return objective.get_submodule(export_name(objective))
+    except AttributeError:
+        return None
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -168,6 +191,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, Any]:
     tc = cfg.train
+    cfg.data = resolve_augmentation(cfg.data)
     micro = _check(cfg, ctx.world_size)
     run_dir = _run_dir(cfg, ctx)
     cfg.out = str(run_dir)
@@ -192,11 +216,17 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
                       f"to continue it", file=sys.stderr)
             return json.loads(done.read_text())
 
-    batches = pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
-                               seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
-                               start_step=start * tc.accum_steps, rank=ctx.rank,
-                               world_size=ctx.world_size)
+    def make_batches(views: Callable | None = None) -> Any:
+        return pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
+                                seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
+                                start_step=start * tc.accum_steps, rank=ctx.rank,
+                                world_size=ctx.world_size, views=views)
+
+    batches = make_batches()
     objective = _build_objective(cfg, batches)
+    declared = getattr(objective, "views", None)
+    if callable(declared):
+        batches = make_batches(declared(cfg.model.image_size, cfg.data))
 
     objective.to(device)
     optimizer = build_optimizer(objective, lr=tc.lr, weight_decay=tc.weight_decay,
@@ -252,9 +282,10 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
             for i in range(tc.accum_steps):
                 data_step = step * tc.accum_steps + i
                 with torch.random.fork_rng(devices=[]):  # data RNG stays apart
-                    batch = {k: v.to(device, non_blocking=True) for k, v in next(data).items()}
+                    batch = _to_device(next(data), device)
                 first = (data_step * ctx.world_size + ctx.rank) * micro
                 batch["sample_seed"] = sample_seeds(tc.seed, first, micro).to(device)
+                batch["step"], batch["total_steps"] = step, tc.steps
                 sync = (model.no_sync() if ctx.distributed and i < tc.accum_steps - 1
                         else contextlib.nullcontext())
                 with sync:
@@ -279,10 +310,12 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
             scaler.unscale_(optimizer)
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            _call_hook(objective, "before_optimizer_step", step, tc.steps)
             lr = optimizer.param_groups[0]["lr"]
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            _call_hook(objective, "after_optimizer_step", step, tc.steps)
             dt = time.perf_counter() - t0
             images_seen += tc.batch_size
             train_time += dt
@@ -319,13 +352,12 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
         "skipped": int(getattr(batches, "skipped", 0)),
         "train_s": train_time,
     })
-    encoder = getattr(objective, "encoder", None)
+    encoder = _exported_encoder(objective)
     if cfg.summary_eval.enabled and encoder is not None:
         log_tty = sys.stderr.isatty()
-        print("few-shot check: pretrained encoder vs random init ...", file=sys.stderr,
-              flush=True)
-        summary["few_shot"] = few_shot_comparison(encoder, cfg, device,
-                                                  progress=log_tty)
+        print("evaluating: pretrained encoder vs random init vs raw pixels ...",
+              file=sys.stderr, flush=True)
+        summary["evaluation"] = summary_evaluation(encoder, cfg, device, progress=log_tty)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), flush=True)
     return summary

@@ -1,0 +1,138 @@
+"""DINO: loss against an independent formula, centre, EMA teacher in closed form, frozen layer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from vitssl_plugins.dino import Dino, dino_loss, teacher_momentum
+
+from vitssl.config import ModelConfig
+from vitssl.errors import VitsslError
+from vitssl.models import build_encoder
+from vitssl.train.optim import build_optimizer
+
+
+def _dino(**options) -> Dino:
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelConfig(name="Ti/4", image_size=8, depth=1))
+    return Dino(encoder, out_dim=32, hidden_dim=16, bottleneck_dim=8, num_local=1, **options)
+
+
+def _batch(step: int = 0, total: int = 4, b: int = 3) -> dict:
+    g = torch.Generator().manual_seed(step)
+    return {"views": {"global": torch.randn(b, 2, 3, 8, 8, generator=g),
+                      "local": torch.randn(b, 1, 3, 4, 4, generator=g)},
+            "step": step, "total_steps": total}
+
+
+def test_loss_matches_the_reference_formula():
+    g = torch.Generator().manual_seed(1)
+    student = torch.randn(4, 5, 7, generator=g)  # (B, V, K): 2 global + 3 local views
+    teacher = torch.randn(4, 2, 7, generator=g)
+    center = torch.randn(1, 7, generator=g)
+    tau_s, tau_t = 0.1, 0.05
+    total, pairs = 0.0, 0
+    s64, t64, c64 = student.double(), teacher.double(), center.double()
+    for i in range(2):
+        q = torch.exp((t64[:, i] - c64) / tau_t)
+        q = q / q.sum(-1, keepdim=True)
+        for v in range(5):
+            if v == i:
+                continue
+            logits = s64[:, v] / tau_s
+            log_p = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += float((-(q * log_p).sum(-1)).mean())
+            pairs += 1
+    expected = total / pairs
+    assert pairs == 8
+    got = dino_loss(student, teacher, center, tau_s, tau_t)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_centre_after_one_step_is_a_tenth_of_the_teacher_batch_mean():
+    dino = _dino()
+    batch = _batch()
+    with torch.no_grad():
+        flat = batch["views"]["global"].flatten(0, 1)
+        teacher = dino.teacher_head(dino.teacher_encoder(flat))
+    dino(batch)["loss"].backward()
+    dino.after_optimizer_step(0, 4)
+    torch.testing.assert_close(dino.center, 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_centre_update_sums_micro_batches_once_per_step():
+    dino = _dino()
+    batch = _batch(b=4)
+    halves = [{**batch, "views": {k: v[sl] for k, v in batch["views"].items()}}
+              for sl in (slice(0, 2), slice(2, 4))]
+    for half in halves:
+        dino(half)
+    dino.after_optimizer_step(0, 4)
+    accumulated = dino.center.clone()
+    dino.center.zero_()
+    dino(batch)
+    dino.after_optimizer_step(0, 4)
+    torch.testing.assert_close(accumulated, dino.center)
+
+
+def test_teacher_is_the_ema_of_the_student_in_closed_form():
+    dino = _dino(momentum=0.9)
+    optimizer = build_optimizer(dino, lr=1e-2, weight_decay=0.0)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    teacher_params = list(dino.teacher_encoder.parameters()) + \
+        list(dino.teacher_head.parameters())
+    assert not any(id(p) in in_optimizer for p in teacher_params)
+    expected = [p.detach().clone() for p in teacher_params]
+    total = 5
+    for step in range(total):
+        optimizer.zero_grad()
+        dino(_batch(step, total))["loss"].backward()
+        assert all(p.grad is None for p in teacher_params)
+        dino.before_optimizer_step(step, total)
+        optimizer.step()
+        dino.after_optimizer_step(step, total)
+        m = teacher_momentum(0.9, step, total)
+        student = list(dino.encoder.parameters()) + list(dino.head.parameters())
+        expected = [m * t + (1 - m) * s.detach() for t, s in zip(expected, student, strict=True)]
+    for got, want in zip(teacher_params, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    # The teacher is not the student: they moved apart.
+    assert any(not torch.equal(t, s) for t, s in zip(
+        dino.teacher_encoder.parameters(), dino.encoder.parameters(), strict=True))
+
+
+def test_momentum_and_temperature_schedules():
+    assert teacher_momentum(0.996, 0, 100) == pytest.approx(0.996)
+    assert teacher_momentum(0.996, 50, 100) == pytest.approx(0.998)
+    assert teacher_momentum(0.996, 100, 100) == pytest.approx(1.0)
+    dino = _dino(teacher_temp=0.07, warmup_teacher_temp=0.04, teacher_temp_warmup=0.5)
+    assert dino.teacher_temperature(0, 10) == pytest.approx(0.04)
+    assert dino.teacher_temperature(3, 10) == pytest.approx(0.04 + 0.03 * 3 / 5)
+    assert dino.teacher_temperature(7, 10) == pytest.approx(0.07)
+
+
+def test_last_layer_is_frozen_for_its_steps_then_trains():
+    dino = _dino(freeze_last_layer=0.5)
+    optimizer = build_optimizer(dino, lr=1e-2, weight_decay=0.0)
+    last = dino.head.last_layer.parametrizations.weight.original1
+    total = 4
+    for step in range(total):
+        before = last.detach().clone()
+        optimizer.zero_grad()
+        dino(_batch(step, total))["loss"].backward()
+        dino.before_optimizer_step(step, total)
+        optimizer.step()
+        dino.after_optimizer_step(step, total)
+        changed = not torch.equal(before, last)
+        assert changed == (step >= 2), step
+
+
+def test_metrics_and_missing_views():
+    dino = _dino()
+    out = dino(_batch())
+    assert 0 <= out["teacher_entropy"] <= math.log(32) + 1e-4
+    assert out["teacher_kl_uniform"] >= 0
+    with pytest.raises(VitsslError, match="views"):
+        dino({"image": torch.randn(2, 3, 8, 8)})

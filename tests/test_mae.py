@@ -1,0 +1,86 @@
+"""MAE: masking keeps exactly int(N(1-r)) patches, the restore order, loss on masked patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vitssl_plugins.mae import MaskedAutoencoder, random_masking, sincos_pos_embed
+
+from vitssl.config import ModelConfig
+from vitssl.errors import VitsslError
+from vitssl.models import build_encoder
+
+
+def _mae(**options) -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelConfig(name="Ti/4", image_size=16, depth=1))
+    return MaskedAutoencoder(encoder, **options)
+
+
+@pytest.mark.parametrize(("n", "ratio"), [(16, 0.75), (49, 0.75), (10, 0.5), (7, 0.3)])
+def test_masking_keeps_exactly_int_n_one_minus_r(n, ratio):
+    keep = int(n * (1 - ratio))
+    seeds = torch.arange(5)
+    ids_keep, ids_restore = random_masking(5, n, keep, torch.device("cpu"), seeds)
+    assert ids_keep.shape == (5, keep)
+    for row in ids_keep:
+        assert len(set(row.tolist())) == keep  # distinct patches
+    # The restore permutation inverts the shuffle: shuffled[restore] == identity.
+    noise_order = torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(int(s)))
+                               .argsort() for s in seeds])
+    assert torch.equal(noise_order[:, :keep], ids_keep)
+    assert torch.equal(noise_order.gather(1, ids_restore), torch.arange(n).expand(5, n))
+
+
+def test_the_encoder_sees_only_the_kept_patches():
+    mae = _mae()
+    seen = []
+    encode = mae.encoder.encode
+    mae.encoder.encode = lambda tokens, **kw: seen.append(tokens.shape) or encode(tokens, **kw)
+    mae({"image": torch.randn(2, 3, 16, 16), "sample_seed": torch.tensor([1, 2])})
+    assert seen == [torch.Size([2, 4, 192])]  # 16 patches, 75% masked
+
+
+def test_predictions_at_visible_positions_do_not_change_the_loss():
+    mae = _mae()
+    batch = {"image": torch.randn(2, 3, 16, 16), "sample_seed": torch.tensor([3, 4])}
+    base = mae(batch)["loss"].item()
+    ids_keep, _ = random_masking(2, 16, 4, torch.device("cpu"), batch["sample_seed"])
+    decode = mae.decode
+
+    def perturbed(*args):
+        pred = decode(*args).clone()
+        rows = torch.arange(2).unsqueeze(1)
+        pred[rows, ids_keep] += 100.0  # only the visible patches' predictions
+        return pred
+
+    mae.decode = perturbed
+    assert mae(batch)["loss"].item() == pytest.approx(base, rel=1e-6)
+
+
+def test_loss_is_mse_on_masked_patches_against_normalised_pixels():
+    mae = _mae(norm_pix_loss=True)
+    images = torch.randn(2, 3, 16, 16)
+    batch = {"image": images, "sample_seed": torch.tensor([5, 6])}
+    ids_keep, ids_restore = random_masking(2, 16, 4, torch.device("cpu"), batch["sample_seed"])
+    tokens = mae.encoder.embed_patches(images)
+    visible = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    pred = mae.decode(mae.encoder.encode(visible, positions=ids_keep), ids_restore, (4, 4))
+    # Independent patchify: "b c (h p) (w q) -> b (h w) (c p q)".
+    target = images.reshape(2, 3, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 16, 48)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) +
+                                                        1e-6).sqrt()
+    masked = torch.ones(2, 16, dtype=torch.bool)
+    masked[torch.arange(2).unsqueeze(1), ids_keep] = False
+    expected = ((pred - target) ** 2).mean(-1)[masked].mean()
+    assert float(mae(batch)["loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_sincos_embeddings_and_bad_options():
+    pos = sincos_pos_embed(8, (2, 3))
+    assert pos.shape == (6, 8)
+    assert torch.allclose(pos[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
+    with pytest.raises(VitsslError, match="mask_ratio"):
+        _mae(mask_ratio=1.0)
+    with pytest.raises(VitsslError, match="keeps 0"):
+        _mae(mask_ratio=0.95)
