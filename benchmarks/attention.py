@@ -13,6 +13,7 @@ Without CUDA it runs a small correctness pass in the Triton interpreter and
 says that timings need a GPU.
 
     python benchmarks/attention.py [--dtype bf16] [--tokens 65536] [--iters 50]
+    python benchmarks/attention.py --shapes B@224 L@224 H@224 B@384   # named shapes only
 """
 
 from __future__ import annotations
@@ -140,26 +141,28 @@ def gpu_table(args: argparse.Namespace) -> None:
               f"{'fwd ms':>8s} {'TFLOP/s':>8s} {'f+b ms':>8s} {'TFLOP/s':>8s}")
     print(header)
     print("-" * len(header))
-    for size in args.sizes:
-        for name in args.variants:
-            heads, d, patch = VARIANTS[name]
-            n = (size // patch) ** 2 + 1
-            b = max(1, args.tokens // n)
-            err = check_shape(b, heads, n, d, dtype, "cuda")  # also autotunes at this batch
-            fwd_flops = 4 * b * heads * n * n * d
-            rows = time_kernels(b, heads, n, d, dtype, args.iters, args.warmup)
-            shape = f"{name}@{size}"
-            for label, (t_fwd, t_both) in rows.items():
-                print(f"{shape:10s} {b:4d} {heads:3d} {n:5d} {d:3d} {label:15s} "
-                      f"{t_fwd:8.3f} {fwd_flops / t_fwd / 1e9:8.1f} "
-                      f"{t_both:8.3f} {3.5 * fwd_flops / t_both / 1e9:8.1f}")
-            sdpa = [t for label, t in rows.items() if label != "triton"]
-            if "triton" in rows and sdpa:
-                best_fwd, best_both = min(t[0] for t in sdpa), min(t[1] for t in sdpa)
-                print(f"{shape:10s} speedup vs best SDPA: fwd {best_fwd / rows['triton'][0]:.2f}x,"
-                      f" fwd+bwd {best_both / rows['triton'][1]:.2f}x; "
-                      f"max |triton - sdpa| = {err:.2e}")
-            torch.cuda.empty_cache()
+    shapes = args.shapes or [f"{name}@{size}" for size in args.sizes for name in args.variants]
+    for item in shapes:
+        name, _, size_text = item.partition("@")
+        size = int(size_text)
+        heads, d, patch = VARIANTS[name]
+        n = (size // patch) ** 2 + 1
+        b = max(1, args.tokens // n)
+        err = check_shape(b, heads, n, d, dtype, "cuda")  # also autotunes at this batch
+        fwd_flops = 4 * b * heads * n * n * d
+        rows = time_kernels(b, heads, n, d, dtype, args.iters, args.warmup)
+        shape = f"{name}@{size}"
+        for label, (t_fwd, t_both) in rows.items():
+            print(f"{shape:10s} {b:4d} {heads:3d} {n:5d} {d:3d} {label:15s} "
+                  f"{t_fwd:8.3f} {fwd_flops / t_fwd / 1e9:8.1f} "
+                  f"{t_both:8.3f} {3.5 * fwd_flops / t_both / 1e9:8.1f}")
+        sdpa = [t for label, t in rows.items() if label != "triton"]
+        if "triton" in rows and sdpa:
+            best_fwd, best_both = min(t[0] for t in sdpa), min(t[1] for t in sdpa)
+            print(f"{shape:10s} speedup vs best SDPA: fwd {best_fwd / rows['triton'][0]:.2f}x,"
+                  f" fwd+bwd {best_both / rows['triton'][1]:.2f}x; "
+                  f"max |triton - sdpa| = {err:.2e}")
+        torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 384])
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
                         default=list(VARIANTS))
+    parser.add_argument("--shapes", nargs="+", metavar="VARIANT@SIZE",
+                        help="e.g. B@224 H@224 (replaces --sizes x --variants)")
     args = parser.parse_args(argv)
+    for item in args.shapes or []:
+        name, _, size = item.partition("@")
+        if name not in VARIANTS or not size.isdigit():
+            parser.error(f"bad shape '{item}': expected VARIANT@SIZE with VARIANT one of "
+                         f"{', '.join(VARIANTS)}, e.g. B@224")
     if torch.cuda.is_available():
         gpu_table(args)
     else:
