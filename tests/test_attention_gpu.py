@@ -59,15 +59,19 @@ def test_backward_is_bitwise_deterministic() -> None:
 
 
 def test_auto_picks_triton_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitssl.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_verdicts", {})
     calls = []
     real = ta.triton_attention
     monkeypatch.setattr(ta, "triton_attention",
-                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+                        lambda q, *a, **kw: calls.append(tuple(q.shape)) or real(q, *a, **kw))
     q, k, v = split(make_base(2, 3, 65, 64, "packed").half(), "packed", 3, 64)
     attention(q, k, v)
-    assert calls == [1]
+    assert calls == [(2, 2, 37, 64), (2, 3, 65, 64)]  # the self-check, then the call
     attention(q, k, v, dropout_p=0.1)  # no dropout in the kernel: auto takes SDPA
-    assert calls == [1]
+    assert len(calls) == 2
+    assert dispatch._verdicts == {(str(q.device), 64, torch.float16): None}
 
 
 def test_composes_with_torch_compile() -> None:

@@ -3,9 +3,9 @@
 On CUDA the kernels are autotuned over a few block sizes, warps and stages per
 (kernel, N bucket, padded head dim, dtype, architecture): the tuned lists below,
 each entry checked by ``python -m vitssl.kernels.compile_check``; other keys
-(fp32, fp64, head-dim tiles 16 and 256) use a small generic grid. Under the Triton interpreter (CPU) one small
-fixed configuration is used: the interpreter runs every program in Python, so
-small tiles keep tests fast.
+(fp32, fp64, head-dim tiles 16 and 256) use a small generic grid. Under the
+Triton interpreter (CPU) one small fixed configuration is used: the interpreter
+runs every program in Python, so small tiles keep tests fast.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ head dims 32/64/80/128, fp16 and bf16, sm_80 and sm_90 (and sm_100 when the
 bundled ptxas knows it), on contiguous and packed-qkv tensors, it compiles the
 kernel with the specialisation a real launch applies and prints registers,
 spills, shared memory, the MMA instruction kind and the loads of the main loop.
-It exits 1 when a kernel (sm_80 or sm_90) fails to compile, spills registers, needs more shared
-memory than the architecture has, or on sm_90 multiplies without wgmma or loads
-its main loop without cp.async / TMA; sm_100 findings are reported as advisory. ``--dump DIR`` writes each compiled
-kernel's cubin and PTX as ``<kernel>-<config>-sm<arch>.cubin`` / ``.ptx``.
+It exits 1 when a kernel (sm_80 or sm_90) fails to compile, spills registers,
+needs more shared memory than the architecture has, or on sm_90 multiplies
+without wgmma or loads its main loop without cp.async / TMA; sm_100 findings are
+reported as advisory. ``--dump DIR`` writes each compiled kernel's cubin and PTX
+as ``<kernel>-<config>-sm<arch>.cubin`` / ``.ptx``.
 Needs the triton package, no GPU; must run without ``TRITON_INTERPRET=1``.
 """
 
