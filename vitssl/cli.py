@@ -1,4 +1,4 @@
-"""The ``vitssl`` command line: pretrain, eval, plugins, shard, analyze."""
+"""The ``vitssl`` command line: pretrain, eval, plugins, shard, analyze, configs."""
 
 from __future__ import annotations
 
@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     p = sub.add_parser("plugins", help="list registered objectives, stems, evaluators, datasets")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("configs", help="list the shipped recipes (configs/*.yaml)",
+                       description="List the shipped recipes, or show one and how to run it.")
+    p.add_argument("name", nargs="?", help="a recipe to show, e.g. mae-b16")
+    p.add_argument("--path", action="store_true", help="print only the recipe file's path")
     return parser
 
 
@@ -167,8 +171,30 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from vitssl.recipes import find_recipe, list_recipes, run_hint
+
+    if args.name is None:
+        recipes = list_recipes()
+        width = max(len(r.name) for r in recipes)
+        for r in recipes:
+            print(f"{r.name:<{width}}  {r.kind:<8}  {r.description}")
+        print(f"(in {recipes[0].path.parent}; show one with: vitssl configs NAME)",
+              file=sys.stderr)
+        return 0
+    recipe = find_recipe(args.name)
+    if args.path:
+        print(recipe.path)
+        return 0
+    print(recipe.path.read_text().rstrip())
+    print("\n# run with:")
+    for line in run_hint(recipe):
+        print(f"#   {line}")
+    return 0
+
+
 COMMANDS = {"pretrain": _cmd_pretrain, "eval": _cmd_eval, "shard": _cmd_shard,
-            "plugins": _cmd_plugins, "analyze": _cmd_analyze}
+            "plugins": _cmd_plugins, "analyze": _cmd_analyze, "configs": _cmd_configs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

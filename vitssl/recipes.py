@@ -1,0 +1,216 @@
+"""Shipped recipes: the YAML files in the top-level ``configs/`` folder.
+
+Every recipe opens with a comment block: a one-line description, then the
+fields ``Source:``, ``Hardware:``, ``Expected:`` and ``Changed:`` (and, for an
+evaluation recipe, ``Format:``); a field continues on further comment lines.
+Two kinds of recipe exist:
+
+- a pretraining recipe holds sections of :class:`vitssl.config.Config` and runs
+  as ``vitssl pretrain --config FILE`` (unknown keys fail, as for any config);
+- an evaluation recipe holds one ``evaluate:`` section with ``evaluator`` (a
+  registered evaluator), optional ``data`` (the labelled data spec) and
+  ``options`` (checked against the options the evaluator accepts). It is run
+  through ``vitssl eval`` (or, for ``vtab``, ``benchmarks/vtab.py``);
+  ``vitssl configs NAME`` prints the command line.
+
+The folder is looked up next to the installed package (``vitssl/configs``, for
+a wheel) and then at the top of the source checkout (an editable install).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import vitssl
+from vitssl.config import Config, load_config
+from vitssl.errors import VitsslError
+
+HEADER_FIELDS = ("Source", "Hardware", "Expected", "Changed")  # required in every recipe
+OPTIONAL_FIELDS = ("Format",)
+EVALUATE_KEYS = ("evaluator", "data", "options")
+_FIELD = re.compile(rf"^({'|'.join(HEADER_FIELDS + OPTIONAL_FIELDS)}):\s*(.*)$")
+
+
+def configs_dir() -> Path:
+    """The folder holding the shipped recipes."""
+    package = Path(vitssl.__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    raise VitsslError(f"no recipes found: neither {package / 'configs'} nor "
+                      f"{package.parent / 'configs'} holds *.yaml files")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One shipped YAML file and what its opening comment says."""
+
+    name: str
+    path: Path
+    kind: str  # "pretrain" | "evaluate"
+    description: str
+    header: dict[str, str] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation recipe: which evaluator, on what data, with which options."""
+
+    evaluator: str
+    data: str | None
+    options: dict[str, Any] = field(hash=False)
+
+
+def read_header(text: str) -> tuple[str, dict[str, str]]:
+    """The opening comment block -> (one-line description, {field: text})."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    description = lines[0] if lines else ""
+    fields: dict[str, str] = {}
+    current = None
+    for line in lines[1:]:
+        match = _FIELD.match(line)
+        if match:
+            current = match[1]
+            fields[current] = match[2]
+        elif current is not None and line:
+            fields[current] = f"{fields[current]} {line}".strip()
+        else:
+            current = None  # a blank comment line ends a field
+    return description, fields
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VitsslError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") \
+            from None
+    if not isinstance(data, dict):
+        raise VitsslError(f"recipe {path} must hold a mapping at the top level")
+    return data
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """A recipe file's name, kind and header."""
+    path = Path(path)
+    text = path.read_text()
+    description, header = read_header(text)
+    kind = "evaluate" if "evaluate" in _read_yaml(path) else "pretrain"
+    return Recipe(path.stem, path, kind, description, header)
+
+
+def list_recipes() -> list[Recipe]:
+    """Every shipped recipe, sorted by name."""
+    return [read_recipe(p) for p in sorted(configs_dir().glob("*.yaml"))]
+
+
+def find_recipe(name: str) -> Recipe:
+    """A shipped recipe by name (``mae-b16`` or ``mae-b16.yaml``), or a recipe file's path."""
+    if Path(name).is_file():
+        return read_recipe(name)
+    stem = name[:-5] if name.endswith(".yaml") else name
+    recipes = {r.name: r for r in list_recipes()}
+    if stem not in recipes:
+        raise VitsslError(f"unknown recipe '{name}'; shipped: {', '.join(recipes)}")
+    return recipes[stem]
+
+
+def load_pretrain(recipe: Recipe, overrides: list[str] = ()) -> Config:
+    """The typed config of a pretraining recipe (``--set`` style overrides last)."""
+    if recipe.kind != "pretrain":
+        raise VitsslError(f"recipe '{recipe.name}' is an evaluation recipe; run it with "
+                          f"vitssl eval (see: vitssl configs {recipe.name})")
+    return load_config(recipe.path, list(overrides))
+
+
+def load_evaluation(recipe: Recipe) -> Evaluation:
+    """The ``evaluate:`` section, checked: known keys, a registered evaluator, its options."""
+    from vitssl.eval.run import accepted_options
+    from vitssl.plugins import get_registry
+
+    data = _read_yaml(recipe.path)
+    if set(data) != {"evaluate"}:
+        raise VitsslError(f"recipe {recipe.path}: an evaluation recipe holds only an "
+                          f"'evaluate' section, got {sorted(data)}")
+    section = data["evaluate"]
+    if not isinstance(section, dict):
+        raise VitsslError(f"recipe {recipe.path}: 'evaluate' must be a mapping")
+    unknown = sorted(set(section) - set(EVALUATE_KEYS))
+    if unknown or "evaluator" not in section:
+        raise VitsslError(f"recipe {recipe.path}: 'evaluate' needs 'evaluator' and may hold "
+                          f"{', '.join(EVALUATE_KEYS)}; got {sorted(section)}")
+    name = str(section["evaluator"])
+    options = section.get("options") or {}
+    if not isinstance(options, dict):
+        raise VitsslError(f"recipe {recipe.path}: 'evaluate.options' must be a mapping")
+    factory = get_registry().get("evaluators", name)
+    accepted = accepted_options(factory)
+    bad = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if bad:
+        raise VitsslError(f"recipe {recipe.path}: unknown option(s) {', '.join(bad)} for "
+                          f"evaluator '{name}'; accepted: {', '.join(accepted)}")
+    try:
+        factory(**options)  # the evaluator's own checks of the values
+    except (TypeError, ValueError) as exc:
+        raise VitsslError(f"recipe {recipe.path}: bad options for evaluator '{name}': "
+                          f"{str(exc).splitlines()[0]}") from None
+    data_spec = section.get("data")
+    return Evaluation(name, None if data_spec is None else str(data_spec), dict(options))
+
+
+def _flow(value: Any) -> str:
+    """A value as a one-line YAML (JSON) literal for ``--set KEY=VALUE``."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def eval_command(evaluation: Evaluation, checkpoint: str = "RUN",
+                 data: str | None = None) -> list[str]:
+    """The ``vitssl eval`` argv that runs an evaluation recipe on ``checkpoint``."""
+    argv = ["vitssl", "eval", "--evaluator", evaluation.evaluator, "--checkpoint", checkpoint]
+    data = data or evaluation.data
+    if data is not None:
+        argv += ["--data", data]
+    for key, value in evaluation.options.items():
+        argv += ["--set", f"{key}={_flow(value)}"]
+    return argv
+
+
+def vtab_benchmark_command(evaluation: Evaluation, checkpoint: str = "RUN",
+                           data_root: str = "VTAB1K_DIR") -> list[str]:
+    """The ``benchmarks/vtab.py`` argv for a ``vtab`` recipe over a vtab-1k tree."""
+    if evaluation.evaluator != "vtab":
+        raise VitsslError(f"benchmarks/vtab.py runs the vtab evaluator, not "
+                          f"'{evaluation.evaluator}'")
+    flags = {"protocol": "--protocol", "adapt": "--adapt", "image_size": "--image-size"}
+    argv = ["python", "benchmarks/vtab.py", "--checkpoint", checkpoint, "--data-root", data_root]
+    for key, value in evaluation.options.items():
+        if key in flags:
+            argv += [flags[key], str(value)]
+        elif key == "options":
+            for sub, v in value.items():
+                argv += ["--set", f"{sub}={_flow(v)}"]
+        else:
+            raise VitsslError(f"vtab option '{key}' has no benchmarks/vtab.py flag")
+    return argv
+
+
+def run_hint(recipe: Recipe) -> list[str]:
+    """Shell lines that run a recipe (RUN: a run directory or checkpoint)."""
+    if recipe.kind == "pretrain":
+        return [f"vitssl pretrain --config {shlex.quote(str(recipe.path))}"]
+    evaluation = load_evaluation(recipe)
+    if evaluation.evaluator == "vtab":  # the suite, or one task through vitssl eval
+        return [shlex.join(vtab_benchmark_command(evaluation)),
+                shlex.join(eval_command(evaluation, data="vtab1k:VTAB1K_DIR/TASK"))]
+    return [shlex.join(eval_command(evaluation))]
