@@ -75,6 +75,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
+    strategy: str = "ddp"  # "ddp" | "fsdp" (under torchrun; one process trains unsharded)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False  # torch.compile the objective's forward
 
 
 @dataclass

@@ -7,11 +7,16 @@ Layout of a run directory::
     RUN/checkpoints/step-00000100/model.safetensors   objective state dict, encoder under
                                                       "encoder.", resolved config in metadata
     RUN/checkpoints/step-00000100/state.pt            optimizer, scheduler, RNG, step
+    RUN/checkpoints/step-00000100/optimizer/          FSDP runs: the optimizer's sharded state
+                                                      (torch.distributed.checkpoint, one file
+                                                      per rank); state.pt then holds its groups
 
 A checkpoint directory is written under a temporary name and renamed when
 complete, so a killed run never leaves a half-written ``step-*`` directory.
 ``state.pt`` holds only tensors and plain containers and is read with
 ``torch.load(weights_only=True)``: loading never unpickles arbitrary objects.
+Under FSDP the weights are gathered to rank 0 first, so the safetensors file
+is the same whatever the strategy or world size.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from vitssl.models import VisionTransformer, build_encoder
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
+OPTIMIZER = "optimizer"
 ENCODER_PREFIX = "encoder."
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -60,18 +66,43 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg: Config,
-                    state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``checkpoints/step-NNNNNNNN`` atomically and keep the newest ``keep``."""
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` is assembled before it is renamed into place."""
+    return checkpoint_dir(run_dir) / f".tmp-step-{step:08d}"
+
+
+def prepare_staging(run_dir: str | Path, step: int) -> Path:
+    """An empty staging directory for ``step`` (other ranks may then write into it)."""
+    tmp = staging_dir(run_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg))}
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg: Config,
+                    state: dict[str, Any], keep: int = 2, *,
+                    weights: dict[str, torch.Tensor] | None = None,
+                    staged: bool = False) -> Path:
+    """Write ``checkpoints/step-NNNNNNNN`` atomically and keep the newest ``keep``.
+
+    The weights' metadata records which submodule of ``module`` is the encoder
+    to export (its ``export_encoder`` attribute, default ``"encoder"``) and,
+    when it names one (``export_pre_logits``), its pre-logits layer.
+    ``weights`` replaces ``module.state_dict()`` (FSDP: the gathered full state);
+    ``staged``: the staging directory was prepared and already holds files
+    other ranks wrote (the sharded optimizer state).
+    """
+    root = checkpoint_dir(run_dir)
+    final = root / f"step-{step:08d}"
+    tmp = staging_dir(run_dir, step) if staged else prepare_staging(run_dir, step)
+    source = module.state_dict() if weights is None else weights
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
+    metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg)),
+                "encoder": export_name(module)}
+    pre_logits = getattr(module, "export_pre_logits", None)
+    if pre_logits and any(k.startswith(pre_logits + ".") for k in tensors):
+        metadata["pre_logits"] = pre_logits
     save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
     torch.save({**state, "step": step}, tmp / STATE)
     for path in (tmp / WEIGHTS, tmp / STATE):
@@ -85,6 +116,11 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
     for _, stale in list_checkpoints(run_dir)[:-max(1, keep)]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def export_name(objective: torch.nn.Module) -> str:
+    """The submodule of an objective that is the encoder to export and evaluate."""
+    return str(getattr(objective, "export_encoder", "encoder"))
 
 
 def remove_partial(run_dir: str | Path) -> None:
@@ -121,8 +157,7 @@ def _weights_file(path: str | Path) -> Path:
                       f"directory or a {WEIGHTS} file")
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, int]:
-    """(state dict, resolved config, step) of a checkpoint."""
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     file = _weights_file(path)
     try:
         with safe_open(str(file), framework="pt") as fh:
@@ -132,8 +167,19 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, int
     if "config" not in metadata:
         raise VitsslError(f"'{file}' carries no vitssl config in its metadata; it was not "
                           f"written by vitssl pretrain")
+    return load_file(str(file)), metadata
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, int]:
+    """(state dict, resolved config, step) of a checkpoint."""
+    tensors, metadata = _read(path)
     cfg = config_from_dict(json.loads(metadata["config"]))
-    return load_file(str(file)), cfg, int(metadata.get("step", 0))
+    return tensors, cfg, int(metadata.get("step", 0))
+
+
+def _submodule_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def load_encoder(path: str | Path,
@@ -142,15 +188,23 @@ def load_encoder(path: str | Path,
 
     ``path``: a run directory (its newest complete checkpoint), a checkpoint
     directory ``checkpoints/step-N`` or the ``model.safetensors`` file itself.
+    The encoder is the one the objective exports (e.g. DINO's teacher). When
+    the objective had a pre-logits layer (the supervised tanh layer), it is
+    attached as ``encoder.pre_logits`` for evaluators' ``features=pre-logits``.
     """
-    tensors, cfg, _ = read_weights(path)
+    tensors, metadata = _read(path)
+    cfg = config_from_dict(json.loads(metadata["config"]))
     encoder = build_encoder(cfg.model)
-    state = {k[len(ENCODER_PREFIX):]: v for k, v in tensors.items()
-             if k.startswith(ENCODER_PREFIX)}
+    name = metadata.get("encoder", ENCODER_PREFIX.rstrip("."))
+    state = _submodule_state(tensors, name)
     if not state:
-        raise VitsslError(f"checkpoint '{path}' holds no '{ENCODER_PREFIX}*' weights")
+        raise VitsslError(f"checkpoint '{path}' holds no '{name}.*' weights")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise VitsslError(f"checkpoint '{path}' does not match its model config "
                           f"{cfg.model.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if "pre_logits" in metadata:
+        dim = encoder.embed_dim
+        encoder.pre_logits = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh())
+        encoder.pre_logits.load_state_dict(_submodule_state(tensors, metadata["pre_logits"]))
     return encoder.to(device).eval(), cfg

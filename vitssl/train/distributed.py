@@ -20,6 +20,7 @@ class Context:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # setup() created the process group, teardown() ends it
 
     @property
     def is_main(self) -> bool:
@@ -48,15 +49,18 @@ def setup(device: str = "auto") -> Context:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank)
+    owns = False
     if world > 1 and not dist.is_initialized():
         if where.type == "cuda":
             torch.cuda.set_device(where)
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
-    return Context(rank, world, where)
+        owns = True
+    return Context(rank, world, where, owns)
 
 
 def teardown(ctx: Context) -> None:
-    if ctx.distributed and dist.is_initialized():
+    """End the process group if :func:`setup` started it (a caller's own group stays)."""
+    if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -67,6 +71,16 @@ def all_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
         dist.all_reduce(values)
         values /= ctx.world_size
     return values
+
+
+def all_gather(tensor: torch.Tensor, ctx: Context) -> list[torch.Tensor]:
+    """Every rank's copy of a same-shaped tensor, on the CPU, in rank order."""
+    if not ctx.distributed:
+        return [tensor.cpu()]
+    local = tensor.to(ctx.device)
+    parts = [torch.empty_like(local) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, local)
+    return [p.cpu() for p in parts]
 
 
 def broadcast_text(text: str, ctx: Context) -> str:

@@ -1,4 +1,4 @@
-"""The one pretraining loop: any objective plugin, one process or ``torchrun`` DDP.
+"""The one pretraining loop: any objective plugin, one process or ``torchrun`` DDP/FSDP.
 
 Step ``s`` consumes data steps ``s * accum .. s * accum + accum - 1`` of the
 deterministic batch pipeline; each sample also gets a seed (``"sample_seed"``)
@@ -6,6 +6,10 @@ from its position in the run's sample stream, which objectives may use for
 their own randomness. Together with the saved optimizer, scheduler and RNG
 states this makes a resumed run repeat an uninterrupted one step for step,
 and a run on N ranks match one process with the same global batch.
+
+The loop never waits on the device between logging steps: losses and metrics
+stay on the device and are read (and checked for non-finite values) in one
+transfer at logging and checkpoint steps.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 
 from vitssl.config import Config, config_from_dict, flatten, save_config, to_dict
@@ -33,20 +38,25 @@ from vitssl.data.pipeline import pretrain_batches
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
-from vitssl.train import distributed
+from vitssl.train import distributed, fsdp
+from vitssl.train.activations import (
+    disable_activation_checkpointing,
+    enable_activation_checkpointing,
+)
 from vitssl.train.checkpoint import (
     WEIGHTS,
     export_name,
     latest_checkpoint,
     list_checkpoints,
+    load_encoder,
     load_training_state,
     remove_partial,
-    save_checkpoint,
 )
 from vitssl.train.optim import build_optimizer
 from vitssl.train.runlog import RunLog, read_metrics, truncate_metrics
 from vitssl.train.schedule import build_scheduler
 from vitssl.train.summary import format_summary, summary_evaluation
+from vitssl.train.train_state import load_optimizer, restore_rng, save_run_checkpoint
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINAL_WINDOW = 10  # steps averaged for the summary's final loss and metrics
@@ -68,6 +78,9 @@ def _check(cfg: Config, world_size: int) -> int:
     if tc.precision not in PRECISIONS:
         raise VitsslError(f"unknown train.precision '{tc.precision}'; accepted: "
                           f"{', '.join(PRECISIONS)}")
+    if tc.strategy not in fsdp.STRATEGIES:
+        raise VitsslError(f"unknown train.strategy '{tc.strategy}'; accepted: "
+                          f"{', '.join(fsdp.STRATEGIES)}")
     if tc.steps < 1 or tc.batch_size < 1 or tc.accum_steps < 1:
         raise VitsslError("train.steps, train.batch_size and train.accum_steps must be >= 1")
     share = world_size * tc.accum_steps
@@ -104,6 +117,7 @@ def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
 # What may change when a run is resumed; everything else must match its config.yaml.
 RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers",
+                     "train.activation_checkpointing", "train.compile",
                      "summary_eval.", "log.")
 
 
@@ -141,16 +155,37 @@ def _build_objective(cfg: Config, batches: Any) -> nn.Module:
                           f"{cfg.objective.options}: {exc}") from None
 
 
-def _metrics(out: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in sorted(out.items())
+def _metrics(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
+    """An objective's metrics, tensors left on their device (read at logging steps)."""
+    return {k: (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
+            for k, v in sorted(out.items())
             if k != "loss" and isinstance(v, (int, float, torch.Tensor))}
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors of a (nested) batch dict on ``device``."""
+    """Tensors of a (nested) batch dict on ``device``; from pinned memory on CUDA."""
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
+    if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
+        batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
+
+
+def _read_pending(pending: list[dict[str, Any]], device: torch.device,
+                  ctx: distributed.Context) -> list[dict[str, float]]:
+    """Rank-averaged loss and metrics of the steps since the last read: one transfer."""
+    values: list[torch.Tensor] = []
+    for entry in pending:
+        for v in (entry["loss"], *entry["metrics"].values()):
+            values.append(v.double() if isinstance(v, torch.Tensor) else
+                          torch.tensor(v, dtype=torch.float64))
+    flat = distributed.all_mean(torch.stack([v.to(device) for v in values]), ctx).tolist()
+    out, i = [], 0
+    for entry in pending:
+        names = ["loss", *entry["metrics"]]
+        out.append(dict(zip(names, flat[i:i + len(names)], strict=True)))
+        i += len(names)
+    return out
 
 
 def _call_hook(objective: nn.Module, name: str, step: int, total_steps: int) -> None:
@@ -165,19 +200,6 @@ def _exported_encoder(objective: nn.Module) -> nn.Module | None:
         return objective.get_submodule(export_name(objective))
     except AttributeError:
         return None
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -229,21 +251,30 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
         batches = make_batches(declared(cfg.model.image_size, cfg.data))
 
     objective.to(device)
+    if state is not None:  # the whole model on every rank, before any sharding
+        objective.load_state_dict(load_file(str(ckpt / WEIGHTS), device=str(device)))
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(objective)
+    if tc.compile:
+        objective.forward = torch.compile(objective.forward)
+    sharded_state = tc.strategy == "fsdp"  # optimizer state through DCP, any world size
+    if sharded_state and ctx.distributed:
+        fsdp.shard(objective, device, ctx.world_size, PRECISIONS[tc.precision])
     optimizer = build_optimizer(objective, lr=tc.lr, weight_decay=tc.weight_decay,
                                 betas=tuple(tc.betas))
     scheduler = build_scheduler(optimizer, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                 min_lr=tc.min_lr, schedule=tc.schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    scaler_type = ShardedGradScaler if fsdp.is_sharded(objective) else torch.amp.GradScaler
+    scaler = scaler_type(device.type, enabled=tc.precision == "fp16")
     if state is not None:
-        objective.load_state_dict(load_file(str(ckpt / WEIGHTS), device=str(device)))
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(ckpt, state, objective, optimizer, sharded_state)
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
 
     data: Iterator = iter(batches)
     if state is not None:
-        _set_rng_state(state["rng"], device)
+        restore_rng(state["rng"], ctx, tc.seed, start)
     else:
         torch.manual_seed(tc.seed * 7_919 + 17 + ctx.rank)
 
@@ -255,13 +286,15 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
     distributed.barrier(ctx)
 
     model: nn.Module = objective
-    if ctx.distributed:
+    if ctx.distributed and not fsdp.is_sharded(objective):
         model = DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None)
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
     log = RunLog(run_dir, total_steps=tc.steps, start_step=start, log_every=tc.log_every,
                  tensorboard=cfg.log.tensorboard, enabled=ctx.is_main)
     if ctx.is_main:
-        where = f"{ctx.world_size} processes on {device.type}" if ctx.distributed else str(device)
+        where = (f"{ctx.world_size} processes on {device.type} ({tc.strategy})"
+                 if ctx.distributed else str(device))
         what = f"resuming from {ckpt.name}" if ckpt is not None else (
             "no checkpoint found, starting at step 0" if resume else "starting")
         log.message(f"pretrain {cfg.objective.name}: {cfg.model.name} at "
@@ -272,13 +305,16 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
     params = [p for p in objective.parameters() if p.requires_grad]
     last_good = ckpt
     images_seen, train_time = 0, 0.0
+    pending: list[dict[str, Any]] = []  # steps whose loss is still on the device
     model.train()
     step = start
     try:
         for step in range(start, tc.steps):
             t0 = time.perf_counter()
+            done = step + 1
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, metric_sums = 0.0, {}
+            loss_sum: torch.Tensor | float = 0.0
+            metric_sums: dict[str, torch.Tensor | float] = {}
             for i in range(tc.accum_steps):
                 data_step = step * tc.accum_steps + i
                 with torch.random.fork_rng(devices=[]):  # data RNG stays apart
@@ -286,27 +322,36 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
                 first = (data_step * ctx.world_size + ctx.rank) * micro
                 batch["sample_seed"] = sample_seeds(tc.seed, first, micro).to(device)
                 batch["step"], batch["total_steps"] = step, tc.steps
-                sync = (model.no_sync() if ctx.distributed and i < tc.accum_steps - 1
-                        else contextlib.nullcontext())
+                last_micro = i == tc.accum_steps - 1
+                fsdp.set_micro_step(model, last_micro)
+                sync = (model.no_sync() if isinstance(model, DistributedDataParallel)
+                        and not last_micro else contextlib.nullcontext())
                 with sync:
                     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                         enabled=autocast_dtype is not None):
                         out = model(batch)
                     loss = out["loss"]
                     scaler.scale(loss / tc.accum_steps).backward()
-                loss_sum += float(loss.detach())
+                loss_sum = loss_sum + loss.detach().double()
                 for k, v in _metrics(out).items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + v
-            names = sorted(metric_sums)
-            reduced = distributed.all_mean(torch.tensor(
-                [loss_sum] + [metric_sums[k] for k in names], dtype=torch.float64,
-                device=device) / tc.accum_steps, ctx).tolist()
-            if not math.isfinite(reduced[0]):
-                kept = f"the last good checkpoint is {last_good}" if last_good else \
-                    "no checkpoint was written yet"
-                raise VitsslError(f"loss became non-finite ({reduced[0]}) at step {step + 1}; "
-                                  f"stopping without applying it; {kept} (try a lower "
-                                  f"train.lr or train.precision=fp32)")
+            pending.append({"step": done, "loss": loss_sum / tc.accum_steps,
+                            "metrics": {k: v / tc.accum_steps for k, v in metric_sums.items()}})
+            save_now = done % tc.checkpoint_every == 0 or done == tc.steps
+            read_now = save_now or done % max(1, tc.log_every) == 0
+            if read_now:  # the one host sync between logging steps
+                values = _read_pending(pending, device, ctx)
+                bad = [(e["step"], v["loss"]) for e, v in zip(pending, values, strict=True)
+                       if not math.isfinite(v["loss"])]
+                if bad:
+                    (bad_step, bad_loss), = bad[:1]
+                    kept = f"the last good checkpoint is {last_good}" if last_good else \
+                        "no checkpoint was written yet"
+                    what = "without applying it" if bad_step == done else \
+                        f"at step {done} without saving what followed it"
+                    raise VitsslError(f"loss became non-finite ({bad_loss}) at step {bad_step}; "
+                                      f"stopping {what}; {kept} (try a lower train.lr or "
+                                      f"train.precision=fp32)")
             scaler.unscale_(optimizer)
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -319,22 +364,24 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
             dt = time.perf_counter() - t0
             images_seen += tc.batch_size
             train_time += dt
-            log.log({"step": step + 1, "loss": reduced[0], **dict(zip(names, reduced[1:],
-                                                                       strict=True)),
-                     "lr": lr, "images_per_s": tc.batch_size / dt})
-            done = step + 1
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
-                if ctx.is_main:
-                    last_good = save_checkpoint(
-                        run_dir, done, objective, cfg,
-                        {"optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                         "rng": _rng_state(device), "data_step": done * tc.accum_steps},
-                        keep=tc.keep_checkpoints)
-                distributed.barrier(ctx)
+            pending[-1].update(lr=lr, dt=dt)
+            if read_now:
+                for entry, value in zip(pending, values, strict=True):
+                    log.log({"step": entry["step"], **value, "lr": entry["lr"],
+                             "images_per_s": tc.batch_size / entry["dt"]})
+                pending.clear()
+            if save_now:
+                last_good = save_run_checkpoint(
+                    run_dir, done, objective, optimizer, cfg,
+                    {"scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                     "data_step": done * tc.accum_steps}, ctx, sharded_state)
     finally:
         log.close()
+        if tc.activation_checkpointing:
+            disable_activation_checkpointing(objective)
+        if tc.compile:
+            objective.__dict__.pop("forward", None)
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": tc.steps,
                                "world_size": ctx.world_size}
@@ -352,7 +399,9 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
         "skipped": int(getattr(batches, "skipped", 0)),
         "train_s": train_time,
     })
-    encoder = _exported_encoder(objective)
+    # A sharded model cannot run on rank 0 alone: evaluate the gathered checkpoint.
+    encoder = load_encoder(last_good, device)[0] if fsdp.is_sharded(objective) \
+        else _exported_encoder(objective)
     if cfg.summary_eval.enabled and encoder is not None:
         log_tty = sys.stderr.isatty()
         print("evaluating: pretrained encoder vs random init vs raw pixels ...",

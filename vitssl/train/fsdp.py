@@ -1,0 +1,100 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for the objective under ``torchrun``.
+
+Every transformer block is its own FSDP unit and the root (the objective:
+patch embedding, heads, tokens, norms) is one more, so a rank holds
+``1 / world_size`` of every parameter, gradient and AdamW moment, and gathers
+one block's weights at a time. An objective with an EMA teacher (DINO) gets
+its teacher's blocks sharded exactly like the student's (same shapes, same
+mesh, dim-0 shards), so a parameter-wise ``lerp_`` in a step hook is
+shard-local and equals the whole-model update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from vitssl.train.activations import transformer_blocks
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def shard(objective: nn.Module, device: torch.device, world_size: int,
+          param_dtype: torch.dtype | None = None) -> nn.Module:
+    """Shard ``objective`` in place: each block, then the root; return it.
+
+    ``param_dtype`` (bf16/fp16) is FSDP's mixed precision: parameters are
+    gathered in that dtype for compute, gradients are reduced in fp32.
+    """
+    mesh = init_device_mesh(device.type, (world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) \
+        if param_dtype is not None else MixedPrecisionPolicy()
+    for block in transformer_blocks(objective):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(objective, mesh=mesh, mp_policy=policy)
+    return objective
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return isinstance(module, FSDPModule)
+
+
+def set_micro_step(module: nn.Module, last: bool) -> None:
+    """Gradient accumulation: reduce-scatter and reshard only after the last micro-step.
+
+    Earlier micro-steps accumulate unsharded gradients locally and keep the
+    gathered parameters, so accumulation costs one reduce-scatter per step.
+    """
+    if is_sharded(module):
+        module.set_requires_gradient_sync(last)
+        module.set_reshard_after_backward(last)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on CPU in rank 0 (empty elsewhere); collective."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options)
+
+
+def sharded_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer
+                            ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """(flat ``"state.<fqn>.<key>"`` -> this rank's shard, param groups) of ``optimizer``.
+
+    Keys are parameter names, not positions, so the state reloads into any
+    sharding of the same model; the param groups are plain values.
+    """
+    osd = get_optimizer_state_dict(module, optimizer)
+    tensors = {f"state.{fqn}.{key}": value for fqn, entry in osd["state"].items()
+               for key, value in entry.items()}
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"optimizer state {name} is not a tensor")
+    return tensors, osd["param_groups"]
+
+
+def load_sharded_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer,
+                                 tensors: dict[str, torch.Tensor],
+                                 param_groups: list[dict[str, Any]]) -> None:
+    """Inverse of :func:`sharded_optimizer_state` (tensors already filled in place)."""
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        fqn, key = name[len("state."):].rsplit(".", 1)
+        state.setdefault(fqn, {})[key] = value
+    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": param_groups})
+
+
+def local_bytes(tensor: torch.Tensor) -> int:
+    """Bytes this rank allocates for ``tensor`` (its shard's storage for a DTensor)."""
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.untyped_storage().nbytes()

@@ -1,0 +1,90 @@
+"""Sharded tensors on disk with ``torch.distributed.checkpoint`` (DCP), read without pickle risk.
+
+Each rank writes its own shards (``__<rank>_0.distcp``) and rank 0 the
+``.metadata`` index; a reader of any world size (one process included) gets
+its own slices back, resharded. Only tensors are stored. DCP's index is a
+pickle, so it is read with an unpickler that builds nothing but DCP's own
+metadata records, tensor sizes and dtypes; tensor data is read with
+``torch.load(weights_only=True)``, and an index naming any non-tensor entry
+(which DCP would unpickle freely) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+
+from vitssl.errors import VitsslError
+
+_DCP_MODULE = "torch.distributed.checkpoint."
+_SAFE_BUILTINS = {"set", "frozenset", "slice", "tuple", "list", "dict"}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP metadata records, torch sizes, dtypes, layouts and paths; nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith(_DCP_MODULE) and "." not in name:
+            obj = super().find_class(module, name)
+            if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or
+                                          issubclass(obj, enum.Enum)):
+                return obj
+        elif module == "torch" and "." not in name:
+            obj = getattr(torch, name, None)
+            if obj is torch.Size or isinstance(obj, (torch.dtype, torch.layout,
+                                                    torch.memory_format)):
+                return obj
+        elif module == "torch.serialization" and name == "_get_layout":
+            return super().find_class(module, name)  # a torch.layout from its name
+        elif module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath",
+                                              "WindowsPath", "PureWindowsPath"):
+            return super().find_class(module, name)  # the checkpoint id DCP records
+        elif module == "collections" and name == "OrderedDict":
+            return super().find_class(module, name)
+        elif module == "builtins" and name in _SAFE_BUILTINS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint index")
+
+
+class SafeReader(FileSystemReader):
+    """A DCP file reader whose index may hold only tensor entries."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = Path(self.path) / ".metadata"
+        try:
+            metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+        except (OSError, pickle.UnpicklingError, AttributeError, EOFError) as exc:
+            raise VitsslError(f"cannot read sharded checkpoint index {path}: {exc}") from None
+        if not isinstance(metadata, Metadata):
+            raise VitsslError(f"{path} is not a sharded checkpoint index")
+        bad = [k for k, v in metadata.state_dict_metadata.items()
+               if not isinstance(v, TensorStorageMetadata)]
+        if bad:
+            raise VitsslError(f"sharded checkpoint {path.parent} holds non-tensor entries "
+                              f"{bad[:3]}; refusing to unpickle them")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], directory: str | Path) -> None:
+    """Write this rank's (possibly sharded) tensors; collective over the process group."""
+    dcp.save(dict(tensors), checkpoint_id=str(directory))
+
+
+def load_tensors(template: dict[str, torch.Tensor], directory: str | Path) -> None:
+    """Fill ``template``'s tensors in place from ``directory``, resharding as needed."""
+    if not (Path(directory) / ".metadata").is_file():
+        raise VitsslError(f"sharded checkpoint '{directory}' is missing its .metadata index")
+    SafeReader(str(directory)).read_metadata()  # a refusal is a one-line error, not DCP's
+    dcp.load(template, storage_reader=SafeReader(str(directory)))
