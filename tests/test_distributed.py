@@ -1,25 +1,37 @@
-"""``torchrun`` with 2 gloo processes matches one process with the same global batch."""
+"""``torchrun`` with 2 gloo processes (DDP and FSDP) matches one process with the same global batch.
+
+One launch of tests/distributed_worker.py trains every 2-rank run; the same
+configs run here in one process as the reference. A separate pair of launches
+SIGKILLs an FSDP run and resumes it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from distributed_worker import BASE, KILL_RUN, RUNS, config
 from safetensors.torch import load_file
 
-from vitssl.train.checkpoint import latest_checkpoint, load_encoder
+from vitssl.cli import main as cli_main
+from vitssl.train.checkpoint import latest_checkpoint, list_checkpoints, load_encoder
+from vitssl.train.run import pretrain
 from vitssl.train.summary import random_init_encoder
 
-_ARGS = ["pretrain", "--objective", "masked-patch", "--image-size", "16", "--batch-size", "16",
-         "--steps", "4", "--device", "cpu", "--set", "model.depth=1",
-         "--set", "train.warmup_steps=2", "--set", "train.log_every=1",
-         "--set", "data.augment=false", "--set", "summary_eval.enabled=false"]
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+WORKER = Path(__file__).with_name("distributed_worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2"]
 
 
 def _env() -> dict[str, str]:
@@ -31,6 +43,21 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("two-ranks")
+    _run([*TORCHRUN, str(WORKER), str(root)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one-process")
+    for name, extra in RUNS.items():
+        pretrain(config(root / name, extra))
+    return root
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(latest_checkpoint(run) / "model.safetensors"))
 
@@ -39,23 +66,122 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
-def test_two_gloo_ranks_match_one_process(tmp_path):
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run([sys.executable, "-m", "vitssl", *_ARGS, "--out", str(single)])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-          "-m", "vitssl", *_ARGS, "--out", str(ddp)])
+def _assert_same_run(a: Path, b: Path) -> None:
+    assert _losses(b) == pytest.approx(_losses(a), rel=1e-5)
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_gloo_ranks_match_one_process(two_ranks, one_process):
+    ddp = two_ranks / "ddp"
     # Rank 0 alone writes the run directory.
     assert len((ddp / "metrics.jsonl").read_text().splitlines()) == 4
     assert [s.name for s in (ddp / "checkpoints").iterdir()] == ["step-00000004"]
-    assert _losses(ddp) == pytest.approx(_losses(single), rel=1e-5)
-    a, b = _weights(single), _weights(ddp)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    _assert_same_run(one_process / "ddp", ddp)
     # Both trained: the encoder moved away from the initialisation the run started from.
     encoder, cfg = load_encoder(ddp)
     init = random_init_encoder(cfg).state_dict()
     for key, value in encoder.state_dict().items():
         assert (value - init[key]).abs().max() > 1e-4, key
+
+
+@pytest.mark.parametrize("name", ["fsdp", "fsdp-accum"])
+def test_fsdp_matches_one_process_with_and_without_accumulation(two_ranks, one_process, name):
+    _assert_same_run(one_process / name, two_ranks / name)
+    shards = latest_checkpoint(two_ranks / name) / "optimizer"
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp",
+                                                        "__1_0.distcp"]
+
+
+def test_fsdp_dino_ema_teacher_matches_the_replicated_one(two_ranks):
+    replicated, sharded = two_ranks / "ddp-dino", two_ranks / "fsdp-dino"
+    _assert_same_run(replicated, sharded)  # teacher, student, heads and centre
+    weights = _weights(sharded)
+    teacher, _ = load_encoder(sharded)  # the exported encoder is DINO's teacher
+    student = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, weights[f"teacher_encoder.{key}"]), key
+        if value.dtype.is_floating_point and key.startswith("blocks."):
+            assert not torch.equal(value, student[key]), key  # an EMA, not a copy
+    assert weights["center"].abs().sum() > 0
+
+
+def test_fsdp_checkpoint_evaluates_and_resumes_in_one_process(two_ranks, one_process, capsys,
+                                                              tmp_path):
+    sharded, single = two_ranks / "fsdp", one_process / "fsdp"
+    code = cli_main(["eval", "--device", "cpu", "--evaluator", "knn", "--checkpoint",
+                     str(sharded), "--set", "k=[5]"])
+    assert code == 0 and "knn_k5_top1" in capsys.readouterr().out.splitlines()[-1]
+    encoder, _ = load_encoder(sharded)
+    for key, value in encoder.state_dict().items():  # the gathered weights, unchanged
+        assert torch.equal(value, _weights(sharded)[f"encoder.{key}"]), key
+    # The 2-rank run's step-2 weights and sharded optimizer state, resumed in one process,
+    # repeat the uninterrupted 1-process run.
+    run = tmp_path / "resumed"
+    shutil.copytree(sharded, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    pretrain(config(run, RUNS["fsdp"]), resume=True)
+    _assert_same_run(single, run)
+
+
+def test_every_rank_rng_state_is_restored_on_resume(two_ranks):
+    full, resumed = two_ranks / "rng-full", two_ranks / "rng-resumed"
+    assert _losses(resumed) == _losses(full)  # bit for bit, drop-path on both ranks
+    a, b = _weights(full), _weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_fsdp_halves_parameters_and_optimizer_state_per_rank(two_ranks):
+    for rank in (0, 1):
+        result = json.loads((two_ranks / f"memory-{rank}.json").read_text())
+        for strategy in ("ddp", "fsdp"):
+            assert result[strategy]["measured"] == result[strategy]["rule"], strategy
+        ddp, fsdp = (result[s]["measured"] for s in ("ddp", "fsdp"))
+        ratio = (fsdp["params"] + fsdp["optimizer"]) / (ddp["params"] + ddp["optimizer"])
+        assert 0.49 < ratio < 0.51, ratio
+        assert fsdp["grads"] < 0.51 * ddp["grads"]
+
+
+# -- a SIGKILLed 2-rank FSDP run resumed with --resume repeats the uninterrupted one ---------
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    sets = [arg for kv in (*BASE, *KILL_RUN) for arg in ("--set", kv)]
+    return [*TORCHRUN, "-m", "vitssl", "pretrain", "--objective", "masked-patch", *sets,
+            "--out", str(out), *extra]
+
+
+def _records(run: Path) -> list[tuple[int, float]]:
+    if not (run / "metrics.jsonl").is_file():
+        return []
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def test_sigkilled_fsdp_run_resumes_to_the_same_losses(two_ranks, tmp_path):
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(_records(killed)) >= 5:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the agent and both ranks, like a lost node
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    steps_before = [s for s, _ in list_checkpoints(killed)]
+    assert steps_before and max(steps_before) < 10
+    _run(_cli(killed, "--resume"))
+    full = two_ranks / "fsdp-kill-full"
+    assert _records(killed) == _records(full)  # every step, bit for bit
+    assert [s for s, _ in _records(full)] == list(range(1, 11))
+    a, b = _weights(full), _weights(killed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
