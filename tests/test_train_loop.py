@@ -174,3 +174,60 @@ def test_default_run_beats_random_init_on_few_shot(tmp_path):
     assert few["pretrained"].keys() == few["random_init"].keys() and few["pretrained"]
     for key, value in few["pretrained"].items():
         assert value > few["random_init"][key], (key, few)
+
+
+def test_non_finite_loss_read_at_a_later_logging_step_names_its_step(tmp_path,
+                                                                     extra_objectives):
+    # The loss is read only every 4 steps: step 3 goes bad, step 4 reads it.
+    _ExplodesAtStep3.calls = 0
+    cfg = _tiny(tmp_path / "run", "objective.name=explodes", "train.log_every=4",
+                "train.checkpoint_every=5")
+    with pytest.raises(VitsslError, match=r"non-finite \(nan\) at step 3; stopping at step 4 "
+                                          r"without saving .*no checkpoint was written yet"):
+        pretrain(cfg)
+    assert list_checkpoints(tmp_path / "run") == []
+    assert read_metrics(tmp_path / "run") == []  # nothing logged past the bad step
+
+
+def test_activation_checkpointing_leaves_gradients_unchanged():
+    from vitssl.train.activations import (
+        disable_activation_checkpointing,
+        enable_activation_checkpointing,
+    )
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=16, depth=2, drop_path_rate=0.5, drop_rate=0.1)
+    objective = MaskedPatchPrediction(build_encoder(cfg))
+    batch = {"image": torch.randn(4, 3, 16, 16), "pixels": torch.rand(4, 3, 16, 16),
+             "sample_seed": torch.arange(4)}
+
+    def grads(seed: int) -> dict[str, torch.Tensor]:
+        objective.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # dropout and drop-path draw the same masks both ways
+        objective(batch)["loss"].backward()
+        return {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
+
+    plain = grads(1)
+    assert enable_activation_checkpointing(objective) == 2
+    checkpointed = grads(1)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0, msg=name)
+    assert grads(2)["encoder.blocks.1.mlp.fc1.weight"].ne(plain[
+        "encoder.blocks.1.mlp.fc1.weight"]).any()  # the masks matter: the check can fail
+    disable_activation_checkpointing(objective)
+    assert "forward" not in vars(objective.encoder.blocks[0])
+
+
+@pytest.mark.slow  # about 45 s of inductor compilation with a cold cache
+def test_compiled_objective_and_checkpointing_train_like_eager(tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = {}
+    for name, extra in {"eager": [], "compiled": ["train.compile=true",
+                                                  "train.activation_checkpointing=true"]}.items():
+        pretrain(_tiny(tmp_path / name, "train.steps=2", "model.attention=sdpa", *extra))
+        runs[name] = [r["loss"] for r in read_metrics(tmp_path / name)]
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-4)
+    assert counters["stats"]["unique_graphs"] > 0  # the forward went through dynamo
