@@ -159,3 +159,32 @@ def test_resume_refuses_a_changed_config_and_keeps_a_finished_summary(tmp_path):
     assert again["images_per_s"] == first["images_per_s"] > 0
     longer = pretrain(_run_cfg(tmp_path, **{"train.steps": 3}), resume=True)
     assert longer["steps"] == 3 and len(list_checkpoints(tmp_path)) >= 1
+
+
+def test_sharded_state_round_trips_and_refuses_what_it_would_unpickle(tmp_path):
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from vitssl.train.sharded_state import load_tensors, save_tensors
+
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    saved = {"state.w.exp_avg": torch.randn(3, 4), "state.w.step": torch.tensor(7.0)}
+    save_tensors(saved, tmp_path / "ok")
+    loaded = {k: torch.zeros_like(v) for k, v in saved.items()}
+    load_tensors(loaded, tmp_path / "ok")
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
+    dcp.save({"w": torch.zeros(2), "lr": 0.1}, checkpoint_id=str(tmp_path / "bytes"))
+    with pytest.raises(VitsslError, match=r"non-tensor entries \['lr'\]"):
+        load_tensors({"w": torch.zeros(2)}, tmp_path / "bytes")
+
+    class _Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / ".metadata").write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(VitsslError, match="refusing to load"):
+        load_tensors({"w": torch.zeros(2)}, tmp_path / "evil")
