@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,9 @@ class SafeReader(FileSystemReader):
 
 def save_tensors(tensors: dict[str, torch.Tensor], directory: str | Path) -> None:
     """Write this rank's (possibly sharded) tensors; collective over the process group."""
-    dcp.save(dict(tensors), checkpoint_id=str(directory))
+    with warnings.catch_warnings():  # one process is a supported case, not a mistake
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(dict(tensors), checkpoint_id=str(directory))
 
 
 def load_tensors(template: dict[str, torch.Tensor], directory: str | Path) -> None:
@@ -87,4 +90,6 @@ def load_tensors(template: dict[str, torch.Tensor], directory: str | Path) -> No
     if not (Path(directory) / ".metadata").is_file():
         raise VitsslError(f"sharded checkpoint '{directory}' is missing its .metadata index")
     SafeReader(str(directory)).read_metadata()  # a refusal is a one-line error, not DCP's
-    dcp.load(template, storage_reader=SafeReader(str(directory)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(template, storage_reader=SafeReader(str(directory)))
