@@ -33,6 +33,7 @@ class Supervised(nn.Module):
     """Classification around an encoder; ``forward(batch)`` -> loss and accuracy metrics."""
 
     requires_labels = True
+    export_pre_logits = "pre_logits"  # checkpoints attach it to the exported encoder
 
     def __init__(self, encoder: nn.Module, num_classes: int | None = None,
                  pre_logits: bool = True, loss: str = "softmax",

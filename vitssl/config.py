@@ -48,6 +48,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     on_error: str = "skip"  # "skip" | "raise"
     crop_ratio: tuple[float, float] | None = None  # aspect range of the random resized crop
+    translate: float | None = None  # largest random shift after the crop, fraction of the side
     resampled: bool | None = None  # wds: draw shards with replacement (None: when world_size > 1)
 
 
@@ -101,8 +102,12 @@ class SummaryEvalConfig:
 
 
 def _default_run_model() -> ModelConfig:
-    """The default run's encoder: Ti/4 cut to 4 layers at 16 px (minutes on a laptop CPU)."""
-    return ModelConfig(image_size=16, depth=4)
+    """The default run's encoder: Ti/4 cut to 4 layers at 16 px (minutes on a laptop CPU).
+
+    Mean pooling: masked-patch prediction trains the patch tokens, never the
+    class token, so the pooled feature a fine-tune or probe reads is their mean.
+    """
+    return ModelConfig(image_size=16, depth=4, pool="mean")
 
 
 @dataclass

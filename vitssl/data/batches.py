@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -47,25 +48,49 @@ class BatchPlan:
         return torch.randperm(self.dataset_size, generator=g).tolist()
 
 
-def finish_batch(batch: dict[str, torch.Tensor], mean: tuple[float, ...],
-                 std: tuple[float, ...]) -> dict[str, torch.Tensor]:
-    """A compact batch (``"pixels_uint8"``) -> ``"pixels"`` in [0, 1] and normalised ``"image"``.
+def stack_outputs(outputs: list, mean: tuple[float, ...],
+                  std: tuple[float, ...]) -> dict[str, Any]:
+    """One batch's transform outputs -> its image entries (finished by :func:`finish_batch`).
+
+    A transform returns a (3, S, S) tensor — uint8 (kept compact as
+    ``"pixels_uint8"``) or float in [0, 1] — or a dict of named view stacks
+    (V, 3, S, S), stacked per name into ``"view_pixels"`` (B, V, 3, S, S).
+    """
+    if isinstance(outputs[0], dict):
+        return {"view_pixels": {name: torch.stack([out[name] for out in outputs])
+                                for name in outputs[0]}}
+    pixels = torch.stack(outputs)
+    if pixels.dtype == torch.uint8:
+        return {"pixels_uint8": pixels}
+    return {"pixels": pixels, "image": normalize(pixels, mean, std)}
+
+
+def finish_batch(batch: dict[str, Any], mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> dict[str, Any]:
+    """A compact batch -> ``"pixels"`` in [0, 1] and normalised ``"image"`` (or views).
 
     Batches cross from DataLoader workers as uint8 and are finished in the
     main process: a quarter of the float pixels' bytes, and one tensor not two.
+    Views become ``"view_pixels"`` in [0, 1] and normalised ``"views"``.
     """
     if "pixels_uint8" in batch:
         pixels = to_float(batch.pop("pixels_uint8"))
         batch["pixels"] = pixels
         batch["image"] = normalize(pixels, mean, std)
+    if "view_pixels" in batch:
+        raw = batch["view_pixels"]
+        batch["view_pixels"] = {name: to_float(v) if v.dtype == torch.uint8 else v
+                                for name, v in raw.items()}
+        batch["views"] = {name: normalize(v, mean, std)
+                          for name, v in batch["view_pixels"].items()}
     return batch
 
 
 class StepBatches(Dataset):
     """Item ``step`` is this rank's share of global batch ``step`` as a batch dict.
 
-    ``transform`` maps an image to a (3, S, S) tensor: float in [0, 1], or uint8
-    (then the item holds ``"pixels_uint8"``, finished by :func:`finish_batch`).
+    ``transform`` maps an image to a (3, S, S) tensor (float in [0, 1], or uint8)
+    or to a dict of view stacks; see :func:`stack_outputs`.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable, *, batch_size: int, seed: int,
@@ -82,18 +107,15 @@ class StepBatches(Dataset):
     def __len__(self) -> int:
         return self.num_steps
 
-    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, step: int) -> dict[str, Any]:
         indices = self.plan.indices(step)
         mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         errors = SkipLog(self.on_error)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 7_919 + step) * 101 + self.rank)
             samples = [self._read(i, errors) for i in mine]
-            pixels = torch.stack([self.transform(image) for image, _ in samples])
-        if pixels.dtype == torch.uint8:
-            batch = {"pixels_uint8": pixels}
-        else:
-            batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std)}
+            batch = stack_outputs([self.transform(image) for image, _ in samples],
+                                  self.mean, self.std)
         batch["_skipped"] = torch.tensor(errors.take())
         labels = torch.tensor([int(label) for _, label in samples], dtype=torch.long)
         if bool((labels >= 0).all()):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitssl.data.augment import Augmentation
 from vitssl.errors import VitsslError
 
 NUM_CLASSES = 10
@@ -38,6 +39,10 @@ class Digits(Dataset):
     """
 
     num_classes = NUM_CLASSES
+    # No flip (a mirrored 2 reads as a 5) and no crop (a cropped 8 reads as a 0 or a 9):
+    # shifts by up to one pixel of the 8.
+    augmentation = Augmentation(hflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                                translate=0.125)
 
     def __init__(self, split: str = "train") -> None:
         images, labels = _load()

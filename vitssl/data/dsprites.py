@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitssl.data.augment import Augmentation
 from vitssl.errors import VitsslError
 
 SHAPES = ("square", "ellipse", "heart")
@@ -145,6 +146,8 @@ class DSpritesLoc(_DSpritesTask):
     """
 
     label_fn = staticmethod(loc_label)
+    # The label is the x position: any crop or flip moves it.
+    augmentation = Augmentation(augment=False, hflip=False)
 
 
 class DSpritesOri(_DSpritesTask):
@@ -157,3 +160,5 @@ class DSpritesOri(_DSpritesTask):
     """
 
     label_fn = staticmethod(ori_label)
+    # The label is the orientation: no flip; square crops move and scale, never turn or skew.
+    augmentation = Augmentation(hflip=False, crop_scale=(0.5, 1.0), crop_ratio=(1.0, 1.0))

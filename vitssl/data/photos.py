@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitssl.data.augment import IMAGENET_STYLE
 from vitssl.errors import VitsslError
 
 PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg",
@@ -58,6 +59,7 @@ class Photos(Dataset):
     """
 
     num_classes = None
+    augmentation = IMAGENET_STYLE  # unlabelled photographs: the full recipe
 
     def __init__(self, split: str = "train", size: int = 96, length: int = 20_000) -> None:
         if split not in SPLIT_SEEDS:

@@ -10,13 +10,14 @@ a point fixed by (seed, s) (:mod:`vitssl.data.wds`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
+from vitssl.data.augment import resolve_augmentation
 from vitssl.data.batches import StepBatches, finish_batch, step_loader
 from vitssl.data.sources import open_dataset
 from vitssl.data.spec import parse_spec
@@ -49,8 +50,9 @@ class PretrainBatches:
     """Iterable of batch dicts for steps ``start_step .. num_steps - 1`` on this rank.
 
     Each batch: ``"image"`` normalised float (B, 3, S, S), ``"pixels"`` the same
-    images in [0, 1] before normalisation, and ``"label"`` long (B,) when the
-    data is labelled. ``skipped`` counts samples dropped as unreadable so far;
+    images in [0, 1] before normalisation (or, with an objective's views,
+    ``"views"`` and ``"view_pixels"``: name -> (B, V, 3, S, S)), and ``"label"``
+    long (B,) when the data is labelled. ``skipped`` counts samples dropped as unreadable so far;
     ``num_classes`` is the dataset's class count (None when unlabelled).
     """
 
@@ -102,10 +104,17 @@ class StreamBatches:
 
 def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed: int,
                      num_steps: int, start_step: int = 0, rank: int = 0,
-                     world_size: int = 1) -> PretrainBatches | StreamBatches:
-    """Batches for pretraining; ``batch_size`` is per rank (global = batch_size * world_size)."""
-    transform = pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment,
-                                   getattr(cfg, "crop_ratio", (3 / 4, 4 / 3)), as_uint8=True)
+                     world_size: int = 1,
+                     views: Callable | None = None) -> PretrainBatches | StreamBatches:
+    """Batches for pretraining; ``batch_size`` is per rank (global = batch_size * world_size).
+
+    ``views`` (an objective's multi-view transform) replaces the single
+    augmented view: batches then hold ``"views"`` / ``"view_pixels"`` instead
+    of ``"image"`` / ``"pixels"``.
+    """
+    cfg = resolve_augmentation(cfg)
+    transform = views or pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment,
+                                            cfg.crop_ratio, cfg.translate, as_uint8=True)
     spec = parse_spec(cfg.spec)
     on_error = getattr(cfg, "on_error", "skip")
     if spec.kind == "wds":

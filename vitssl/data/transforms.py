@@ -16,9 +16,12 @@ from torchvision.transforms import v2
 
 def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.35, 1.0),
                        hflip: bool = True, augment: bool = True,
-                       crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), *,
-                       as_uint8: bool = False) -> Callable:
-    """Random resized crop + horizontal flip (or plain resize when ``augment`` is off).
+                       crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                       translate: float = 0.0, *, as_uint8: bool = False) -> Callable:
+    """Random resized crop, shift and horizontal flip (plain resize when ``augment`` is off).
+
+    ``translate``: the largest shift, as a fraction of the side, of a random
+    translation after the crop (uncovered pixels black); 0 turns it off.
 
     Randomness comes from torch's global RNG; callers seed it per batch.
     """
@@ -27,6 +30,8 @@ def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.35,
     steps: list = [v2.ToImage(), v2.RGB(),
                    v2.RandomResizedCrop(image_size, scale=tuple(crop_scale),
                                         ratio=tuple(crop_ratio), antialias=True)]
+    if translate > 0:
+        steps.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if not as_uint8:

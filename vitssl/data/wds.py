@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from vitssl.data.batches import stack_outputs
 from vitssl.data.decode import CorruptImage, decode_image
 from vitssl.data.skips import SkipLog
-from vitssl.data.transforms import normalize
 from vitssl.errors import VitsslError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -161,9 +161,8 @@ def shuffled(items: Iterable[Any], buffer: int, rng: random.Random) -> Iterator[
 class ShardStream(IterableDataset):
     """An endless stream of batch dicts from webdataset shards (one rank; split by worker).
 
-    Each batch: the transform's outputs stacked — ``"pixels_uint8"`` (B, 3, S, S)
-    for a uint8 transform (see :func:`~vitssl.data.batches.finish_batch`), else
-    ``"pixels"`` in [0, 1] and normalised ``"image"`` — ``"label"`` when
+    Each batch: the transform's outputs stacked (see
+    :func:`~vitssl.data.batches.stack_outputs`), ``"label"`` when
     labelled, and ``"_skipped"`` the samples this worker skipped since its
     previous batch.
     """
@@ -234,12 +233,9 @@ class ShardStream(IterableDataset):
             if len(pending) == self.batch_size:
                 with torch.random.fork_rng(devices=[]):
                     torch.set_rng_state(aug_state)
-                    pixels = torch.stack([self.transform(image) for image, _ in pending])
+                    batch = stack_outputs([self.transform(image) for image, _ in pending],
+                                          self.mean, self.std)
                     aug_state = torch.get_rng_state()
-                if pixels.dtype == torch.uint8:
-                    batch = {"pixels_uint8": pixels}
-                else:
-                    batch = {"pixels": pixels, "image": normalize(pixels, self.mean, self.std)}
                 batch["_skipped"] = torch.tensor(errors.take())
                 if self.labelled:
                     batch["label"] = torch.tensor([label for _, label in pending],

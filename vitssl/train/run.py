@@ -103,6 +103,8 @@ def _check(cfg: Config, world_size: int) -> int:
     lo, hi = dc.crop_ratio
     if not 0.0 < lo <= hi:
         raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
+    if not 0.0 <= dc.translate < 1.0:
+        raise VitsslError(f"data.translate must lie in [0, 1), got {dc.translate}")
     return tc.batch_size // share
 
 

@@ -1,0 +1,83 @@
+"""Multi-view transforms for objectives that see several crops of each image.
+
+An objective declares its views with a ``views(image_size, data)`` method that
+returns a transform mapping one image to ``{name: (V, 3, S, S) uint8 stack}``
+(see :mod:`vitssl.hookspecs`). The pipeline runs it in the data workers under
+its per-step seeding and delivers ``batch["views"][name]`` (B, V, 3, S, S)
+normalised and ``batch["view_pixels"][name]`` in [0, 1].
+
+:class:`MultiCrop` is DINO's recipe (Caron et al. 2021): two global crops and
+``num_local`` local crops; flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) at
+p 0.8, grayscale 0.2, Gaussian blur at p 1.0 / 0.1 on the two global views
+and 0.5 on locals, solarisation 0.2 on the second global view. The blur's
+sigma range (0.1, 2.0) is given for 224-px crops and scales with the crop
+size, so a 16-px crop is blurred as little as a 224-px one is, relatively.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from vitssl.errors import VitsslError
+
+REFERENCE_SIZE = 224  # the crop size DINO's blur sigmas are given for
+
+
+def _blur(size: int, p: float, sigma: tuple[float, float]) -> Callable:
+    """Gaussian blur with probability ``p``; sigma scaled from 224 px to ``size``."""
+    lo, hi = (s * size / REFERENCE_SIZE for s in sigma)
+    kernel = max(3, 2 * math.ceil(3 * hi) + 1)
+    return v2.RandomApply([v2.GaussianBlur(kernel, sigma=(lo, hi))], p=p)
+
+
+class MultiCrop:
+    """One image -> ``{"global": (2, 3, G, G), "local": (n, 3, L, L)}`` uint8 crops.
+
+    ``hflip`` and ``color`` turn the flip and the colour jitter / grayscale /
+    solarisation off for data whose labels they would change (e.g. digits).
+    """
+
+    def __init__(self, global_size: int, local_size: int, num_local: int = 0, *,
+                 global_scale: tuple[float, float] = (0.4, 1.0),
+                 local_scale: tuple[float, float] = (0.05, 0.4),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
+                 color: bool = True, blur_sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        if num_local < 0 or global_size < 1 or local_size < 1:
+            raise VitsslError(f"multi-crop needs sizes >= 1 and num_local >= 0, got "
+                              f"{global_size}, {local_size}, {num_local}")
+        for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
+            if not 0.0 < lo <= hi <= 1.0:
+                raise VitsslError(f"multi-crop {name} must satisfy 0 < low <= high <= 1, "
+                                  f"got {[lo, hi]}")
+        self.num_local = num_local
+
+        def view(size: int, scale: tuple[float, float], blur_p: float,
+                 solarize_p: float) -> Callable:
+            steps: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(scale),
+                                                     ratio=tuple(ratio), antialias=True)]
+            if hflip:
+                steps.append(v2.RandomHorizontalFlip(0.5))
+            if color:
+                steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                          v2.RandomGrayscale(0.2)]
+            steps.append(_blur(size, blur_p, blur_sigma))
+            if color and solarize_p:
+                steps.append(v2.RandomSolarize(128, p=solarize_p))
+            return v2.Compose(steps)
+
+        self.global_views = [view(global_size, global_scale, 1.0, 0.0),
+                             view(global_size, global_scale, 0.1, 0.2)]
+        self.local_view = view(local_size, local_scale, 0.5, 0.0)
+        self.prepare = v2.Compose([v2.ToImage(), v2.RGB()])
+
+    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        image = self.prepare(image)
+        out = {"global": torch.stack([t(image) for t in self.global_views])}
+        if self.num_local:
+            out["local"] = torch.stack([self.local_view(image) for _ in range(self.num_local)])
+        return out
