@@ -196,8 +196,8 @@ class Dino(nn.Module):
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
             mean = probs.mean(0)
             kl_uniform = (mean * (mean.clamp_min(1e-12) * mean.numel()).log()).sum()
-        return {"loss": loss, "teacher_entropy": float(entropy),
-                "teacher_kl_uniform": float(kl_uniform), "teacher_temp": temp}
+        return {"loss": loss, "teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
+                "teacher_temp": temp}
 
     # -- step hooks --------------------------------------------------------------------------
     def before_optimizer_step(self, step: int, total_steps: int) -> None:

@@ -40,11 +40,17 @@ def test_views_repeat_for_the_same_step_and_seed_and_workers():
     assert not torch.equal(first[0]["views"]["global"], other_seed[0]["views"]["global"])
 
 
-def test_ranks_see_different_samples():
+def test_ranks_see_different_samples_with_the_views_of_one_process():
     rank0 = _batches(_crop(), rank=0, world_size=2)
     rank1 = _batches(_crop(), rank=1, world_size=2)
-    for a, b in zip(rank0, rank1, strict=True):
+    cfg = DataConfig(spec="builtin:digits")
+    single = list(pretrain_batches(cfg, image_size=16, batch_size=8, seed=1, num_steps=2,
+                                   views=_crop()))
+    for a, b, whole in zip(rank0, rank1, single, strict=True):
         assert not torch.equal(a["view_pixels"]["global"], b["view_pixels"]["global"])
+        for name in whole["views"]:  # a sample's views do not depend on the world size
+            torch.testing.assert_close(torch.cat([a["views"][name], b["views"][name]]),
+                                       whole["views"][name], rtol=0, atol=0)
 
 
 def test_multicrop_flip_and_colour_switches():

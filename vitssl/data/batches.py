@@ -2,9 +2,12 @@
 
 Batch ``step`` is a pure function of (seed, step): the sample order is a
 per-epoch permutation of the dataset and augmentation runs under an RNG
-seeded from (seed, step, rank). Resuming at step s therefore yields exactly
-the batches an uninterrupted run would have seen, with any number of workers,
-and ``world_size`` ranks each take their slice of the same global batch.
+seeded from (seed, step, rank) — or, with ``seed_per_sample`` (objective
+views), from (seed, the sample's position in the global stream), so a sample
+gets the same views whatever the number of ranks. Resuming at step s
+therefore yields exactly the batches an uninterrupted run would have seen,
+with any number of workers, and ``world_size`` ranks each take their slice of
+the same global batch.
 
 An unreadable sample (:class:`~vitssl.data.decode.CorruptImage`) is replaced by
 the next readable dataset index, so batches stay full and deterministic; each
@@ -95,8 +98,10 @@ class StepBatches(Dataset):
 
     def __init__(self, dataset: Dataset, transform: Callable, *, batch_size: int, seed: int,
                  mean: tuple[float, ...], std: tuple[float, ...], rank: int = 0,
-                 world_size: int = 1, num_steps: int, on_error: str = "skip") -> None:
+                 world_size: int = 1, num_steps: int, on_error: str = "skip",
+                 seed_per_sample: bool = False) -> None:
         self.dataset, self.transform = dataset, transform
+        self.seed_per_sample = seed_per_sample
         self.batch_size, self.rank = batch_size, rank
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
         self.plan = BatchPlan(len(dataset), batch_size * world_size, seed)
@@ -114,8 +119,13 @@ class StepBatches(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 7_919 + step) * 101 + self.rank)
             samples = [self._read(i, errors) for i in mine]
-            batch = stack_outputs([self.transform(image) for image, _ in samples],
-                                  self.mean, self.std)
+            first = step * self.plan.global_batch + self.rank * self.batch_size
+            outputs = []
+            for position, (image, _) in enumerate(samples, start=first):
+                if self.seed_per_sample:
+                    torch.manual_seed((self.seed + 1) * 2**40 + position)
+                outputs.append(self.transform(image))
+            batch = stack_outputs(outputs, self.mean, self.std)
         batch["_skipped"] = torch.tensor(errors.take())
         labels = torch.tensor([int(label) for _, label in samples], dtype=torch.long)
         if bool((labels >= 0).all()):

@@ -130,6 +130,6 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed:
     dataset = open_dataset(spec, cfg.split)
     batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=cfg.mean,
                           std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps,
-                          on_error=on_error)
+                          on_error=on_error, seed_per_sample=views is not None)
     classes = getattr(dataset, "num_classes", None)
     return PretrainBatches(batches, start_step, cfg.num_workers, bool(classes), classes)
