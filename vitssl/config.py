@@ -23,7 +23,7 @@ class ModelConfig:
     name: str = "Ti/4"  # variant/patch, e.g. "B/16", "Ti/4"
     stem: str = "patch"
     stem_options: dict[str, Any] = field(default_factory=dict)
-    image_size: int = 32
+    image_size: int | tuple[int, int] = 32  # side, or [height, width] (see image_hw)
     pool: str = "token"  # "token" (cls token) or "mean"
     class_token: bool = True
     fc_norm: bool = False  # LayerNorm after pooling instead of on the tokens (timm "avg")
@@ -99,6 +99,22 @@ class SummaryEvalConfig:
     finetune_steps: int = 100  # 0 turns the fine-tune comparison off
     finetune_batch_size: int = 32
     finetune_seeds: int = 3
+
+
+def image_hw(size: Any) -> tuple[int, int]:
+    """``model.image_size`` (an int, or [height, width]) as (height, width); checked."""
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if (len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                  for v in pair)):
+        raise VitsslError(f"model.image_size must be a positive int or [height, width] of "
+                          f"positive ints, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def image_size_text(size: Any) -> str:
+    """``32`` -> ``"32px"``, ``(16, 24)`` -> ``"16x24px"`` (height x width)."""
+    h, w = image_hw(size)
+    return f"{h}px" if h == w else f"{h}x{w}px"
 
 
 def _default_run_model() -> ModelConfig:

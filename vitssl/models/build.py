@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vitssl.config import ModelConfig
+from vitssl.config import ModelConfig, image_hw
 from vitssl.errors import VitsslError
 from vitssl.models.variants import parse_model_name
 from vitssl.models.vit import VisionTransformer
@@ -23,9 +23,11 @@ def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = No
     variant, patch = parse_model_name(cfg.name)
     if cfg.depth is not None and cfg.depth < 1:
         raise VitsslError(f"model.depth must be >= 1, got {cfg.depth}")
+    height, width = image_hw(cfg.image_size)
+    size = height if height == width else (height, width)  # stems get an int when square
     registry = registry or get_registry()
     try:
-        stem = registry.get("stems", cfg.stem)(image_size=cfg.image_size, patch_size=patch,
+        stem = registry.get("stems", cfg.stem)(image_size=size, patch_size=patch,
                                                 in_chans=3, embed_dim=variant.embed_dim,
                                                 **cfg.stem_options)
     except TypeError as exc:

@@ -32,7 +32,15 @@ from torch import nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 
-from vitssl.config import Config, config_from_dict, flatten, save_config, to_dict
+from vitssl.config import (
+    Config,
+    config_from_dict,
+    flatten,
+    image_hw,
+    image_size_text,
+    save_config,
+    to_dict,
+)
 from vitssl.data.augment import resolve_augmentation
 from vitssl.data.pipeline import pretrain_batches
 from vitssl.errors import VitsslError
@@ -94,6 +102,7 @@ def _check(cfg: Config, world_size: int) -> int:
                           "turns clipping off) and train.lr > 0")
     if not all(0.0 <= b < 1.0 for b in tc.betas):
         raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
+    image_hw(cfg.model.image_size)
     dc = cfg.data
     if dc.num_workers < 0:
         raise VitsslError(f"data.num_workers must be >= 0, got {dc.num_workers}")
@@ -155,6 +164,23 @@ def _build_objective(cfg: Config, batches: Any) -> nn.Module:
     except TypeError as exc:
         raise VitsslError(f"objective '{cfg.objective.name}' does not accept options "
                           f"{cfg.objective.options}: {exc}") from None
+
+
+def _declared_views(declared: Callable, cfg: Config) -> Callable:
+    """An objective's views at the model's size: an int when square, else (height, width).
+
+    Views that cannot follow a non-square size are refused with one line.
+    """
+    height, width = image_hw(cfg.model.image_size)
+    if height == width:
+        return declared(height, cfg.data)
+    try:
+        return declared((height, width), cfg.data)
+    except (TypeError, ValueError, VitsslError) as exc:
+        raise VitsslError(f"objective '{cfg.objective.name}' cannot make its views for the "
+                          f"non-square model.image_size [{height}, {width}] "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__});"
+                          f" use a square size") from None
 
 
 def _metrics(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
@@ -250,7 +276,7 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
     objective = _build_objective(cfg, batches)
     declared = getattr(objective, "views", None)
     if callable(declared):
-        batches = make_batches(declared(cfg.model.image_size, cfg.data))
+        batches = make_batches(_declared_views(declared, cfg))
 
     objective.to(device)
     if state is not None:  # the whole model on every rank, before any sharding
@@ -300,7 +326,8 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
         what = f"resuming from {ckpt.name}" if ckpt is not None else (
             "no checkpoint found, starting at step 0" if resume else "starting")
         log.message(f"pretrain {cfg.objective.name}: {cfg.model.name} at "
-                    f"{cfg.model.image_size}px, {tc.steps} steps x {tc.batch_size} images on "
+                    f"{image_size_text(cfg.model.image_size)}, {tc.steps} steps x "
+                    f"{tc.batch_size} images on "
                     f"{where}; {what}; run directory {run_dir}")
 
     autocast_dtype = PRECISIONS[tc.precision]
