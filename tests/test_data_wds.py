@@ -1,5 +1,6 @@
 """``wds:`` pretraining streams: coverage, splitting, reproducibility, skipped samples."""
 
+import copy
 import io
 from pathlib import Path
 
@@ -41,11 +42,21 @@ def _shards(root: Path, num_shards: int, per_shard: int, labelled: bool = True) 
 
 
 def _batches(spec: str, *, steps: int, batch: int, start_step: int = 0, rank: int = 0,
-             world_size: int = 1, **data) -> tuple[list[dict], object]:
+             world_size: int = 1, stream_state: dict | None = None,
+             save_after: int | None = None, **data) -> tuple[list[dict], object]:
+    """All batches; with ``save_after=k`` the stream also keeps ``saved``, its position
+    after k batches as a checkpoint holds it."""
     cfg = DataConfig(spec=spec, **data)
     stream = pretrain_batches(cfg, image_size=8, batch_size=batch, seed=3, num_steps=steps,
-                              start_step=start_step, rank=rank, world_size=world_size)
-    return list(stream), stream
+                              start_step=start_step, rank=rank, world_size=world_size,
+                              stream_state=stream_state)
+    out = []
+    for batch_dict in stream:
+        out.append(batch_dict)
+        if len(out) == save_after:
+            stream.saved = {"world_size": world_size,
+                            "ranks": [copy.deepcopy(stream.position.to_state())]}
+    return out, stream
 
 
 def _ids(batches: list[dict]) -> list[int]:
@@ -97,7 +108,7 @@ def test_distributed_default_resamples_with_equal_batch_counts(tmp_path):
         _batches(spec, steps=2, batch=2, world_size=4, resampled=False)
 
 
-def test_stream_is_reproducible_from_seed_and_start_step(tmp_path):
+def test_without_a_saved_position_a_start_step_is_a_fresh_seeded_draw(tmp_path):
     spec = _shards(tmp_path, num_shards=3, per_shard=8)
     kw = dict(steps=6, batch=4, num_workers=2, shuffle_buffer=10)
     a, _ = _batches(spec, **kw)
@@ -108,6 +119,37 @@ def test_stream_is_reproducible_from_seed_and_start_step(tmp_path):
     assert len(resumed[0]) == 4
     assert [_ids([x]) for x in resumed[0]] == [_ids([x]) for x in again[0]]
     assert [_ids([x]) for x in resumed[0]] != [_ids([x]) for x in a[:4]]
+    assert "fresh draw seeded by step 2" in resumed[1].resume_note
+
+
+@pytest.mark.parametrize("workers, buffer, stop", [(0, 8, 3), (2, 8, 5), (2, 1, 4)])
+def test_saved_position_continues_the_stream_exactly(tmp_path, workers, buffer, stop):
+    # 4 shards x 10 samples, batches of 6: the stops fall mid-shard, with a partly
+    # filled or draining buffer, and the run crosses into the second pass.
+    spec = _shards(tmp_path, num_shards=4, per_shard=10)
+    kw = dict(steps=11, batch=6, num_workers=workers, shuffle_buffer=buffer)
+    full, _ = _batches(spec, **kw)
+    _, first = _batches(spec, save_after=stop, **kw)
+    rest, resumed = _batches(spec, start_step=stop, stream_state=first.saved, **kw)
+    assert resumed.resume_note is None
+    assert [_ids([b]) for b in rest] == [_ids([b]) for b in full[stop:]]
+    for a, b in zip(rest, full[stop:], strict=True):
+        assert torch.equal(a["image"], b["image"])  # the augmentation continues too
+
+
+def test_another_worker_count_resumes_at_the_next_shard_boundary(tmp_path):
+    spec = _shards(tmp_path, num_shards=6, per_shard=10)
+    kw = dict(steps=8, batch=5, shuffle_buffer=1)
+    before, first = _batches(spec, save_after=3, num_workers=2, **kw)
+    rest, resumed = _batches(spec, start_step=3, stream_state=first.saved, num_workers=1, **kw)
+    assert "next shard boundary" in resumed.resume_note and "\n" not in resumed.resume_note
+    # Each worker had started one shard (worker 0 two batches, worker 1 one): the resumed
+    # stream reads the four shards nobody had opened, each from its first sample.
+    started = {i // 10 for i in _ids(before[:3])}
+    assert len(started) == 2
+    read = _ids(rest)
+    assert not {i // 10 for i in read} & started and len(read) == 25
+    assert [i % 10 for i in read[:10]] == list(range(10))
 
 
 def test_unlabelled_shards_and_pipe_urls(tmp_path):

@@ -3,8 +3,8 @@
 Map-style specs (``builtin:``, ``folder:``, ``vtab1k:``) give deterministic
 batches: batch ``s`` is a pure function of (seed, s), so a resumed run sees
 exactly the batches of an uninterrupted one (:mod:`vitssl.data.batches`).
-``wds:`` specs stream shards; a run resumed at step s restarts the stream at
-a point fixed by (seed, s) (:mod:`vitssl.data.wds`).
+``wds:`` specs stream shards; a run resumed from a checkpoint continues the
+stream from the position saved in it (:mod:`vitssl.data.wds`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,6 +24,7 @@ from vitssl.data.sources import open_dataset
 from vitssl.data.spec import parse_spec
 from vitssl.data.transforms import pretrain_transform
 from vitssl.data.wds import ShardStream, expand_urls, first_sample
+from vitssl.data.wds_position import RankPosition, boundary
 from vitssl.errors import VitsslError
 
 
@@ -35,6 +37,9 @@ def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches,
     try:
         for batch in batches:
             owner.skipped += int(batch.pop("_skipped", 0))
+            position = batch.pop("_position", None)
+            if position is not None:
+                owner.position.update(position)
             yield finish_batch(batch, mean, std)
     except VitsslError as exc:
         # Raised in a DataLoader worker, it arrives with the worker's traceback in its
@@ -49,9 +54,9 @@ def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches,
 class PretrainBatches:
     """Iterable of batch dicts for steps ``start_step .. num_steps - 1`` on this rank.
 
-    Each batch: ``"image"`` normalised float (B, 3, S, S), ``"pixels"`` the same
+    Each batch: ``"image"`` normalised float (B, 3, H, W), ``"pixels"`` the same
     images in [0, 1] before normalisation (or, with an objective's views,
-    ``"views"`` and ``"view_pixels"``: name -> (B, V, 3, S, S)), and ``"label"``
+    ``"views"`` and ``"view_pixels"``: name -> (B, V, 3, h, w)), and ``"label"``
     long (B,) when the data is labelled. ``skipped`` counts samples dropped as unreadable so far;
     ``num_classes`` is the dataset's class count (None when unlabelled).
     """
@@ -73,7 +78,12 @@ class PretrainBatches:
 
 @dataclass
 class StreamBatches:
-    """Like :class:`PretrainBatches`, from a ``wds:`` stream: ``num_steps - start_step`` batches."""
+    """Like :class:`PretrainBatches`, from a ``wds:`` stream: ``num_steps - start_step`` batches.
+
+    ``position`` follows the batches handed out (save ``position.to_state()``
+    with a checkpoint; pass it back as ``stream_state`` to continue);
+    ``resume_note`` says how a resumed stream restarted when not exactly.
+    """
 
     stream: ShardStream
     num_batches: int
@@ -81,6 +91,13 @@ class StreamBatches:
     labelled: bool
     num_classes: int | None = None  # unknown without reading every shard
     skipped: int = field(default=0)
+    position: RankPosition | None = None
+    resume_note: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.position is None:
+            self.position = RankPosition(max(1, self.num_workers), len(self.stream.urls),
+                                         self.stream.resampled)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -102,15 +119,17 @@ class StreamBatches:
                               f"(see the skipped-sample warnings)")
 
 
-def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed: int,
-                     num_steps: int, start_step: int = 0, rank: int = 0,
-                     world_size: int = 1,
-                     views: Callable | None = None) -> PretrainBatches | StreamBatches:
+def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batch_size: int,
+                     seed: int, num_steps: int, start_step: int = 0, rank: int = 0,
+                     world_size: int = 1, views: Callable | None = None,
+                     stream_state: dict[str, Any] | None = None,
+                     ) -> PretrainBatches | StreamBatches:
     """Batches for pretraining; ``batch_size`` is per rank (global = batch_size * world_size).
 
     ``views`` (an objective's multi-view transform) replaces the single
     augmented view: batches then hold ``"views"`` / ``"view_pixels"`` instead
-    of ``"image"`` / ``"pixels"``.
+    of ``"image"`` / ``"pixels"``. ``stream_state`` (``wds:`` only): the
+    stream positions a checkpoint saved (:func:`stream_resume`).
     """
     cfg = resolve_augmentation(cfg)
     transform = views or pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment,
@@ -121,15 +140,47 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int, batch_size: int, seed:
         urls = expand_urls(spec.target)
         labelled = "cls" in first_sample(urls)
         resampled = getattr(cfg, "resampled", None)
+        resampled = world_size > 1 if resampled is None else resampled
         stream = ShardStream(urls, transform, batch_size=batch_size, seed=seed,
-                             start_step=start_step, mean=cfg.mean, std=cfg.std,
-                             labelled=labelled, rank=rank, world_size=world_size,
-                             resampled=world_size > 1 if resampled is None else resampled,
+                             mean=cfg.mean, std=cfg.std, labelled=labelled, rank=rank,
+                             world_size=world_size, resampled=resampled,
                              shuffle_buffer=cfg.shuffle_buffer, on_error=on_error)
-        return StreamBatches(stream, max(0, num_steps - start_step), cfg.num_workers, labelled)
+        note = stream_resume(stream, stream_state, start_step, max(1, cfg.num_workers))
+        return StreamBatches(stream, max(0, num_steps - start_step), cfg.num_workers, labelled,
+                             resume_note=note)
     dataset = open_dataset(spec, cfg.split)
     batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=cfg.mean,
                           std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps,
                           on_error=on_error, seed_per_sample=views is not None)
     classes = getattr(dataset, "num_classes", None)
     return PretrainBatches(batches, start_step, cfg.num_workers, bool(classes), classes)
+
+
+def stream_resume(stream: ShardStream, saved: dict[str, Any] | None, start_step: int,
+                  num_workers: int) -> str | None:
+    """Point a stream at a checkpoint's saved position; say how, unless it continues exactly.
+
+    ``saved``: ``{"world_size": N, "ranks": [rank position state, ...]}``.
+    """
+    if start_step == 0 and saved is None:
+        return None
+    mine = None
+    if saved is not None and int(saved["world_size"]) == stream.world_size:
+        mine = saved["ranks"][stream.rank]
+    if mine is None or int(mine["num_shards"]) != len(stream.urls) \
+            or bool(mine["resampled"]) != stream.resampled:
+        stream.origin = start_step
+        why = ("holds no stream position" if saved is None else
+               f"was written on {saved['world_size']} ranks, this run has {stream.world_size}"
+               if mine is None else "was written for other shards or data.resampled")
+        return (f"wds: the checkpoint {why}; the stream restarts with a fresh draw seeded by "
+                f"step {start_step} (some samples may be seen twice or not at all)")
+    if int(mine["num_workers"]) == num_workers:
+        stream.resume = mine
+        return None
+    epoch, first = boundary(mine, stream.resampled, len(stream.rank_shards(0)))
+    stream.start = (epoch, first)
+    where = f"pass {epoch}" + ("" if stream.resampled else f", shard {first} of this rank's")
+    return (f"wds: the checkpoint's stream position is for {mine['num_workers']} data workers, "
+            f"this run has {num_workers}; resuming at the next shard boundary ({where}); "
+            f"samples left in partly read shards and shuffle buffers are skipped")

@@ -13,18 +13,23 @@ a pass yields each of its samples once) → decode + augment → batches of
 ``batch_size`` (batches may straddle passes).
 
 - Shard order. Without resampling, pass ``e = 0, 1, ...`` shuffles all shards
-  with a seed from (seed, start_step, e); rank r takes every world_size-th shard
-  of it and worker w every num_workers-th of those (split by node, then by
-  worker — done here, so no torch.distributed state is needed). With
-  ``resampled`` (default when world_size > 1), each worker draws shards with
-  replacement from a generator seeded by (seed, start_step, rank, worker), so
-  every rank can deliver any number of batches.
+  with a seed from (seed, e); rank r takes every world_size-th shard of it and
+  worker w every num_workers-th of those (split by node, then by worker — done
+  here, so no torch.distributed state is needed). With ``resampled`` (default
+  when world_size > 1), worker w of rank r draws pass e's shards with
+  replacement from a generator seeded by (seed, rank, worker, e), so every
+  rank can deliver any number of batches.
 - The stream is endless; the caller takes exactly ``num_steps - start_step``
   batches, the same count on every rank.
-- Resume. The stream for a run started (or resumed) at ``start_step`` is a
-  pure function of (seed, start_step, rank, world_size, num_workers): resuming
-  at the same step reproduces the same batches, but they are a fresh draw, not
-  the continuation the interrupted run would have read.
+- Resume. Every batch carries its worker's position after it (pass, shard,
+  offset in the shard, the shuffle buffer's samples by reference, shuffle and
+  augmentation RNG states: :mod:`vitssl.data.wds_position`); checkpoints save
+  the positions of the last consumed batches. Resumed with the same world size
+  and worker count, the stream continues exactly where the interrupted run
+  would have (the buffer's samples are re-read from their shards). With
+  another worker count it restarts at the next shard boundary; with another
+  world size, or from a checkpoint without a position, it is a fresh draw
+  seeded by the step. Both are said on stderr.
 - Errors. A sample whose image does not decode, lacks an image, has a bad
   ``cls``, or lacks ``cls`` in labelled data, and the sample being read when a
   shard turns out truncated or unreadable, are skipped: each is logged with its
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import random
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vitssl.data.batches import stack_outputs
 from vitssl.data.decode import CorruptImage, decode_image
 from vitssl.data.skips import SkipLog
+from vitssl.data.wds_position import rng_from_tensor, rng_to_tensor
 from vitssl.errors import VitsslError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -141,21 +147,121 @@ def decode_sample(sample: dict[str, Any], labelled: bool) -> tuple[Any, int]:
         raise CorruptImage(f"{where}: cls {sample['cls'][:20]!r} is not an integer") from None
 
 
-def shuffled(items: Iterable[Any], buffer: int, rng: random.Random) -> Iterator[Any]:
-    """Reservoir-style shuffle: hold ``buffer`` items, emit a random one per arrival."""
-    if buffer <= 1:
-        yield from items
-        return
-    held: list[Any] = []
-    for item in items:
-        if len(held) < buffer:
-            held.append(item)
-            continue
-        i = rng.randrange(len(held))
-        held[i], item = item, held[i]
-        yield item
-    rng.shuffle(held)
-    yield from held
+class WorkerStream:
+    """One worker's stream of decoded samples, with a position that can be saved and restored.
+
+    Samples run: this pass's shards (from ``shard``/``offset``) -> shuffle
+    buffer (emptied at the end of each pass) -> decode. ``snapshot()`` taken
+    between two samples describes exactly where the next one comes from.
+    """
+
+    def __init__(self, stream: ShardStream, worker: int, num_workers: int, errors: SkipLog,
+                 position: dict[str, Any] | None = None) -> None:
+        self.stream, self.worker, self.num_workers = stream, worker, num_workers
+        self.errors, first_epoch = errors, stream.start[0]
+        seed = derive_seed(stream.seed, stream.origin, stream.rank, worker, 4, *stream.start)
+        self.aug = torch.Generator().manual_seed(seed).get_state()
+        self.epoch, self.good, self.empty = first_epoch, 0, 0
+        self._new_pass()
+        if position is not None:
+            self._restore(position)
+
+    def _new_pass(self) -> None:
+        self.shard, self.offset, self.held, self.draining = 0, 0, [], False
+        self.rng = random.Random(derive_seed(self.stream.seed, self.stream.origin,
+                                             self.stream.rank, self.worker, self.epoch, 3))
+
+    def snapshot(self) -> dict[str, Any]:
+        held = [(s, i) for s, i, _ in self.held]
+        return {"epoch": self.epoch, "shard": self.shard, "offset": self.offset,
+                "held": torch.tensor(held, dtype=torch.long).reshape(-1, 2),
+                "draining": self.draining, "good": self.good, "empty": self.empty,
+                "rng": rng_to_tensor(self.rng), "aug": self.aug.clone()}
+
+    def _restore(self, pos: dict[str, Any]) -> None:
+        self.epoch, self.good, self.empty = int(pos["epoch"]), int(pos["good"]), int(pos["empty"])
+        self.shard, self.offset = int(pos["shard"]), int(pos["offset"])
+        self.draining, self.rng = bool(pos["draining"]), rng_from_tensor(pos["rng"])
+        self.aug = pos["aug"].clone()
+        refs = [(int(s), int(i)) for s, i in pos["held"].tolist()]
+        self.held = self._reread(self.stream.pass_shards(self.epoch, self.worker,
+                                                         self.num_workers), refs)
+
+    @staticmethod
+    def _reread(urls: list[str], refs: list[tuple[int, int]]) -> list[tuple[int, int, Any]]:
+        """The shuffle buffer's samples, read again from their shards."""
+        found: dict[tuple[int, int], Any] = {}
+        for shard in sorted({s for s, _ in refs}):
+            wanted = {i for s, i in refs if s == shard}
+            for index, sample in enumerate(shard_samples(urls[shard], SkipLog("skip"))):
+                if index in wanted:
+                    found[(shard, index)] = sample
+        missing = [ref for ref in refs if ref not in found]
+        if missing:
+            shard, index = missing[0]
+            raise VitsslError(f"wds: cannot resume the stream: sample {index} of shard "
+                              f"{urls[shard]} is gone (were the shards rewritten since the "
+                              f"checkpoint?)")
+        return [(s, i, found[(s, i)]) for s, i in refs]
+
+    def _raw(self, urls: list[str]) -> Iterator[tuple[int, int, Any]]:
+        """(shard, index, sample) from the current position to the end of the pass."""
+        while self.shard < len(urls):
+            for index, sample in enumerate(shard_samples(urls[self.shard], self.errors)):
+                if index >= self.offset:
+                    self.offset = index + 1
+                    yield self.shard, index, sample
+            self.shard, self.offset = self.shard + 1, 0
+
+    def _shuffled(self, urls: list[str]) -> Iterator[Any]:
+        """Reservoir-style shuffle: hold ``shuffle_buffer`` samples, emit one per arrival."""
+        size = self.stream.shuffle_buffer
+        if not self.draining:
+            for ref in self._raw(urls):
+                if size <= 1:
+                    yield ref[2]
+                    continue
+                if len(self.held) < size:
+                    self.held.append(ref)
+                    continue
+                i = self.rng.randrange(len(self.held))
+                self.held[i], ref = ref, self.held[i]
+                yield ref[2]
+            self.rng.shuffle(self.held)
+            self.held.reverse()  # emitted from the end: the shuffled order
+            self.draining = True
+        while self.held:
+            yield self.held.pop()[2]
+
+    def samples(self) -> Iterator[tuple[Any, int]]:
+        """Decoded (image, label) from the current position (endless).
+
+        Ends when this worker has no shards, or its passes yield nothing readable:
+        one pass without resampling (the next would read the same shards), 20
+        in a row with it.
+        """
+        while True:
+            urls = self.stream.pass_shards(self.epoch, self.worker, self.num_workers)
+            if not urls and self.stream.pass_shards(self.epoch + 1, self.worker,
+                                                    self.num_workers):
+                self.epoch += 1  # a resumed partial pass left this worker nothing
+                self._new_pass()
+                continue
+            if not urls:
+                return  # more workers than shards on this rank: this worker has none
+            for sample in self._shuffled(urls):
+                try:
+                    item = decode_sample(sample, self.stream.labelled)
+                except CorruptImage as exc:
+                    self.errors.skip(str(exc))
+                    continue
+                self.good += 1
+                yield item
+            self.empty = 0 if self.good else self.empty + 1
+            if self.empty >= (20 if self.stream.resampled else 1):
+                return
+            self.epoch, self.good = self.epoch + 1, 0
+            self._new_pass()
 
 
 class ShardStream(IterableDataset):
@@ -163,80 +269,67 @@ class ShardStream(IterableDataset):
 
     Each batch: the transform's outputs stacked (see
     :func:`~vitssl.data.batches.stack_outputs`), ``"label"`` when
-    labelled, and ``"_skipped"`` the samples this worker skipped since its
-    previous batch.
+    labelled, ``"_skipped"`` the samples this worker skipped since its
+    previous batch and ``"_position"`` the worker's stream position after it
+    (:mod:`vitssl.data.wds_position`).
+
+    ``resume``: a rank position saved with the same worker count (the stream
+    continues exactly); ``start``: (epoch, shard) where a stream that cannot
+    continue exactly begins (another worker count: the next shard boundary);
+    ``origin``: mixed into every seed (0, or the step of a fresh draw).
     """
 
     def __init__(self, urls: list[str], transform: Callable, *, batch_size: int, seed: int,
-                 start_step: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 labelled: bool, rank: int = 0, world_size: int = 1, resampled: bool = False,
-                 shuffle_buffer: int = 1000, on_error: str = "skip") -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], labelled: bool,
+                 rank: int = 0, world_size: int = 1, resampled: bool = False,
+                 shuffle_buffer: int = 1000, on_error: str = "skip", origin: int = 0,
+                 start: tuple[int, int] = (0, 0), resume: dict[str, Any] | None = None) -> None:
         self.urls, self.transform = list(urls), transform
-        self.batch_size, self.seed, self.start_step = batch_size, seed, start_step
+        self.batch_size, self.seed, self.origin = batch_size, seed, origin
         self.mean, self.std, self.labelled = tuple(mean), tuple(std), labelled
         self.rank, self.world_size, self.resampled = rank, world_size, resampled
         self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
+        self.start, self.resume = (int(start[0]), int(start[1])), resume
         SkipLog(on_error)  # validates the setting before any worker starts
         if not resampled and len(self.urls) < world_size:
             raise VitsslError(f"wds: {len(self.urls)} shards cannot be split over {world_size} "
                               f"ranks; write more shards or set data.resampled=true")
 
-    def passes(self, worker: int, num_workers: int) -> Iterator[list[str]]:
-        """Successive passes over this worker's shards (endless)."""
+    def rank_shards(self, epoch: int) -> list[str]:
+        """This rank's shards in pass ``epoch`` (without resampling)."""
+        order = list(self.urls)
+        random.Random(derive_seed(self.seed, self.origin, epoch, 2)).shuffle(order)
+        return order[self.rank::self.world_size]
+
+    def pass_shards(self, epoch: int, worker: int, num_workers: int) -> list[str]:
+        """The shards worker ``worker`` reads in pass ``epoch``, in order."""
         if self.resampled:
-            rng = random.Random(derive_seed(self.seed, self.start_step, self.rank, worker, 1))
-            while True:
-                yield [rng.choice(self.urls) for _ in self.urls]
-        epoch = 0
-        while True:
-            order = list(self.urls)
-            random.Random(derive_seed(self.seed, self.start_step, epoch, 2)).shuffle(order)
-            yield order[self.rank::self.world_size][worker::num_workers]
-            epoch += 1
-
-    def samples(self, worker: int, num_workers: int, errors: SkipLog,
-                rng: random.Random) -> Iterator[tuple[Any, int]]:
-        """Decoded (image, label), shuffled within each pass (the buffer empties at its end).
-
-        Ends when this worker has no shards, or its passes yield nothing readable:
-        one pass without resampling (the next would read the same shards), 20
-        in a row with it.
-        """
-        empty_passes = 0
-        for urls in self.passes(worker, num_workers):
-            if not urls:
-                return  # more workers than shards on this rank: this worker has none
-            good = 0
-            one_pass = (sample for url in urls for sample in shard_samples(url, errors))
-            for sample in shuffled(one_pass, self.shuffle_buffer, rng):
-                try:
-                    item = decode_sample(sample, self.labelled)
-                except CorruptImage as exc:
-                    errors.skip(str(exc))
-                    continue
-                good += 1
-                yield item
-            empty_passes = 0 if good else empty_passes + 1
-            if empty_passes >= (20 if self.resampled else 1):
-                return
+            rng = random.Random(derive_seed(self.seed, self.origin, self.rank, worker, epoch, 1))
+            return [rng.choice(self.urls) for _ in self.urls]
+        shards = self.rank_shards(epoch)
+        if epoch == self.start[0]:
+            shards = shards[self.start[1]:]
+        return shards[worker::num_workers]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        rotate = int(self.resume["next_worker"]) if self.resume else 0
+        worker = (physical + rotate) % num_workers
         errors = SkipLog(self.on_error)
-        rng = random.Random(derive_seed(self.seed, self.start_step, self.rank, worker, 3))
-        aug_state = torch.Generator().manual_seed(
-            derive_seed(self.seed, self.start_step, self.rank, worker, 4)).get_state()
+        position = self.resume["workers"][worker] if self.resume else None
+        source = WorkerStream(self, worker, num_workers, errors, position)
         pending: list[tuple[Any, int]] = []
-        for item in self.samples(worker, num_workers, errors, rng):
+        for item in source.samples():
             pending.append(item)
             if len(pending) == self.batch_size:
                 with torch.random.fork_rng(devices=[]):
-                    torch.set_rng_state(aug_state)
+                    torch.set_rng_state(source.aug)
                     batch = stack_outputs([self.transform(image) for image, _ in pending],
                                           self.mean, self.std)
-                    aug_state = torch.get_rng_state()
+                    source.aug = torch.get_rng_state()
                 batch["_skipped"] = torch.tensor(errors.take())
+                batch["_position"] = {"worker": worker, **source.snapshot()}
                 if self.labelled:
                     batch["label"] = torch.tensor([label for _, label in pending],
                                                   dtype=torch.long)

@@ -64,7 +64,12 @@ from vitssl.train.optim import build_optimizer
 from vitssl.train.runlog import RunLog, read_metrics, truncate_metrics
 from vitssl.train.schedule import build_scheduler
 from vitssl.train.summary import format_summary, summary_evaluation
-from vitssl.train.train_state import load_optimizer, restore_rng, save_run_checkpoint
+from vitssl.train.train_state import (
+    load_optimizer,
+    restore_rng,
+    save_run_checkpoint,
+    stream_position,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINAL_WINDOW = 10  # steps averaged for the summary's final loss and metrics
@@ -270,7 +275,8 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
         return pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
                                 seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
                                 start_step=start * tc.accum_steps, rank=ctx.rank,
-                                world_size=ctx.world_size, views=views)
+                                world_size=ctx.world_size, views=views,
+                                stream_state=state.get("stream") if state else None)
 
     batches = make_batches()
     objective = _build_objective(cfg, batches)
@@ -325,6 +331,9 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
                  if ctx.distributed else str(device))
         what = f"resuming from {ckpt.name}" if ckpt is not None else (
             "no checkpoint found, starting at step 0" if resume else "starting")
+        note = getattr(batches, "resume_note", None)
+        if ckpt is not None and note:
+            log.message(note)
         log.message(f"pretrain {cfg.objective.name}: {cfg.model.name} at "
                     f"{image_size_text(cfg.model.image_size)}, {tc.steps} steps x "
                     f"{tc.batch_size} images on "
@@ -404,7 +413,8 @@ def _pretrain(cfg: Config, resume: bool, ctx: distributed.Context) -> dict[str, 
                     run_dir, done, objective, optimizer, cfg,
                     {"scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                     "data_step": done * tc.accum_steps}, ctx, sharded_state)
+                     "data_step": done * tc.accum_steps,
+                     **stream_position(batches, ctx)}, ctx, sharded_state)
     finally:
         log.close()
         if tc.activation_checkpointing:

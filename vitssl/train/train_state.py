@@ -1,5 +1,8 @@
 """What a checkpoint holds besides the weights: optimizer, scheduler, scaler and every rank's RNG.
 
+With ``wds:`` data it also holds every rank's stream position
+(:func:`stream_position`), so a resumed run reads on from where it stopped.
+
 Under DDP or in one process the optimizer state goes into ``state.pt`` whole.
 Under FSDP each rank holds a shard of it, written with
 ``torch.distributed.checkpoint`` into the checkpoint's ``optimizer/``
@@ -56,6 +59,23 @@ def restore_rng(saved: Any, ctx: distributed.Context, seed: int, step: int) -> N
     torch.set_rng_state(state["torch"])
     if ctx.device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], ctx.device)
+
+
+def stream_position(batches: Any, ctx: distributed.Context) -> dict[str, Any]:
+    """``{"stream": every rank's wds stream position}`` (collective), or {} for other data.
+
+    Gathered to every rank in rank order; a resumed run on the same world size
+    hands rank ``r`` entry ``r`` (:func:`vitssl.data.pipeline.stream_resume`).
+    """
+    position = getattr(batches, "position", None)
+    if position is None:
+        return {}
+    mine = position.to_state()
+    ranks = [mine]
+    if ctx.distributed:
+        ranks = [None] * ctx.world_size
+        torch.distributed.all_gather_object(ranks, mine)
+    return {"stream": {"world_size": ctx.world_size, "ranks": ranks}}
 
 
 def save_run_checkpoint(run_dir: Path, step: int, objective: nn.Module,
