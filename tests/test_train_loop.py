@@ -166,11 +166,13 @@ def test_config_errors_are_user_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_run_beats_random_init_on_few_shot(tmp_path):
+def test_default_run_beats_random_init_after_fine_tuning(tmp_path):
     """The main job: ``vitssl pretrain --objective masked-patch`` with the defaults."""
     cfg = load_config(None, [f"out={tmp_path / 'run'}"])
-    summary = pretrain(cfg)
-    few = summary["few_shot"]
+    evaluation = pretrain(cfg)["evaluation"]
+    finetune = evaluation["finetune"]
+    assert finetune["pretrained"] >= finetune["random_init"] + 5, finetune
+    few = evaluation["few_shot"]
     assert few["pretrained"].keys() == few["random_init"].keys() and few["pretrained"]
     for key, value in few["pretrained"].items():
         assert value > few["random_init"][key], (key, few)

@@ -1,0 +1,81 @@
+"""Built-in datasets' own augmentation keeps their labels true; explicit values win."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitssl.config import DataConfig, load_config
+from vitssl.data.augment import IMAGENET_STYLE, dataset_augmentation, resolve_augmentation
+from vitssl.data.transforms import pretrain_transform
+
+
+def _transform(spec: str, size: int = 32):
+    data = resolve_augmentation(DataConfig(spec=spec))
+    return pretrain_transform(size, data.crop_scale, data.hflip, data.augment, data.crop_ratio,
+                              data.translate)
+
+
+def _coordinates(size: int = 64) -> torch.Tensor:
+    """Channel 0 = column, channel 1 = row (0..252), channel 2 = a left-half marker."""
+    ramp = torch.arange(size) * (252 // (size - 1))
+    image = torch.zeros(3, size, size, dtype=torch.uint8)
+    image[0] = ramp.view(1, -1).to(torch.uint8)
+    image[1] = ramp.view(-1, 1).to(torch.uint8)
+    image[2, :, : size // 2] = 255
+    return image
+
+
+@pytest.mark.parametrize("spec", ["builtin:digits", "builtin:dsprites-ori", "builtin:dsprites-loc"])
+def test_no_flip_for_labels_a_mirror_would_change(spec):
+    transform = _transform(spec)
+    torch.manual_seed(0)
+    for _ in range(200):
+        marker = transform(_coordinates())[2]
+        # The left-half marker stays on the left: never mirrored.
+        assert marker[:, :8].mean() > marker[:, -8:].mean()
+
+
+@pytest.mark.parametrize("spec", ["builtin:dsprites-ori", "builtin:photos"])
+def test_crops_never_drop_below_the_declared_scale(spec):
+    lo = resolve_augmentation(DataConfig(spec=spec)).crop_scale[0]
+    transform = _transform(spec, size=64)
+    torch.manual_seed(1)
+    smallest = 1.0
+    for _ in range(300):
+        out = transform(_coordinates()) * 255 / 252  # column / row fraction
+        width = out[0].max() - out[0].min()
+        height = out[1].max() - out[1].min()
+        smallest = min(smallest, float(width * height))
+    assert smallest >= lo * 0.9  # one pixel of slack at the crop border
+    assert smallest < lo + 0.2  # and the crops do vary down towards it
+
+
+def test_dsprites_loc_is_not_augmented_and_digits_only_shift():
+    image = _coordinates()
+    plain = pretrain_transform(32, augment=False)(image)
+    assert torch.equal(_transform("builtin:dsprites-loc")(image), plain)
+    digits = resolve_augmentation(DataConfig(spec="builtin:digits"))
+    assert (digits.crop_scale, digits.hflip, digits.translate) == ((1.0, 1.0), False, 0.125)
+
+
+def test_explicit_values_win_and_other_data_gets_the_imagenet_recipe():
+    data = resolve_augmentation(DataConfig(spec="builtin:digits", hflip=True,
+                                           crop_scale=(0.5, 1.0)))
+    assert data.hflip is True and data.crop_scale == (0.5, 1.0)
+    assert data.translate == 0.125  # the rest still from the dataset
+    assert dataset_augmentation("folder:/data/images") == IMAGENET_STYLE
+    assert dataset_augmentation("wds:/data/shard-{000..009}.tar") == IMAGENET_STYLE
+
+
+def test_config_yaml_records_the_resolved_values(tmp_path):
+    import yaml
+
+    from vitssl.train.run import pretrain
+
+    cfg = load_config(None, [f"out={tmp_path}", "train.steps=1", "train.batch_size=4",
+                             "model.depth=1", "summary_eval.enabled=false"])
+    pretrain(cfg)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]
+    assert saved["hflip"] is False and saved["crop_scale"] == [1.0, 1.0]
+    assert saved["translate"] == 0.125 and saved["augment"] is True
