@@ -87,6 +87,11 @@ def test_two_gloo_ranks_match_one_process(two_ranks, one_process):
         assert (value - init[key]).abs().max() > 1e-4, key
 
 
+def test_dino_on_two_ranks_matches_one_process(two_ranks, one_process):
+    """Losses, student, teacher and centre: views and the centre do not depend on ranks."""
+    _assert_same_run(one_process / "ddp-dino", two_ranks / "ddp-dino")
+
+
 @pytest.mark.parametrize("name", ["fsdp", "fsdp-accum"])
 def test_fsdp_matches_one_process_with_and_without_accumulation(two_ranks, one_process, name):
     _assert_same_run(one_process / name, two_ranks / name)
