@@ -51,19 +51,35 @@ def test_crops_never_drop_below_the_declared_scale(spec):
     assert smallest < lo + 0.2  # and the crops do vary down towards it
 
 
-def test_dsprites_loc_is_not_augmented_and_digits_only_shift():
+@pytest.mark.parametrize("spec", ["builtin:dsprites-loc", "builtin:digits"])
+def test_position_and_shape_labels_are_not_augmented(spec):
     image = _coordinates()
     plain = pretrain_transform(32, augment=False)(image)
-    assert torch.equal(_transform("builtin:dsprites-loc")(image), plain)
-    digits = resolve_augmentation(DataConfig(spec="builtin:digits"))
-    assert (digits.crop_scale, digits.hflip, digits.translate) == ((1.0, 1.0), False, 0.125)
+    torch.manual_seed(0)
+    for _ in range(5):
+        assert torch.equal(_transform(spec)(image), plain)
+
+
+def test_shifts_stay_within_the_declared_fraction():
+    transform = pretrain_transform(64, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                                   hflip=False, translate=0.125)
+    white = torch.full((3, 64, 64), 255, dtype=torch.uint8)
+    torch.manual_seed(0)
+    largest = 0
+    for _ in range(50):
+        covered = transform(white)[0] > 0.5  # uncovered pixels are black
+        blank_columns = 64 - int(covered.any(dim=0).sum())
+        blank_rows = 64 - int(covered.any(dim=1).sum())
+        assert blank_columns <= 8 and blank_rows <= 8  # at most 1/8 of the side
+        largest = max(largest, blank_columns, blank_rows)
+    assert largest > 0  # and it does shift
 
 
 def test_explicit_values_win_and_other_data_gets_the_imagenet_recipe():
-    data = resolve_augmentation(DataConfig(spec="builtin:digits", hflip=True,
-                                           crop_scale=(0.5, 1.0)))
-    assert data.hflip is True and data.crop_scale == (0.5, 1.0)
-    assert data.translate == 0.125  # the rest still from the dataset
+    data = resolve_augmentation(DataConfig(spec="builtin:dsprites-ori", hflip=True,
+                                           crop_scale=(0.8, 1.0)))
+    assert data.hflip is True and data.crop_scale == (0.8, 1.0)
+    assert data.crop_ratio == (1.0, 1.0)  # the rest still from the dataset
     assert dataset_augmentation("folder:/data/images") == IMAGENET_STYLE
     assert dataset_augmentation("wds:/data/shard-{000..009}.tar") == IMAGENET_STYLE
 
@@ -78,4 +94,4 @@ def test_config_yaml_records_the_resolved_values(tmp_path):
     pretrain(cfg)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]
     assert saved["hflip"] is False and saved["crop_scale"] == [1.0, 1.0]
-    assert saved["translate"] == 0.125 and saved["augment"] is True
+    assert saved["translate"] == 0.0 and saved["augment"] is False

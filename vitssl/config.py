@@ -121,9 +121,10 @@ def _default_run_model() -> ModelConfig:
     """The default run's encoder: Ti/4 cut to 4 layers at 16 px (minutes on a laptop CPU).
 
     Mean pooling: masked-patch prediction trains the patch tokens, never the
-    class token, so the pooled feature a fine-tune or probe reads is their mean.
+    class token, so the pooled feature a fine-tune or probe reads is their mean
+    (then a LayerNorm, timm's global-average-pooling convention).
     """
-    return ModelConfig(image_size=16, depth=4, pool="mean")
+    return ModelConfig(image_size=16, depth=4, pool="mean", fc_norm=True)
 
 
 @dataclass
