@@ -387,3 +387,17 @@ def test_script_runs_custom_tasks_in_an_other_group(checkpoint, tmp_path, capsys
     code, _, err = _run(script, [*args, "--tasks", "my_task:classes=4"], capsys)
     assert code == 0 and "my_task is not a VTAB task: 4 classes (given)" in err
     assert json.loads(output.read_text())["tasks"]["my_task"]["spec"].endswith(":classes=4")
+
+
+def test_a_non_square_checkpoint_runs_at_its_larger_side():
+    from vitssl.config import load_config
+    from vitssl.eval.vtab_suite import encoder_at
+    from vitssl.models import build_encoder
+
+    cfg = load_config(None, ["model.image_size=[16, 24]", "model.depth=1"])
+    encoder = build_encoder(cfg.model).eval()
+    square, size = encoder_at(encoder, cfg, None)
+    assert size == 24 and square.grid_size == (6, 6)
+    images = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():  # the 4 x 6 encoder resamples on the fly: the same function
+        torch.testing.assert_close(square(images), encoder(images))

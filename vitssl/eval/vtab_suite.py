@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitssl.config import image_hw
 from vitssl.data.vtab1k import LIST_SPLITS, VTAB_CLASSES, split_target
 from vitssl.errors import VitsslError
 from vitssl.eval.vtab_report import (
@@ -119,14 +120,18 @@ def select_tasks(data_root: str | Path | None,
 def encoder_at(encoder: nn.Module, cfg: Any, image_size: int | None) -> tuple[nn.Module, int]:
     """The encoder rebuilt for ``image_size`` (position embeddings resampled), and the size.
 
-    ``None`` or the checkpoint's own size returns the encoder unchanged.
+    ``None`` or the checkpoint's own square size returns the encoder unchanged;
+    a checkpoint pretrained at H x W (H != W) runs at max(H, W) unless told.
     """
-    native = int(cfg.model.image_size)
-    if image_size is None or int(image_size) == native:
-        return encoder, native
+    height, width = image_hw(cfg.model.image_size)
+    if image_size is None:
+        image_size = max(height, width)
+    if (height, width) == (int(image_size), int(image_size)):
+        return encoder, int(image_size)
     from vitssl.models import build_encoder
 
     resized = build_encoder(replace(cfg.model, image_size=int(image_size)))
+    resized.source_grid = tuple(encoder.grid_size)  # pos_embed's grid, square or not
     resized.load_state_dict(encoder.state_dict())  # resamples pos_embed to the new grid
     device = next(encoder.parameters()).device
     return resized.to(device).eval(), int(image_size)
