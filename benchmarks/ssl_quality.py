@@ -90,11 +90,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _column_order(metric: str) -> tuple:
+    """Few-shot columns by shot count, then the rest by name."""
+    shots = metric.removeprefix("fewshot_").split("shot")[0]
+    return (0, int(shots), "") if metric.startswith("fewshot_") else (1, 0, metric)
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     for task, rows in results["tasks"].items():
         metrics = sorted({k for row in rows.values() for k in row if k.endswith("_top1")},
-                         key=lambda k: (not k.startswith("fewshot"), k))
+                         key=_column_order)
         names = [m.removesuffix("_top1").replace("fewshot_", "") for m in metrics]
         lines += [f"**{task}** ({results['steps']} steps of {results['batch_size']}; top-1 %)",
                   "", "| encoder | " + " | ".join(names) + " | train s |",
