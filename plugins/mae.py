@@ -85,6 +85,8 @@ class MaskedAutoencoder(nn.Module):
         if not isinstance(patch, int):
             raise VitsslError(f"mae needs square patches; the encoder's are {patch}")
         self.encoder = encoder
+        # Never pools: a post-pooling norm would get no gradient (and stall DDP).
+        encoder.fc_norm.requires_grad_(False)
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.num_keep(encoder.grid_size[0] * encoder.grid_size[1])  # refuse empty grids now
         self.decoder_embed = nn.Linear(width, decoder_dim)

@@ -79,6 +79,8 @@ class MaskedPatchPrediction(nn.Module):
         if not 1 <= int(bits) <= 8:
             raise VitsslError(f"bits must be between 1 and 8, got {bits}")
         self.encoder = encoder
+        # Never pools: a post-pooling norm would get no gradient (and stall DDP).
+        encoder.fc_norm.requires_grad_(False)
         self.target, self.corrupt_ratio = target, float(corrupt_ratio)
         self.mask_prob, self.random_prob = float(mask_prob), float(random_prob)
         self.bits = int(bits)

@@ -80,11 +80,13 @@ def test_two_gloo_ranks_match_one_process(two_ranks, one_process):
     assert len((ddp / "metrics.jsonl").read_text().splitlines()) == 4
     assert [s.name for s in (ddp / "checkpoints").iterdir()] == ["step-00000004"]
     _assert_same_run(one_process / "ddp", ddp)
-    # Both trained: the encoder moved away from the initialisation the run started from.
+    # Both trained: the encoder moved away from the initialisation the run started from
+    # (all but the post-pooling norm, which masked-patch never uses and so freezes).
     encoder, cfg = load_encoder(ddp)
     init = random_init_encoder(cfg).state_dict()
     for key, value in encoder.state_dict().items():
-        assert (value - init[key]).abs().max() > 1e-4, key
+        moved = bool((value - init[key]).abs().max() > 1e-4)
+        assert moved != key.startswith("fc_norm."), key
 
 
 def test_dino_on_two_ranks_matches_one_process(two_ranks, one_process):

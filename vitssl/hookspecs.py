@@ -49,7 +49,9 @@ def register_objectives(register: Register) -> None:
       parameters or registered buffers, so checkpoints hold it; parameters with
       ``requires_grad=False`` stay out of the optimiser, clipping and gradient
       sync. Buffers are broadcast from rank 0 under DDP: keep per-rank running
-      sums as plain attributes and all-reduce them in a step hook.
+      sums as plain attributes and all-reduce them in a step hook. DDP needs a
+      gradient for every trainable parameter: freeze what the objective never
+      uses (e.g. ``encoder.fc_norm`` when it never pools).
     - ``export_encoder = "name"``: the submodule that is the encoder to export and
       evaluate (default ``"encoder"``); checkpoints record it and ``load_encoder``
       / ``vitssl eval`` / the run summary use it (DINO exports its teacher).
