@@ -16,8 +16,12 @@ teacher momentum follows a cosine from ``momentum`` to 1; the head's last
 layer is frozen (its gradient dropped) during the first ``freeze_last_layer``
 of the run. The centre ``c`` moves with momentum ``center_momentum`` towards
 the batch mean of the teacher outputs, all-reduced over ranks and micro-batches,
-once per optimiser step. The teacher is the encoder that is exported and
-evaluated (``export_encoder = "teacher_encoder"``).
+once per optimiser step; it starts at zero as in the paper, or with
+``center_init="first-batch"`` at the first step's batch mean (at zero, the
+first steps' targets share the teacher's common mode, and a short run's
+student learns to ignore its input before the centre catches up). The
+teacher is the encoder that is exported and evaluated
+(``export_encoder = "teacher_encoder"``).
 
 Head (``DinoHead``): 3-layer MLP (GELU) to a ``bottleneck`` vector,
 L2-normalised, then a weight-normalised linear layer to ``out_dim``
@@ -103,7 +107,8 @@ class Dino(nn.Module):
                  num_local: int = 4, local_size: int | None = None,
                  global_scale: tuple[float, float] = (0.4, 1.0),
                  local_scale: tuple[float, float] = (0.05, 0.4),
-                 color: bool = True, hflip: bool | None = None, use_bn: bool = False) -> None:
+                 color: bool = True, hflip: bool | None = None, use_bn: bool = False,
+                 center_init: str = "zeros") -> None:
         super().__init__()
         small = encoder.embed_dim < 384
         out_dim = int(out_dim or (1024 if small else 65536))
@@ -125,7 +130,12 @@ class Dino(nn.Module):
                              norm_last_layer, use_bn)
         self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        if center_init not in ("zeros", "first-batch"):
+            raise VitsslError(f"dino: center_init must be zeros or first-batch, got "
+                              f"{center_init!r}")
         self.register_buffer("center", torch.zeros(1, out_dim))
+        # 1 once the centre holds a batch mean; "first-batch" starts it at the first one.
+        self.register_buffer("center_ready", torch.tensor(float(center_init == "zeros")))
         self.student_temp, self.teacher_temp = float(student_temp), float(teacher_temp)
         self.warmup_teacher_temp = float(warmup_teacher_temp)
         self.teacher_temp_warmup = float(teacher_temp_warmup)
@@ -221,8 +231,9 @@ class Dino(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         batch_center = (stats[:-1] / stats[-1]).view_as(self.center)
-        self.center.mul_(self.center_momentum).add_(batch_center,
-                                                    alpha=1.0 - self.center_momentum)
+        momentum = self.center_momentum * self.center_ready  # 0 on a first-batch start
+        self.center.mul_(momentum).add_(batch_center * (1.0 - momentum))
+        self.center_ready.fill_(1.0)
         self._center_sum, self._center_count = None, 0
 
 

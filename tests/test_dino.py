@@ -62,6 +62,22 @@ def test_centre_after_one_step_is_a_tenth_of_the_teacher_batch_mean():
     torch.testing.assert_close(dino.center, 0.1 * teacher.mean(0, keepdim=True))
 
 
+def test_first_batch_centre_starts_at_the_batch_mean_then_moves_with_momentum():
+    dino = _dino(center_init="first-batch")
+    means = []
+    for step in range(2):
+        batch = _batch(step)
+        with torch.no_grad():
+            flat = batch["views"]["global"].flatten(0, 1)
+            means.append(dino.teacher_head(dino.teacher_encoder(flat)).mean(0, keepdim=True))
+        dino(batch)
+        dino.after_optimizer_step(step, 4)
+        expected = means[0] if step == 0 else 0.9 * means[0] + 0.1 * means[1]
+        torch.testing.assert_close(dino.center, expected)
+    with pytest.raises(VitsslError, match="center_init"):
+        _dino(center_init="ones")
+
+
 def test_centre_update_sums_micro_batches_once_per_step():
     dino = _dino()
     batch = _batch(b=4)
