@@ -125,14 +125,14 @@ class Dino(nn.Module):
                             ("freeze_last_layer", freeze_last_layer)):
             if not 0.0 <= value <= 1.0:
                 raise VitsslError(f"dino: {name} must lie in [0, 1], got {value}")
+        if center_init not in ("zeros", "first-batch"):
+            raise VitsslError(f"dino: center_init must be zeros or first-batch, got "
+                              f"{center_init!r}")
         self.encoder = encoder
         self.head = DinoHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim,
                              norm_last_layer, use_bn)
         self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
-        if center_init not in ("zeros", "first-batch"):
-            raise VitsslError(f"dino: center_init must be zeros or first-batch, got "
-                              f"{center_init!r}")
         self.register_buffer("center", torch.zeros(1, out_dim))
         # 1 once the centre holds a batch mean; "first-batch" starts it at the first one.
         self.register_buffer("center_ready", torch.tensor(float(center_init == "zeros")))
