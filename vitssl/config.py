@@ -254,6 +254,18 @@ def _merge_into_dict_field(cfg: Config, path: list[str], value: Any) -> bool:
     return False
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty file: ``{}``); one-line errors naming ``what``."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VitsslError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") \
+            from None
+    if not isinstance(data, dict):
+        raise VitsslError(f"{what} {path} must hold a mapping at the top level")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
                 base: dict[str, Any] | None = None) -> Config:
     """Build a config from defaults, then ``base`` (flags), a YAML file, then overrides."""
@@ -264,14 +276,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         p = Path(path)
         if not p.is_file():
             raise VitsslError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise VitsslError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") \
-                from None
-        if not isinstance(data, dict):
-            raise VitsslError(f"config file {p} must hold a mapping at the top level")
-        _apply(cfg, data)
+        _apply(cfg, read_yaml_mapping(p, "config file"))
     for item in overrides:
         keys, value = parse_override(item)
         if not _merge_into_dict_field(cfg, keys, value):

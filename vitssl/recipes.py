@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import vitssl
-from vitssl.config import Config, load_config
+from vitssl.config import Config, load_config, read_yaml_mapping
 from vitssl.errors import VitsslError
 
 HEADER_FIELDS = ("Source", "Hardware", "Expected", "Changed")  # required in every recipe
@@ -91,14 +89,7 @@ def read_header(text: str) -> tuple[str, dict[str, str]]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise VitsslError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") \
-            from None
-    if not isinstance(data, dict):
-        raise VitsslError(f"recipe {path} must hold a mapping at the top level")
-    return data
+    return read_yaml_mapping(path, "recipe")
 
 
 def read_recipe(path: str | Path) -> Recipe:
