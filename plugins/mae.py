@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from vitssl_plugins.masked_patch import patchify
+from vitssl_plugins.masked_patch import patchify, per_sample_uniform
 
 import vitssl
 from vitssl.errors import VitsslError
@@ -51,12 +51,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
 def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.device,
                    sample_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids_keep (B, keep), ids_restore (B, N)) from argsort of uniform noise."""
-    if sample_seed is None:
-        noise = torch.rand(batch_size, num_patches, device=device)
-    else:
-        noise = torch.stack([
-            torch.rand(num_patches, generator=torch.Generator().manual_seed(int(s)))
-            for s in sample_seed.tolist()]).to(device)
+    noise = per_sample_uniform(batch_size, (num_patches,), device, sample_seed)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     return ids_shuffle[:, :keep], ids_restore

@@ -52,6 +52,19 @@ def patchify(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, ph, pw)
 
 
+def per_sample_uniform(batch_size: int, shape: tuple[int, ...], device: torch.device,
+                       sample_seed: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform draws (B, *shape), one seeded generator per sample when seeds are given.
+
+    Sample ``i``'s draws come from ``sample_seed[i]`` (the same whichever rank or
+    batch it lands in); without seeds, from the global torch RNG.
+    """
+    if sample_seed is None:
+        return torch.rand(batch_size, *shape, device=device)
+    return torch.stack([torch.rand(*shape, generator=torch.Generator().manual_seed(int(s)))
+                        for s in sample_seed.tolist()]).to(device)
+
+
 def quantise_colour(values: torch.Tensor, bits: int = 3) -> torch.Tensor:
     """(..., 3) values in [0, 1] -> (...) class index ``r * L^2 + g * L + b``, L = 2**bits."""
     levels = 2 ** bits
@@ -120,12 +133,7 @@ class MaskedPatchPrediction(nn.Module):
     def draw(self, batch_size: int, num_patches: int, device: torch.device,
              sample_seed: torch.Tensor | None = None) -> Corruption:
         """Draw which patches to corrupt and how (uniform (B, 3, N) draws per sample)."""
-        if sample_seed is None:
-            u = torch.rand(batch_size, 3, num_patches, device=device)
-        else:
-            u = torch.stack([
-                torch.rand(3, num_patches, generator=torch.Generator().manual_seed(int(s)))
-                for s in sample_seed.tolist()]).to(device)
+        u = per_sample_uniform(batch_size, (3, num_patches), device, sample_seed)
         n, k = num_patches, self.num_corrupted(num_patches)
         order = u[:, 0].argsort(dim=1)
         corrupted = torch.zeros(batch_size, n, dtype=torch.bool, device=device)
