@@ -2,6 +2,7 @@
 
 from vitssl.errors import VitsslError
 from vitssl.hookspecs import hookimpl
+from vitssl.objective import DataInfo, Objective
 
 __version__ = "0.1.0"
-__all__ = ["VitsslError", "hookimpl", "__version__"]
+__all__ = ["DataInfo", "Objective", "VitsslError", "hookimpl", "__version__"]

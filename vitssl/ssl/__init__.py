@@ -1,0 +1,1 @@
+"""Pieces self-supervised objectives share: EMA teachers and their schedules."""
