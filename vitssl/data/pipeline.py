@@ -26,6 +26,7 @@ from vitssl.data.transforms import pretrain_transform
 from vitssl.data.wds import ShardStream, expand_urls, first_sample
 from vitssl.data.wds_position import RankPosition, boundary
 from vitssl.errors import VitsslError
+from vitssl.objective import DataInfo
 
 
 def _counted(batches: Iterator[dict], owner: PretrainBatches | StreamBatches,
@@ -68,8 +69,14 @@ class PretrainBatches:
     num_classes: int | None = None
     skipped: int = field(default=0)
 
+    resume_note: str | None = None
+
     def __len__(self) -> int:
         return max(0, len(self.batches) - self.start_step)
+
+    def stream_state(self) -> dict[str, Any] | None:
+        """Map-style batches are a pure function of the step: no stream position to save."""
+        return None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         loader = step_loader(self.batches, self.start_step, self.num_workers)
@@ -102,6 +109,10 @@ class StreamBatches:
     def __len__(self) -> int:
         return self.num_batches
 
+    def stream_state(self) -> dict[str, Any] | None:
+        """This rank's stream position, to save with a checkpoint."""
+        return self.position.to_state()
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                             persistent_workers=False)
@@ -117,6 +128,15 @@ class StreamBatches:
                               f"batches: no readable samples left in "
                               f"{self.stream.urls[0]} .. {self.stream.urls[-1]} "
                               f"(see the skipped-sample warnings)")
+
+
+def data_info(cfg: DataConfig) -> DataInfo:
+    """What is known about the data before the pipeline is built (labelled, classes)."""
+    spec = parse_spec(cfg.spec)
+    if spec.kind == "wds":
+        return DataInfo(cfg.spec, "cls" in first_sample(expand_urls(spec.target)), None)
+    classes = getattr(open_dataset(spec, cfg.split), "num_classes", None)
+    return DataInfo(cfg.spec, bool(classes), classes)
 
 
 def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batch_size: int,
