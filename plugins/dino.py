@@ -21,7 +21,7 @@ once per optimiser step; it starts at zero as in the paper, or with
 first steps' targets share the teacher's common mode, and a short run's
 student learns to ignore its input before the centre catches up). The
 teacher is the encoder that is exported and evaluated
-(``export_encoder = "teacher_encoder"``).
+(:meth:`Dino.exports`).
 
 Head (``DinoHead``): 3-layer MLP (GELU) to a ``bottleneck`` vector,
 L2-normalised, then a weight-normalised linear layer to ``out_dim``
@@ -92,11 +92,9 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     return total / pairs
 
 
-class Dino(nn.Module):
+class Dino(vitssl.Objective):
     """DINO around an encoder; ``forward(batch)`` reads ``batch["views"]``."""
 
-    requires_labels = False
-    export_encoder = "teacher_encoder"
 
     def __init__(self, encoder: nn.Module, out_dim: int | None = None,
                  hidden_dim: int | None = None, bottleneck_dim: int | None = None,
@@ -148,13 +146,22 @@ class Dino(nn.Module):
         self._center_sum: torch.Tensor | None = None
         self._center_count = 0
 
+    def exports(self) -> dict[str, str]:
+        """The teacher is the encoder DINO evaluates."""
+        return {"encoder": "teacher_encoder"}
+
     # -- data --------------------------------------------------------------------------------
-    def views(self, image_size: int, data: Any = None) -> MultiCrop:
-        """Two global crops at ``image_size`` and ``num_local`` local crops.
+    def views(self, size: tuple[int, int], data: Any = None) -> MultiCrop:
+        """Two global crops at the model's (square) size and ``num_local`` local crops.
 
         Local crops default to 3/7 of the global size (DINO's 96 / 224), rounded
         to whole patches; ``hflip`` defaults to what the data allows.
         """
+        height, width = size
+        if height != width:
+            raise VitsslError(f"dino makes square crops, not the non-square model.image_size "
+                              f"[{height}, {width}]; use a square size")
+        image_size = height
         patch = self.encoder.patch_size if isinstance(self.encoder.patch_size, int) else 1
         local = self.crop["local_size"] or max(patch, round(image_size * 3 / 7 / patch) * patch)
         hflip = self.crop["hflip"]

@@ -57,10 +57,9 @@ def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.d
     return ids_shuffle[:, :keep], ids_restore
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(vitssl.Objective):
     """MAE around an encoder; ``forward(batch)`` -> masked-patch reconstruction loss."""
 
-    requires_labels = False
 
     def __init__(self, encoder: nn.Module, mask_ratio: float = 0.75,
                  decoder_dim: int | None = None, decoder_depth: int | None = None,
@@ -80,8 +79,6 @@ class MaskedAutoencoder(nn.Module):
         if not isinstance(patch, int):
             raise VitsslError(f"mae needs square patches; the encoder's are {patch}")
         self.encoder = encoder
-        # Never pools: a post-pooling norm would get no gradient (and stall DDP).
-        encoder.fc_norm.requires_grad_(False)
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.num_keep(encoder.grid_size[0] * encoder.grid_size[1])  # refuse empty grids now
         self.decoder_embed = nn.Linear(width, decoder_dim)

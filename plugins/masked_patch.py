@@ -72,10 +72,9 @@ def quantise_colour(values: torch.Tensor, bits: int = 3) -> torch.Tensor:
     return (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
 
 
-class MaskedPatchPrediction(nn.Module):
+class MaskedPatchPrediction(vitssl.Objective):
     """Masked patch prediction around an encoder; ``forward(batch)`` -> loss and metrics."""
 
-    requires_labels = False
 
     def __init__(self, encoder: nn.Module, target: str = "mean-color",
                  corrupt_ratio: float = 0.5, mask_prob: float = 0.8, random_prob: float = 0.1,
@@ -92,8 +91,6 @@ class MaskedPatchPrediction(nn.Module):
         if not 1 <= int(bits) <= 8:
             raise VitsslError(f"bits must be between 1 and 8, got {bits}")
         self.encoder = encoder
-        # Never pools: a post-pooling norm would get no gradient (and stall DDP).
-        encoder.fc_norm.requires_grad_(False)
         self.target, self.corrupt_ratio = target, float(corrupt_ratio)
         self.mask_prob, self.random_prob = float(mask_prob), float(random_prob)
         self.bits = int(bits)
@@ -187,12 +184,12 @@ class MaskedPatchPrediction(nn.Module):
         target = self.targets(batch, grid)[plan.corrupted]
         if self.target == "pixels":
             loss = F.mse_loss(pred, target)
-            return {"loss": loss, "mse": float(loss.detach())}
+            return {"loss": loss, "mse": loss.detach()}
         if self.target == "downsampled-4x4":
             pred = pred.reshape(-1, 16, self.num_classes)
         loss = F.cross_entropy(pred.reshape(-1, self.num_classes), target.reshape(-1))
         accuracy = (pred.detach().argmax(-1) == target).float().mean()
-        return {"loss": loss, "accuracy": float(accuracy)}
+        return {"loss": loss, "accuracy": accuracy}
 
 
 @vitssl.hookimpl

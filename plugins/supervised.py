@@ -29,11 +29,22 @@ from vitssl.errors import VitsslError
 LOSSES = ("softmax", "sigmoid")
 
 
-class Supervised(nn.Module):
+class Supervised(vitssl.Objective):
     """Classification around an encoder; ``forward(batch)`` -> loss and accuracy metrics."""
 
     requires_labels = True
-    export_pre_logits = "pre_logits"  # checkpoints attach it to the exported encoder
+
+    @classmethod
+    def options_from_data(cls, data: vitssl.DataInfo) -> dict:
+        """The class count of the pretraining data."""
+        return {"num_classes": data.num_classes}
+
+    def exports(self) -> dict[str, str]:
+        """The encoder, and the pre-logits layer (``features=pre-logits``)."""
+        out = {"encoder": "encoder"}
+        if isinstance(self.pre_logits, nn.Sequential):
+            out["pre_logits"] = "pre_logits"
+        return out
 
     def __init__(self, encoder: nn.Module, num_classes: int | None = None,
                  pre_logits: bool = True, loss: str = "softmax",
@@ -100,7 +111,7 @@ class Supervised(nn.Module):
                 if k == 1 or self.num_classes > 5:
                     top = logits.topk(k, dim=1).indices
                     hit = targets.gather(1, top).amax(dim=1) > 0
-                    out[f"top{k}"] = hit.float().mean().item()
+                    out[f"top{k}"] = hit.float().mean()
         return out
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+import vitssl
 from vitssl.config import Config
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
@@ -27,7 +28,7 @@ from vitssl.train.checkpoint import (
 )
 
 
-class _Wrapper(nn.Module):
+class _Wrapper(vitssl.Objective):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.encoder = build_encoder(cfg.model)

@@ -86,19 +86,24 @@ class LogConfig:
     tensorboard: bool = False
 
 
+def _summary_evaluators() -> dict[str, Any]:
+    """The default run summary: the paper's fine-tuning gain, then few-shot on frozen features."""
+    return {
+        "finetune": {"compare": ["pretrained", "random_init"], "per_class": 10, "draws": 3,
+                     "steps": 100, "batch_size": 32},
+        "few-shot": {"compare": ["pretrained", "random_init", "raw_pixels"],
+                     "shots": [5, 10, 25], "seeds": 3, "features": "pooled"},
+    }
+
+
 @dataclass
 class SummaryEvalConfig:
     """The evaluation printed at the end of a pretraining run (vitssl.train.summary)."""
 
     enabled: bool = True
-    data: str = "builtin:digits"
-    shots: tuple[int, ...] = (5, 10, 25)
-    seeds: int = 3
-    features: str = "pooled"  # few-shot features: see vitssl.eval.features
-    finetune_per_class: int = 10  # labelled images per class for the fine-tune comparison
-    finetune_steps: int = 100  # 0 turns the fine-tune comparison off
-    finetune_batch_size: int = 32
-    finetune_seeds: int = 3
+    data: str | None = None  # None: the pretraining data (builtin:digits for wds: streams)
+    # evaluator name -> options (+ compare / per_class / draws); null skips one
+    evaluators: dict[str, Any] = field(default_factory=_summary_evaluators)
 
 
 def image_hw(size: Any) -> tuple[int, int]:

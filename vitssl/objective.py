@@ -145,12 +145,11 @@ def _is_objective_class(factory: Any) -> bool:
     return isinstance(factory, type) and issubclass(factory, Objective)
 
 
-def build_objective(name: str, factory: Callable[..., Any], encoder: nn.Module,
-                    options: Mapping[str, Any], data: DataInfo) -> Objective:
-    """``factory(encoder=..., **options)`` with the data's options, as an :class:`Objective`.
+def objective_options(name: str, factory: Callable[..., Any], options: Mapping[str, Any],
+                      data: DataInfo) -> dict[str, Any]:
+    """The options ``factory`` is built with: what the data supplies, then the user's.
 
-    Refuses unlabelled data for an objective that needs labels and options the
-    factory does not take, each with one line.
+    Refuses, in one line, unlabelled data for an objective that needs labels.
     """
     native = _is_objective_class(factory)
     needs_labels = factory.requires_labels if native else \
@@ -159,14 +158,21 @@ def build_objective(name: str, factory: Callable[..., Any], encoder: nn.Module,
         raise VitsslError(f"objective '{name}' needs labels but '{data.spec}' is unlabelled; "
                           f"use a labelled spec such as builtin:digits")
     supplied = factory.options_from_data(data) if native else _legacy_options(factory, data)
-    merged = {**{k: v for k, v in supplied.items() if v is not None}, **options}
+    return {**{k: v for k, v in supplied.items() if v is not None}, **options}
+
+
+def build_objective(name: str, factory: Callable[..., Any], encoder: nn.Module,
+                    options: Mapping[str, Any]) -> Objective:
+    """``factory(encoder=encoder, **options)`` as an :class:`Objective`.
+
+    Options the factory does not take are refused in one line, before it runs.
+    """
     try:
-        bound = inspect.signature(factory).bind(encoder=encoder, **merged)
+        inspect.signature(factory).bind(encoder=encoder, **options)
     except TypeError as exc:
         raise VitsslError(f"objective '{name}' does not accept options {dict(options)}: "
                           f"{exc}") from None
     except ValueError:  # no signature to check (a builtin or C callable)
-        bound = None
-    module = factory(*bound.args, **bound.kwargs) if bound else factory(encoder=encoder,
-                                                                         **merged)
+        pass
+    module = factory(encoder=encoder, **options)
     return module if isinstance(module, Objective) else LegacyObjective(module)

@@ -4,8 +4,8 @@ Layout of a run directory::
 
     RUN/config.yaml
     RUN/metrics.jsonl
-    RUN/checkpoints/step-00000100/model.safetensors   objective state dict, encoder under
-                                                      "encoder.", resolved config in metadata
+    RUN/checkpoints/step-00000100/model.safetensors   objective state dict; metadata: resolved
+                                                      config, exported modules, options
     RUN/checkpoints/step-00000100/state.pt            optimizer, scheduler, RNG, step
     RUN/checkpoints/step-00000100/optimizer/          FSDP runs: the optimizer's sharded state
                                                       (torch.distributed.checkpoint, one file
@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from safetensors.torch import load_file, save_file
 from vitssl.config import Config, config_from_dict, to_dict
 from vitssl.errors import VitsslError
 from vitssl.models import VisionTransformer, build_encoder
+from vitssl.objective import Objective, build_objective
+from vitssl.plugins import get_registry
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -80,15 +83,15 @@ def prepare_staging(run_dir: str | Path, step: int) -> Path:
     return tmp
 
 
-def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg: Config,
+def save_checkpoint(run_dir: str | Path, step: int, module: Objective, cfg: Config,
                     state: dict[str, Any], keep: int = 2, *,
                     weights: dict[str, torch.Tensor] | None = None,
-                    staged: bool = False) -> Path:
+                    staged: bool = False, options: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-NNNNNNNN`` atomically and keep the newest ``keep``.
 
-    The weights' metadata records which submodule of ``module`` is the encoder
-    to export (its ``export_encoder`` attribute, default ``"encoder"``) and,
-    when it names one (``export_pre_logits``), its pre-logits layer.
+    The weights' metadata records the resolved config, what the objective
+    exports (:meth:`vitssl.Objective.exports`) and the options it was built
+    with, so :func:`load_encoder` can rebuild every exported module.
     ``weights`` replaces ``module.state_dict()`` (FSDP: the gathered full state);
     ``staged``: the staging directory was prepared and already holds files
     other ranks wrote (the sharded optimizer state).
@@ -99,10 +102,8 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
     source = module.state_dict() if weights is None else weights
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg)),
-                "encoder": export_name(module)}
-    pre_logits = getattr(module, "export_pre_logits", None)
-    if pre_logits and any(k.startswith(pre_logits + ".") for k in tensors):
-        metadata["pre_logits"] = pre_logits
+                "exports": json.dumps(module.exports()),
+                "objective_options": json.dumps(options or {})}
     save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
     torch.save({**state, "step": step}, tmp / STATE)
     for path in (tmp / WEIGHTS, tmp / STATE):
@@ -116,11 +117,6 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
     for _, stale in list_checkpoints(run_dir)[:-max(1, keep)]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
-
-
-def export_name(objective: torch.nn.Module) -> str:
-    """The submodule of an objective that is the encoder to export and evaluate."""
-    return str(getattr(objective, "export_encoder", "encoder"))
 
 
 def remove_partial(run_dir: str | Path) -> None:
@@ -170,16 +166,32 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return load_file(str(file)), metadata
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, int]:
-    """(state dict, resolved config, step) of a checkpoint."""
-    tensors, metadata = _read(path)
-    cfg = config_from_dict(json.loads(metadata["config"]))
-    return tensors, cfg, int(metadata.get("step", 0))
-
-
 def _submodule_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     prefix = name + "."
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _exports(metadata: dict[str, str]) -> dict[str, str]:
+    """What the checkpoint's objective exports, by role (older checkpoints: two keys)."""
+    if "exports" in metadata:
+        return json.loads(metadata["exports"])
+    out = {"encoder": metadata.get("encoder", ENCODER_PREFIX.rstrip("."))}
+    if "pre_logits" in metadata:
+        out["pre_logits"] = metadata["pre_logits"]
+    return out
+
+
+def _rebuilt_objective(cfg: Config, metadata: dict[str, str]) -> Objective | None:
+    """The checkpoint's objective, rebuilt from the registry (None when it is not installed)."""
+    options = json.loads(metadata.get("objective_options", "null") or "null")
+    options = cfg.objective.options if options is None else options
+    try:
+        factory = get_registry().get("objectives", cfg.objective.name)
+        return build_objective(cfg.objective.name, factory, build_encoder(cfg.model), options)
+    except VitsslError as exc:
+        print(f"warning: the checkpoint's feature heads are not attached: {exc}",
+              file=sys.stderr)
+        return None
 
 
 def load_encoder(path: str | Path,
@@ -188,23 +200,27 @@ def load_encoder(path: str | Path,
 
     ``path``: a run directory (its newest complete checkpoint), a checkpoint
     directory ``checkpoints/step-N`` or the ``model.safetensors`` file itself.
-    The encoder is the one the objective exports (e.g. DINO's teacher). When
-    the objective had a pre-logits layer (the supervised tanh layer), it is
-    attached as ``encoder.pre_logits`` for evaluators' ``features=pre-logits``.
+    The encoder is the one the objective exports (e.g. DINO's teacher). Every
+    other module it exports (a feature head such as the supervised pre-logits
+    layer) is rebuilt through the objective's factory and attached to the
+    encoder under its role (``encoder.pre_logits`` for ``features=pre-logits``).
     """
     tensors, metadata = _read(path)
     cfg = config_from_dict(json.loads(metadata["config"]))
     encoder = build_encoder(cfg.model)
-    name = metadata.get("encoder", ENCODER_PREFIX.rstrip("."))
-    state = _submodule_state(tensors, name)
+    exports = _exports(metadata)
+    state = _submodule_state(tensors, exports["encoder"])
     if not state:
-        raise VitsslError(f"checkpoint '{path}' holds no '{name}.*' weights")
+        raise VitsslError(f"checkpoint '{path}' holds no '{exports['encoder']}.*' weights")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise VitsslError(f"checkpoint '{path}' does not match its model config "
                           f"{cfg.model.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if "pre_logits" in metadata:
-        dim = encoder.embed_dim
-        encoder.pre_logits = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh())
-        encoder.pre_logits.load_state_dict(_submodule_state(tensors, metadata["pre_logits"]))
+    heads = {role: name for role, name in exports.items()
+             if role != "encoder" and _submodule_state(tensors, name)}
+    objective = _rebuilt_objective(cfg, metadata) if heads else None
+    for role, name in heads.items() if objective is not None else ():
+        head = objective.get_submodule(name)
+        head.load_state_dict(_submodule_state(tensors, name))
+        setattr(encoder, role.replace("-", "_"), head)
     return encoder.to(device).eval(), cfg

@@ -1,20 +1,25 @@
 """The end-of-run summary: what pretraining bought, in the paper's terms.
 
-On the summary task (``summary_eval.data``):
+``summary_eval.evaluators`` maps evaluator names (looked up in the registry)
+to their options, plus three keys the summary reads itself:
 
-- fine-tuning (paper §4.6 reports masked-patch pretraining this way): the
-  ``finetune`` evaluator's recipe on a low-data split (``finetune_per_class``
-  labelled images per class, drawn per seed), from the pretrained encoder and
-  from the same architecture at its random initialisation — identical data,
-  steps and seeds — scored on the whole test split, averaged over seeds;
-- few-shot (big_vision's closed-form ridge) on frozen features
-  (``summary_eval.features``) of both encoders, with the raw pixels at the
-  same resolution as a reference row.
+- ``compare``: the encoders scored side by side - ``pretrained`` (the run's
+  exported encoder), ``random_init`` (the same architecture at the
+  initialisation the run started from) and ``raw_pixels`` (an image's
+  normalised pixels, flattened: a reference, never a ViT);
+- ``per_class`` / ``draws``: score on ``draws`` seeded low-data training
+  splits of ``per_class`` images per class (the paper's fine-tuning regime),
+  averaged, the evaluator built with ``seed=draw``; absent: the whole split.
+
+The defaults are the fine-tune comparison on 10 labelled images per class
+and few-shot ridge on frozen features. An entry set to null is skipped; an
+evaluator that is not installed is a one-line warning.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import numpy as np
@@ -24,8 +29,12 @@ from torch.utils.data import Dataset, Subset
 
 from vitssl.config import Config
 from vitssl.data.tasks import Task, load_task
+from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
+
+SUMMARY_KEYS = ("compare", "per_class", "draws")
+ENCODERS = ("pretrained", "random_init", "raw_pixels")
 
 
 def random_init_encoder(cfg: Config) -> nn.Module:
@@ -59,45 +68,75 @@ def low_data_split(task: Task, per_class: int, seed: int) -> Task:
                 test=task.test, num_classes=task.num_classes)
 
 
-def finetune_comparison(encoders: dict[str, nn.Module], task: Task, cfg: Config,
-                        progress: bool = False) -> dict[str, float]:
-    """Mean fine-tune top-1 per encoder over ``summary_eval.finetune_seeds`` low-data draws."""
-    sc = cfg.summary_eval
-    factory = get_registry().get("evaluators", "finetune")
-    scores: dict[str, list[float]] = {name: [] for name in encoders}
-    for seed in range(sc.finetune_seeds):
-        split = low_data_split(task, sc.finetune_per_class, seed)
-        evaluator = factory(steps=sc.finetune_steps, batch_size=sc.finetune_batch_size,
-                            seed=seed, progress=progress)
-        for name, encoder in encoders.items():
-            scores[name].append(evaluator.run(encoder, split)["finetune_top1"])
-    return {name: float(np.mean(values)) for name, values in scores.items()}
+def summary_data(cfg: Config) -> str:
+    """The summary's task: ``summary_eval.data``, else the pretraining data if labelled."""
+    if cfg.summary_eval.data:
+        return cfg.summary_eval.data
+    spec = cfg.data.spec
+    return "builtin:digits" if spec.startswith("wds:") else spec
+
+
+def compare(name: str, entry: dict[str, Any], encoders: dict[str, nn.Module], task: Task,
+            progress: bool = False) -> dict[str, dict[str, float]]:
+    """``{encoder: {metric: value}}`` of evaluator ``name`` (means over the draws)."""
+    factory = get_registry().get("evaluators", name)
+    options = {"progress": progress,
+               **{k: v for k, v in entry.items() if k not in SUMMARY_KEYS}}
+    draws = int(entry.get("draws", 1)) if entry.get("per_class") else 0
+    scores: dict[str, list[dict[str, float]]] = {e: [] for e in encoders}
+    for seed in range(draws) if draws else [None]:
+        split = task if seed is None else low_data_split(task, int(entry["per_class"]), seed)
+        seeded = options if seed is None else {**options, "seed": seed}
+        for encoder_name, encoder in encoders.items():
+            # the raw pixels are not a ViT: they have no feature choice
+            used = {k: v for k, v in seeded.items()
+                    if k != "features" or encoder_name != "raw_pixels"}
+            scores[encoder_name].append(factory(**used).run(encoder, split))
+    return {e: {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+            for e, runs in scores.items()}
 
 
 def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
                        progress: bool = False) -> dict[str, Any]:
-    """Fine-tune and few-shot top-1 of the pretrained encoder, random init and raw pixels."""
-    sc = cfg.summary_eval
-    task = load_task(sc.data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
-                     std=tuple(cfg.data.std))
-    encoders = {"pretrained": copy.deepcopy(encoder).to(device).eval(),
-                "random_init": random_init_encoder(cfg).to(device).eval()}
-    out: dict[str, Any] = {"data": sc.data, "features": sc.features}
-    if sc.finetune_steps > 0:
-        out["finetune"] = {"per_class": sc.finetune_per_class, "steps": sc.finetune_steps,
-                           "seeds": sc.finetune_seeds,
-                           **finetune_comparison(encoders, task, cfg, progress)}
-    few_shot = get_registry().get("evaluators", "few-shot")
-    evaluator = few_shot(shots=list(sc.shots), seeds=sc.seeds, progress=progress,
-                         features=sc.features)
-    out["few_shot"] = {name: evaluator.run(model, task) for name, model in encoders.items()}
-    pixels = few_shot(shots=list(sc.shots), seeds=sc.seeds, progress=progress)
-    out["few_shot"]["raw_pixels"] = pixels.run(RawPixels(), task)
+    """Each configured evaluator's scores of the pretrained encoder and its references."""
+    data = summary_data(cfg)
+    try:
+        task = load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
+                         std=tuple(cfg.data.std))
+    except VitsslError as exc:
+        if cfg.summary_eval.data:
+            raise
+        print(f"note: the summary evaluates on builtin:digits ({exc})", file=sys.stderr)
+        data = "builtin:digits"
+        task = load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
+                         std=tuple(cfg.data.std))
+    built = {"pretrained": lambda: copy.deepcopy(encoder).to(device).eval(),
+             "random_init": lambda: random_init_encoder(cfg).to(device).eval(),
+             "raw_pixels": RawPixels}
+    out: dict[str, Any] = {"data": data}
+    for name, entry in cfg.summary_eval.evaluators.items():
+        if entry is None:
+            continue
+        wanted = list(entry.get("compare", ENCODERS[:2]))
+        unknown = sorted(set(wanted) - set(ENCODERS))
+        if unknown:
+            raise VitsslError(f"summary_eval.evaluators.{name}.compare: unknown {unknown}; "
+                              f"accepted: {', '.join(ENCODERS)}")
+        try:
+            scores = compare(name, entry, {e: built[e]() for e in wanted}, task, progress)
+        except VitsslError as exc:
+            print(f"warning: summary evaluator '{name}' skipped: {exc}", file=sys.stderr)
+            continue
+        settings = {k: entry[k] for k in ("per_class", "draws") if k in entry}
+        out[name] = {"settings": settings, **scores}
     return out
 
 
-def _shot_label(key: str) -> str:
-    return key.removeprefix("fewshot_").removesuffix("_top1")
+def _settings_text(settings: dict[str, Any]) -> str:
+    if "per_class" not in settings:
+        return ""
+    return (f", {settings['per_class']} labelled images per class, mean of "
+            f"{settings.get('draws', 1)} draws")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -111,23 +150,21 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [f"images/s             {summary['images_per_s']:.1f}",
               f"skipped samples      {summary['skipped']}",
               f"training time        {summary['train_s']:.1f} s"]
-    ev = summary.get("evaluation")
-    if not ev:
-        return "\n".join(lines)
-    ft = ev.get("finetune")
-    if ft:
-        gain = ft["pretrained"] - ft["random_init"]
-        lines += [f"fine-tune top-1 on {ev['data']}, {ft['per_class']} labelled images per "
-                  f"class, {ft['steps']} steps, mean of {ft['seeds']} draws (%)",
-                  f"  pretrained {ft['pretrained']:.2f}   random init {ft['random_init']:.2f}"
-                  f"   gain {gain:+.2f}"]
-    few = ev["few_shot"]
-    lines.append(f"few-shot top-1 on {ev['data']}, features={ev['features']} (%)"
-                 f"   pretrained   random init   raw pixels")
-    for key, value in few["pretrained"].items():
-        if not key.endswith("_top1"):
+    evaluation = summary.get("evaluation") or {}
+    for name, result in evaluation.items():
+        if name == "data":
             continue
-        base = few["random_init"].get(key, float("nan"))
-        raw = few["raw_pixels"].get(key, float("nan"))
-        lines.append(f"  {_shot_label(key):<44} {value:10.2f}   {base:11.2f}   {raw:10.2f}")
+        encoders = [e for e in ENCODERS if e in result]
+        gain = {"pretrained", "random_init"} <= set(encoders)
+        lines.append(f"{name} top-1 on {evaluation['data']}"
+                     f"{_settings_text(result.get('settings', {}))} (%)")
+        lines.append(f"  {'':<28}" + "".join(f"{e.replace('_', ' '):>13}" for e in encoders)
+                     + (f"{'gain':>9}" if gain else ""))
+        for metric, value in result[encoders[0]].items():
+            if not metric.endswith("_top1"):
+                continue
+            row = "".join(f"{result[e].get(metric, float('nan')):13.2f}" for e in encoders)
+            if gain:
+                row += f"{value - result['random_init'][metric]:+9.2f}"
+            lines.append(f"  {metric.removesuffix('_top1'):<28}{row}")
     return "\n".join(lines)

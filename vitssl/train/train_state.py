@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from vitssl.config import Config
+from vitssl.seeds import process_seed
 from vitssl.train import distributed, fsdp
 from vitssl.train.checkpoint import OPTIMIZER, prepare_staging, save_checkpoint, staging_dir
 from vitssl.train.sharded_state import load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    from vitssl.train.build import Run
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -50,7 +53,7 @@ def restore_rng(saved: Any, ctx: distributed.Context, seed: int, step: int) -> N
     if isinstance(saved, dict):  # written before per-rank states: rank 0's, for everyone
         saved = [saved] * ctx.world_size
     if len(saved) != ctx.world_size:
-        torch.manual_seed(seed * 7_919 + 17 + ctx.rank + 1_000_003 * step)
+        torch.manual_seed(process_seed(seed, ctx.rank, step))
         if ctx.is_main:
             print(f"the checkpoint holds RNG states of {len(saved)} ranks, this run has "
                   f"{ctx.world_size}; reseeding the generators", file=sys.stderr)
@@ -67,10 +70,9 @@ def stream_position(batches: Any, ctx: distributed.Context) -> dict[str, Any]:
     Gathered to every rank in rank order; a resumed run on the same world size
     hands rank ``r`` entry ``r`` (:func:`vitssl.data.pipeline.stream_resume`).
     """
-    position = getattr(batches, "position", None)
-    if position is None:
+    mine = batches.stream_state()
+    if mine is None:
         return {}
-    mine = position.to_state()
     ranks = [mine]
     if ctx.distributed:
         ranks = [None] * ctx.world_size
@@ -78,14 +80,15 @@ def stream_position(batches: Any, ctx: distributed.Context) -> dict[str, Any]:
     return {"stream": {"world_size": ctx.world_size, "ranks": ranks}}
 
 
-def save_run_checkpoint(run_dir: Path, step: int, objective: nn.Module,
-                        optimizer: torch.optim.Optimizer, cfg: Config, extra: dict[str, Any],
-                        ctx: distributed.Context, sharded: bool) -> Path:
+def save_run_checkpoint(run: Run, step: int, extra: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` (collective: every rank calls it); return its directory.
 
-    ``sharded``: the optimizer state goes through DCP (FSDP runs, any world
-    size); otherwise it is saved whole by rank 0.
+    With ``train.strategy=fsdp`` the optimizer state goes through DCP (any
+    world size); otherwise it is saved whole by rank 0.
     """
+    run_dir, objective, optimizer, cfg, ctx = (run.run_dir, run.objective, run.optimizer,
+                                               run.cfg, run.ctx)
+    sharded = cfg.train.strategy == "fsdp"
     rng = gather_rng_states(ctx)
     weights = fsdp.full_state_dict(objective) if fsdp.is_sharded(objective) else None
     state = {**extra, "rng": rng}
@@ -101,7 +104,8 @@ def save_run_checkpoint(run_dir: Path, step: int, objective: nn.Module,
     final = run_dir / "checkpoints" / f"step-{step:08d}"
     if ctx.is_main:
         final = save_checkpoint(run_dir, step, objective, cfg, state,
-                                keep=cfg.train.keep_checkpoints, weights=weights, staged=sharded)
+                                keep=cfg.train.keep_checkpoints, weights=weights, staged=sharded,
+                                options=run.objective_options)
     distributed.barrier(ctx)
     return final
 

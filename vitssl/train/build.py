@@ -1,0 +1,225 @@
+"""Everything a run holds, built once: :class:`Run` and :func:`build_run`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+from torch.nn.parallel import DistributedDataParallel
+
+from vitssl.config import Config, image_hw, image_size_text, save_config
+from vitssl.data.augment import resolve_augmentation
+from vitssl.data.pipeline import data_info, pretrain_batches
+from vitssl.errors import VitsslError
+from vitssl.models import build_encoder
+from vitssl.objective import Objective, build_objective, objective_options
+from vitssl.plugins import get_registry
+from vitssl.seeds import process_seed
+from vitssl.train import distributed, fsdp
+from vitssl.train.activations import enable_activation_checkpointing
+from vitssl.train.checkpoint import (
+    WEIGHTS,
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    remove_partial,
+)
+from vitssl.train.checks import check_resumable, micro_batch_size
+from vitssl.train.optim import build_optimizer
+from vitssl.train.runlog import RunLog, truncate_metrics
+from vitssl.train.schedule import build_scheduler
+from vitssl.train.step_metrics import DeferredMetrics
+from vitssl.train.train_state import load_optimizer, restore_rng
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Run:
+    """What a pretraining run holds between steps."""
+
+    cfg: Config  # resolved: augmentation filled in, ``out`` set
+    ctx: distributed.Context
+    run_dir: Path
+    objective: Objective
+    objective_options: dict[str, Any]  # what the factory was built with (data's included)
+    model: nn.Module  # the objective, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    batches: Any
+    data: Iterator[dict[str, Any]]
+    start_step: int
+    micro_batch: int
+    params: list[nn.Parameter]  # what the optimiser trains (clipped together)
+    metrics: DeferredMetrics
+    log: RunLog
+    checkpoint: Path | None = None  # the newest complete checkpoint
+    settled: bool = False  # parameters the first step left without a gradient are frozen
+    images_seen: int = 0
+    train_time: float = 0.0
+
+    @property
+    def sharded(self) -> bool:
+        return fsdp.is_sharded(self.objective)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.cfg.train.precision]
+
+
+def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
+    """The saved summary of a run that ``--resume`` finds already complete, else None."""
+    if not (resume and cfg.out):
+        return None
+    found = list_checkpoints(cfg.out)
+    done = Path(cfg.out) / "summary.json"
+    if not found or found[-1][0] != cfg.train.steps or not done.is_file():
+        return None
+    check_resumable(cfg, Path(cfg.out))
+    return json.loads(done.read_text())
+
+
+def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Run:
+    """Resolve the config, resume point, objective, data, optimiser and wrapper of a run.
+
+    ``cfg`` is not modified: the run holds a resolved copy.
+    """
+    cfg = dataclasses.replace(cfg, data=resolve_augmentation(cfg.data))
+    micro = micro_batch_size(cfg, ctx.world_size)
+    run_dir = _run_dir(cfg, ctx)
+    cfg = dataclasses.replace(cfg, out=str(run_dir))
+    ckpt, state = _resume_point(cfg, run_dir, resume)
+    start = int(state["step"]) if state is not None else 0
+    objective, options, batches = _objective_and_data(cfg, ctx, micro, start, state)
+    optimizer, scheduler, scaler = _optimisation(cfg, ctx, objective, ckpt, state)
+    if state is not None:
+        restore_rng(state["rng"], ctx, cfg.train.seed, start)
+    else:
+        torch.manual_seed(process_seed(cfg.train.seed, ctx.rank))
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial(run_dir)
+        truncate_metrics(run_dir, start)
+        save_config(cfg, run_dir / "config.yaml")
+    distributed.barrier(ctx)
+    tc = cfg.train
+    log = RunLog(run_dir, total_steps=tc.steps, start_step=start, log_every=tc.log_every,
+                 tensorboard=cfg.log.tensorboard, enabled=ctx.is_main)
+    run = Run(cfg, ctx, run_dir, objective, options, wrap_model(objective, ctx, True),
+              optimizer, scheduler, scaler, batches, iter(batches), start, micro,
+              [p for p in objective.parameters() if p.requires_grad],
+              DeferredMetrics(ctx, tc.log_every, tc.checkpoint_every, tc.steps), log, ckpt)
+    _announce(run, ckpt, resume)
+    return run
+
+
+def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(distributed.broadcast_text(f"runs/{cfg.objective.name}-{stamp}", ctx))
+
+
+def _resume_point(cfg: Config, run_dir: Path,
+                  resume: bool) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from and its training state, or (None, None)."""
+    if not resume:
+        if list_checkpoints(run_dir):
+            raise VitsslError(f"run directory '{run_dir}' already holds checkpoints; pass "
+                              f"--resume to continue it or choose another --out")
+        return None, None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return None, None
+    state = load_training_state(ckpt)
+    if int(state["step"]) > cfg.train.steps:
+        raise VitsslError(f"checkpoint {ckpt} is at step {state['step']}, past "
+                          f"train.steps={cfg.train.steps}")
+    check_resumable(cfg, run_dir)
+    return ckpt, state
+
+
+def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start: int,
+                        state: dict[str, Any] | None) -> tuple[Objective, dict, Any]:
+    """The objective around a fresh encoder, then the one pipeline with its views."""
+    info = data_info(cfg.data)
+    factory = get_registry().get("objectives", cfg.objective.name)
+    options = objective_options(cfg.objective.name, factory, cfg.objective.options, info)
+    torch.manual_seed(cfg.train.seed)
+    objective = build_objective(cfg.objective.name, factory, build_encoder(cfg.model), options)
+    tc = cfg.train
+    batches = pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
+                               seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
+                               start_step=start * tc.accum_steps, rank=ctx.rank,
+                               world_size=ctx.world_size,
+                               views=objective.views(image_hw(cfg.model.image_size), cfg.data),
+                               stream_state=state.get("stream") if state else None)
+    return objective, options, batches
+
+
+def _optimisation(cfg: Config, ctx: distributed.Context, objective: Objective,
+                  ckpt: Path | None, state: dict[str, Any] | None) -> tuple[Any, Any, Any]:
+    """Place (and shard) the objective; its optimiser, scheduler and scaler, restored."""
+    tc, device = cfg.train, ctx.device
+    objective.to(device)
+    if state is not None:  # the whole model on every rank, before any sharding
+        objective.load_state_dict(load_file(str(ckpt / WEIGHTS), device=str(device)))
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(objective)
+    if tc.compile:
+        objective.forward = torch.compile(objective.forward)
+    sharded_state = tc.strategy == "fsdp"  # optimizer state through DCP, any world size
+    if sharded_state and ctx.distributed:
+        fsdp.shard(objective, device, ctx.world_size, PRECISIONS[tc.precision])
+    optimizer = build_optimizer(objective, lr=tc.lr, weight_decay=tc.weight_decay,
+                                betas=tuple(tc.betas))
+    scheduler = build_scheduler(optimizer, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
+                                min_lr=tc.min_lr, schedule=tc.schedule)
+    scaler_type = ShardedGradScaler if fsdp.is_sharded(objective) else torch.amp.GradScaler
+    scaler = scaler_type(device.type, enabled=tc.precision == "fp16")
+    if state is not None:
+        load_optimizer(ckpt, state, objective, optimizer, sharded_state)
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    return optimizer, scheduler, scaler
+
+
+def wrap_model(objective: Objective, ctx: distributed.Context,
+               find_unused: bool) -> nn.Module:
+    """DDP around the objective on several unsharded ranks; the objective itself otherwise.
+
+    ``find_unused``: DDP looks for parameters without a gradient (the first
+    step, before :func:`vitssl.train.step.train_step` freezes them).
+    """
+    if not ctx.distributed or fsdp.is_sharded(objective):
+        return objective
+    device = ctx.device
+    return DistributedDataParallel(objective, gradient_as_bucket_view=True,
+                                   device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)
+
+
+def _announce(run: Run, ckpt: Path | None, resume: bool) -> None:
+    if not run.ctx.is_main:
+        return
+    cfg, ctx, tc = run.cfg, run.ctx, run.cfg.train
+    if ckpt is not None and run.batches.resume_note:
+        run.log.message(run.batches.resume_note)
+    where = (f"{ctx.world_size} processes on {ctx.device.type} ({tc.strategy})"
+             if ctx.distributed else str(ctx.device))
+    what = f"resuming from {ckpt.name}" if ckpt is not None else (
+        "no checkpoint found, starting at step 0" if resume else "starting")
+    run.log.message(f"pretrain {cfg.objective.name}: {cfg.model.name} at "
+                    f"{image_size_text(cfg.model.image_size)}, {tc.steps} steps x "
+                    f"{tc.batch_size} images on {where}; {what}; run directory {run.run_dir}")

@@ -1,0 +1,75 @@
+"""What a run's configuration must satisfy before anything is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from vitssl.config import Config, config_from_dict, flatten, image_hw, to_dict
+from vitssl.errors import VitsslError
+from vitssl.train import fsdp
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# What may change when a run is resumed; everything else must match its config.yaml.
+RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers",
+                     "train.activation_checkpointing", "train.compile",
+                     "summary_eval.", "log.")
+
+
+def micro_batch_size(cfg: Config, world_size: int) -> int:
+    """Validate the train section; return the per-rank micro-batch size."""
+    tc = cfg.train
+    if tc.precision not in PRECISIONS:
+        raise VitsslError(f"unknown train.precision '{tc.precision}'; accepted: "
+                          f"{', '.join(PRECISIONS)}")
+    if tc.strategy not in fsdp.STRATEGIES:
+        raise VitsslError(f"unknown train.strategy '{tc.strategy}'; accepted: "
+                          f"{', '.join(fsdp.STRATEGIES)}")
+    if tc.steps < 1 or tc.batch_size < 1 or tc.accum_steps < 1:
+        raise VitsslError("train.steps, train.batch_size and train.accum_steps must be >= 1")
+    share = world_size * tc.accum_steps
+    if tc.batch_size % share:
+        raise VitsslError(f"train.batch_size {tc.batch_size} must be divisible by "
+                          f"world size x accum_steps = {share}")
+    if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
+        raise VitsslError("train.checkpoint_every and train.keep_checkpoints must be >= 1")
+    if tc.warmup_steps < 0 or tc.lr <= 0 or tc.grad_clip < 0:
+        raise VitsslError("train.warmup_steps and train.grad_clip must be >= 0 (grad_clip 0 "
+                          "turns clipping off) and train.lr > 0")
+    if not all(0.0 <= b < 1.0 for b in tc.betas):
+        raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
+    image_hw(cfg.model.image_size)
+    _check_data(cfg)
+    return tc.batch_size // share
+
+
+def _check_data(cfg: Config) -> None:
+    dc = cfg.data
+    if dc.num_workers < 0:
+        raise VitsslError(f"data.num_workers must be >= 0, got {dc.num_workers}")
+    lo, hi = dc.crop_scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise VitsslError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
+    lo, hi = dc.crop_ratio
+    if not 0.0 < lo <= hi:
+        raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
+    if not 0.0 <= dc.translate < 1.0:
+        raise VitsslError(f"data.translate must lie in [0, 1), got {dc.translate}")
+
+
+def check_resumable(cfg: Config, run_dir: Path) -> None:
+    """Refuse to resume a run with a config that changes what its checkpoints hold."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    before = flatten(to_dict(config_from_dict(yaml.safe_load(path.read_text()) or {})))
+    now = flatten(to_dict(cfg))
+    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+               for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise VitsslError(f"cannot resume {run_dir} with a changed config ({'; '.join(changed)});"
+                          f" drop those flags, or start a new run with another --out")
