@@ -50,6 +50,7 @@ class DataConfig:
     crop_ratio: tuple[float, float] | None = None  # aspect range of the random resized crop
     translate: float | None = None  # largest random shift after the crop, fraction of the side
     resampled: bool | None = None  # wds: draw shards with replacement (None: when world_size > 1)
+    options: dict[str, Any] = field(default_factory=dict)  # to the source (builtin: factory)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The plugin API: four register-callback hooks.
+"""The plugin API: five register-callback hooks.
 
 A plugin module implements any of them with ``@vitssl.hookimpl`` and calls
 ``register(name, factory)`` once per thing it provides::
@@ -47,3 +47,8 @@ def register_evaluators(register: Register) -> None:
 @hookspec
 def register_datasets(register: Register) -> None:
     """Register built-in datasets: ``factory(split=..., **options) -> map-style dataset``."""
+
+
+@hookspec
+def register_sources(register: Register) -> None:
+    """Register data sources by spec prefix: a :class:`vitssl.data.source.Source` subclass."""

@@ -24,9 +24,9 @@ from vitssl import hookspecs
 from vitssl.errors import VitsslError
 
 GROUP = "vitssl"
-KINDS = ("objectives", "stems", "evaluators", "datasets")
+KINDS = ("objectives", "stems", "evaluators", "datasets", "sources")
 SINGULAR = {"objectives": "objective", "stems": "stem", "evaluators": "evaluator",
-            "datasets": "dataset"}
+            "datasets": "dataset", "sources": "data source"}
 
 
 @dataclass(frozen=True)

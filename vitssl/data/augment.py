@@ -1,11 +1,13 @@
 """Pretraining augmentation that keeps a dataset's labels true.
 
-Each built-in dataset declares the augmentation its labels survive as a class
-attribute ``augmentation`` (an :class:`Augmentation`); any other data
+The spec's source decides (:meth:`vitssl.data.source.Source.augmentation`):
+``builtin:`` datasets declare the augmentation their labels survive as a
+class attribute ``augmentation`` (an :class:`Augmentation`), ``idx:`` data
+gets none (digits and letters change under a mirror), and other data
 (``folder:``, ``wds:``, ``vtab1k:``, a dataset without the attribute) gets
 the ImageNet-style recipe. ``data.augment``, ``data.hflip``,
 ``data.crop_scale``, ``data.crop_ratio`` and ``data.translate`` left unset
-(``None``) take the dataset's values; a value given explicitly wins.
+(``None``) take the source's values; a value given explicitly wins.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from vitssl.config import DataConfig
-from vitssl.data.spec import parse_spec
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,29 @@ class Augmentation:
 IMAGENET_STYLE = Augmentation()
 
 
-def dataset_augmentation(spec: str) -> Augmentation:
-    """The augmentation a spec's dataset declares, or :data:`IMAGENET_STYLE`."""
-    parsed = parse_spec(spec)
-    if parsed.kind != "builtin":
-        return IMAGENET_STYLE
-    from vitssl.plugins import get_registry
+NONE = Augmentation(augment=False, hflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
 
-    factory = get_registry().get("datasets", parsed.target)
-    declared = getattr(factory, "augmentation", None)
-    return declared if isinstance(declared, Augmentation) else IMAGENET_STYLE
+
+def declared(factory: object) -> Augmentation:
+    """The augmentation a dataset factory declares as ``augmentation``, or ImageNet-style."""
+    own = getattr(factory, "augmentation", None)
+    return own if isinstance(own, Augmentation) else IMAGENET_STYLE
+
+
+def dataset_augmentation(spec: str) -> Augmentation:
+    """The augmentation a spec's source gives its data by default."""
+    from vitssl.data.spec import get_source, parse_spec
+
+    parsed = parse_spec(spec)
+    return get_source(parsed.kind).augmentation(parsed.target)
 
 
 def resolve_augmentation(data: DataConfig) -> DataConfig:
-    """``data`` with every unset augmentation key filled in from its dataset."""
+    """``data`` with every unset augmentation key filled in from its source.
+
+    A config with nothing unset is returned as it is (no lookup), so calling
+    this again on a resolved config costs nothing.
+    """
     unset = [f.name for f in fields(Augmentation) if getattr(data, f.name) is None]
     if not unset:
         return data

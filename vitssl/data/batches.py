@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from vitssl.data.decode import CorruptImage
 from vitssl.data.skips import SkipLog
 from vitssl.data.transforms import normalize, to_float
+from vitssl.errors import VitsslError
+from vitssl.seeds import batch_seed, sample_seeds
 
 
 @dataclass
@@ -117,13 +119,15 @@ class StepBatches(Dataset):
         mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         errors = SkipLog(self.on_error)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 7_919 + step) * 101 + self.rank)
+            torch.manual_seed(batch_seed(self.seed, step, self.rank))
             samples = [self._read(i, errors) for i in mine]
             first = step * self.plan.global_batch + self.rank * self.batch_size
+            seeds = sample_seeds(self.seed, first, len(samples)).tolist() \
+                if self.seed_per_sample else None
             outputs = []
-            for position, (image, _) in enumerate(samples, start=first):
-                if self.seed_per_sample:
-                    torch.manual_seed((self.seed + 1) * 2**40 + position)
+            for i, (image, _) in enumerate(samples):
+                if seeds is not None:
+                    torch.manual_seed(seeds[i])
                 outputs.append(self.transform(image))
             batch = stack_outputs(outputs, self.mean, self.std)
         batch["_skipped"] = torch.tensor(errors.take())
@@ -148,3 +152,26 @@ def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0)
     loader = DataLoader(batches, batch_size=None, sampler=steps, num_workers=num_workers,
                         persistent_workers=False)
     return iter(loader)
+
+
+def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
+            std: tuple[float, ...]) -> Iterator[dict]:
+    """Finish each batch, moving its ``"_skipped"`` count to ``owner.skipped``.
+
+    A ``"_position"`` entry (streams) goes to ``owner.position.update``.
+    Errors raised in workers come out as one line.
+    """
+    try:
+        for batch in batches:
+            owner.skipped += int(batch.pop("_skipped", 0))
+            position = batch.pop("_position", None)
+            if position is not None:
+                owner.position.update(position)
+            yield finish_batch(batch, mean, std)
+    except VitsslError as exc:
+        # Raised in a DataLoader worker, it arrives with the worker's traceback in its
+        # message; its last line is "module.ErrorType: message".
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if len(lines) <= 1:
+            raise
+        raise VitsslError(lines[-1].split(": ", 1)[-1]) from None

@@ -35,13 +35,30 @@ def _split_root(path: Path, split: str) -> Path:
     raise VitsslError(f"folder:{path} has no split '{split}': expected a directory {path / split}")
 
 
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def folder_info(path: str | Path, split: str = "train") -> tuple[bool, int | None]:
+    """(labelled, class count) of a tree without listing every image (as :class:`ImageFolder`).
+
+    Labelled when a class folder holds an image (found by the first match);
+    problems the full listing finds are reported when the folder is opened.
+    """
+    root = _split_root(Path(path).expanduser(), split)
+    subdirs = _class_dirs(root)
+    labelled = any(is_image_file(p) and p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(d).parts)
+        for d in subdirs for p in d.rglob("*"))
+    return (True, len(subdirs)) if labelled else (False, None)
+
+
 class ImageFolder(ImageFiles):
     """Map-style dataset of (RGB PIL image, label) over an image tree."""
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
         self.root = _split_root(Path(path).expanduser(), split)
-        subdirs = sorted(d for d in self.root.iterdir()
-                         if d.is_dir() and not d.name.startswith("."))
+        subdirs = _class_dirs(self.root)
         top = sorted(p for p in self.root.iterdir() if p.is_file() and is_image_file(p))
         per_class = {d.name: _images_under(d) for d in subdirs}
         if any(per_class.values()):

@@ -1,18 +1,18 @@
-"""Data specs, parsed in one place: ``KIND:ARGUMENT[:SPLIT]``."""
+"""Data specs, parsed in one place: ``KIND:ARGUMENT[:SPLIT]``, KIND a registered source."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitssl.data.source import SPLITS, Source
 from vitssl.errors import VitsslError
 
-KINDS = ("builtin", "folder", "wds", "vtab1k")
-SPLITS = ("train", "val", "test", "train800", "val200", "train800val200")
+__all__ = ["SPLITS", "DataSpec", "get_source", "parse_spec", "source_kinds"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``kind`` is one of KINDS; ``target`` a dataset name, path or URL pattern."""
+    """``kind`` names a registered source; ``target`` a dataset name, path or URL pattern."""
 
     kind: str
     target: str
@@ -22,21 +22,38 @@ class DataSpec:
         return f"{self.kind}:{self.target}" + (f":{self.split}" if self.split else "")
 
 
+def source_kinds() -> list[str]:
+    """The spec prefixes the registered source plugins provide."""
+    from vitssl.plugins import get_registry
+
+    return get_registry().names("sources")
+
+
+def get_source(kind: str) -> Source:
+    """The registered source for a spec prefix."""
+    from vitssl.plugins import get_registry
+
+    factory = get_registry().get("sources", kind)
+    return factory() if isinstance(factory, type) else factory
+
+
+def _expected() -> str:
+    from vitssl.plugins import get_registry
+
+    entries = get_registry().entries["sources"]
+    shown = [getattr(e.factory, "example", "") or f"{name}:..." for name, e in
+             sorted(entries.items())]
+    return ", ".join(shown) or "none (no source plugin is loaded: see VITSSL_PLUGINS)"
+
+
 def parse_spec(spec: str) -> DataSpec:
     """``"builtin:digits"``, ``"folder:/data/imgs"``, ``"vtab1k:/data/vtab-1k/dtd:test"``...
 
-    A trailing ``:SPLIT`` (one of SPLITS) is split off for every kind but ``wds``,
-    whose URLs may contain colons (``pipe:``, ``https:``).
+    The registered source for KIND splits the rest into a target and an
+    optional trailing ``:SPLIT`` (``wds:`` never does: URLs hold colons).
     """
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in KINDS or not rest:
-        raise VitsslError(f"bad data spec '{spec}': expected one of "
-                          + ", ".join(f"{k}:..." for k in KINDS)
-                          + " (e.g. builtin:digits, folder:PATH, wds:'shards-{000..009}.tar', "
-                            "vtab1k:PATH/TASK)")
-    split = None
-    if kind != "wds":
-        head, colon, tail = rest.rpartition(":")
-        if colon and tail in SPLITS and head:
-            rest, split = head, tail
-    return DataSpec(kind, rest, split)
+    kind, sep, rest = str(spec).partition(":")
+    if not sep or not rest or kind not in source_kinds():
+        raise VitsslError(f"bad data spec '{spec}': expected one of {_expected()}")
+    target, split = get_source(kind).parse(rest)
+    return DataSpec(kind, target, split)

@@ -344,3 +344,27 @@ def first_sample(urls: list[str]) -> dict[str, Any]:
         for sample in shard_samples(url, errors):
             return sample
     raise VitsslError(f"wds: no readable samples in {len(urls)} shard(s) (e.g. {urls[0]})")
+
+
+_LABELLED: dict[tuple, bool] = {}
+
+
+def _stamp(url: str) -> tuple:
+    """What identifies a shard's contents cheaply: the URL, and size and mtime when local."""
+    if _is_remote(url):
+        return (url,)
+    stat = Path(url.removeprefix("file://").removeprefix("file:")).stat()
+    return url, stat.st_size, stat.st_mtime_ns
+
+
+def is_labelled(urls: list[str]) -> bool:
+    """Whether the first readable sample has a ``cls`` member.
+
+    Remembered per process for unchanged shards, so a run that asks before
+    and while building its pipeline opens the first shard once.
+    """
+    key = tuple(_stamp(url) for url in urls)
+    if key not in _LABELLED:
+        _LABELLED.clear()  # one stream per run: keep only the latest answer
+        _LABELLED[key] = "cls" in first_sample(urls)
+    return _LABELLED[key]

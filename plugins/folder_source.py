@@ -1,0 +1,27 @@
+"""``folder:PATH[:SPLIT]``: class-per-subfolder image trees, or flat unlabelled folders."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import vitssl
+from vitssl.data.folder import ImageFolder, folder_info
+from vitssl.data.source import Source, no_options
+
+
+class FolderSource(Source):
+    """Image files: PATH/<class>/*.jpg (labelled) or PATH/*.jpg (unlabelled)."""
+
+    example = "folder:PATH"
+
+    def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
+        no_options("folder", options)
+        return folder_info(target, split)
+
+    def open(self, target: str, split: str, options: Mapping[str, Any]):
+        no_options("folder", options)
+        return ImageFolder(target, split)
+
+
+@vitssl.hookimpl
+def register_sources(register):
+    register("folder", FolderSource)

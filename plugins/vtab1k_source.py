@@ -1,0 +1,29 @@
+"""``vtab1k:PATH/TASK[:classes=N][:SPLIT]``: one task in the VTAB-1k folder layout.
+
+``data.options``: ``num_classes`` (a custom task's class count, as ``:classes=N``).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import vitssl
+from vitssl.data.source import Source
+from vitssl.data.vtab1k import Vtab1kTask
+from vitssl.errors import VitsslError
+
+
+class Vtab1kSource(Source):
+    """A VTAB-1k task folder (train800/val200/train800val200/test lists): vtab1k:PATH/TASK."""
+
+    example = "vtab1k:PATH/TASK"
+
+    def open(self, target: str, split: str, options: Mapping[str, Any]):
+        unknown = sorted(set(options) - {"num_classes"})
+        if unknown:
+            raise VitsslError(f"vtab1k: unknown data.options {unknown}; accepted: num_classes")
+        return Vtab1kTask(target, split, **options)
+
+
+@vitssl.hookimpl
+def register_sources(register):
+    register("vtab1k", Vtab1kSource)

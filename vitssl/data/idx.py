@@ -1,0 +1,155 @@
+"""IDX files, the format of MNIST and its family (Fashion-MNIST, KMNIST, EMNIST...).
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code — 0x08 for
+unsigned bytes — and the number of dimensions), one big-endian uint32 per
+dimension, then the values in C order. A folder holds a split as
+``PREFIX-images-idx3-ubyte`` (N x H x W images) and
+``PREFIX-labels-idx1-ubyte`` (N labels), each optionally gzipped and with
+``.`` in place of the last ``-`` (``train-images.idx3-ubyte``); PREFIX is
+``train`` for the ``train`` split and ``t10k`` for ``test``.
+
+Every file is checked: magic number, dimensions, that its size is exactly
+header + data, and that images and labels agree in count. Any problem is one
+:class:`~vitssl.errors.VitsslError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vitssl.errors import VitsslError
+
+PREFIXES = {"train": "train", "test": "t10k"}
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # uint8, 3 dims / uint8, 1 dim
+
+
+def split_files(root: Path, split: str) -> tuple[Path | None, Path | None]:
+    """(images file, labels file) of ``split`` in ``root``; None where there is none."""
+    if split not in PREFIXES:
+        raise VitsslError(f"idx:{root} has no split '{split}'; accepted: "
+                          f"{', '.join(PREFIXES)}")
+    prefix = PREFIXES[split]
+
+    def find(kind: str, dims: int) -> Path | None:
+        for sep in ("-", "."):
+            for gz in ("", ".gz"):
+                path = root / f"{prefix}-{kind}{sep}idx{dims}-ubyte{gz}"
+                if path.is_file():
+                    return path
+        return None
+
+    return find("images", 3), find("labels", 1)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VitsslError(f"idx: {path} is not a complete gzip file ({detail})") from None
+    except OSError as exc:
+        raise VitsslError(f"idx: cannot read {path}: {exc.strerror or type(exc).__name__}") \
+            from None
+
+
+@lru_cache(maxsize=8)
+def _read_idx(path: str, stamp: tuple[int, int], magic: int) -> np.ndarray:
+    data = _read_bytes(Path(path))
+    ndim = magic & 0xFF
+    what = "uint8 images, 3 dimensions" if magic == IMAGES_MAGIC else "uint8 labels, 1 dimension"
+    if len(data) < 4:
+        raise VitsslError(f"idx: {path} is truncated: {len(data)} bytes, not even a magic number")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise VitsslError(f"idx: {path} has magic number 0x{found:08x}, expected "
+                          f"0x{magic:08x} ({what})")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise VitsslError(f"idx: {path} is truncated inside its header ({len(data)} bytes)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    size = int(np.prod(dims))
+    shape = " x ".join(map(str, dims))
+    if len(data) - header != size:
+        how = "is truncated" if len(data) - header < size else "has extra bytes"
+        raise VitsslError(f"idx: {path} {how}: its header says {shape} = {size} bytes of data, "
+                          f"it holds {len(data) - header}")
+    if ndim == 3 and 0 in dims[1:]:
+        raise VitsslError(f"idx: {path}: images of size {dims[1]} x {dims[2]}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """The values of an IDX file, checked against ``magic`` (cached per unchanged file)."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise VitsslError(f"idx: cannot read {path}: {exc.strerror or exc}") from None
+    return _read_idx(str(path), (stat.st_size, stat.st_mtime_ns), magic)
+
+
+def split_pair(root: Path, split: str) -> tuple[Path, Path] | None:
+    """(images, labels) files of ``split``; None when it has neither; an error for one alone."""
+    images, labels = split_files(root, split)
+    if images is None and labels is None:
+        return None
+    prefix = PREFIXES[split]
+    for path, kind, dims in ((images, "images", 3), (labels, "labels", 1)):
+        if path is None:
+            raise VitsslError(f"idx:{root}: missing {prefix}-{kind}-idx{dims}-ubyte[.gz] "
+                              f"(the {split} split's {kind})")
+    return images, labels
+
+
+def infer_num_classes(root: Path) -> int:
+    """One more than the largest label in the folder's label files."""
+    pairs = [pair for split in PREFIXES if (pair := split_pair(root, split)) is not None]
+    return 1 + max((int(read_idx(labels, LABELS_MAGIC).max(initial=0)) for _, labels in pairs),
+                   default=-1)
+
+
+class IdxImages(Dataset):
+    """Map-style dataset of (uint8 tensor (3, H, W), label) from a folder of IDX files.
+
+    Grey images become 3 identical channels. ``num_classes``: given, or one
+    more than the largest label of the folder's train and test label files.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", *,
+                 num_classes: int | None = None) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise VitsslError(f"idx:{self.root}: no such directory")
+        found = split_pair(self.root, split)
+        if found is None:
+            prefix = PREFIXES[split]
+            raise VitsslError(f"idx:{self.root}: no {split} split: expected "
+                              f"{prefix}-images-idx3-ubyte[.gz] and "
+                              f"{prefix}-labels-idx1-ubyte[.gz] there")
+        images_path, labels_path = found
+        labels = read_idx(labels_path, LABELS_MAGIC)
+        images = read_idx(images_path, IMAGES_MAGIC)
+        if len(images) != len(labels):
+            raise VitsslError(f"idx: {images_path} holds {len(images)} images but "
+                              f"{labels_path} holds {len(labels)} labels")
+        self.images, self.labels, self.split = images, labels, split
+        classes = infer_num_classes(self.root) if num_classes is None else int(num_classes)
+        top = int(labels.max(initial=0))
+        if top >= classes:
+            raise VitsslError(f"idx: {labels_path} has label {top}, outside 0..{classes - 1} "
+                              f"(num_classes={classes})")
+        self.num_classes = classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(np.array(self.images[index])).unsqueeze(0).expand(3, -1, -1)
+        return image.contiguous(), int(self.labels[index])
