@@ -85,7 +85,8 @@ def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
     done = Path(cfg.out) / "summary.json"
     if not found or found[-1][0] != cfg.train.steps or not done.is_file():
         return None
-    check_resumable(cfg, Path(cfg.out))
+    check_resumable(dataclasses.replace(cfg, data=resolve_augmentation(cfg.data)),
+                    Path(cfg.out))
     return json.loads(done.read_text())
 
 
@@ -102,6 +103,7 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     start = int(state["step"]) if state is not None else 0
     objective, options, batches = _objective_and_data(cfg, ctx, micro, start, state)
     optimizer, scheduler, scaler = _optimisation(cfg, ctx, objective, ckpt, state)
+    data = iter(batches)  # a DataLoader's iterator draws its base seed from the global RNG
     if state is not None:
         restore_rng(state["rng"], ctx, cfg.train.seed, start)
     else:
@@ -116,7 +118,7 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     log = RunLog(run_dir, total_steps=tc.steps, start_step=start, log_every=tc.log_every,
                  tensorboard=cfg.log.tensorboard, enabled=ctx.is_main)
     run = Run(cfg, ctx, run_dir, objective, options, wrap_model(objective, ctx, True),
-              optimizer, scheduler, scaler, batches, iter(batches), start, micro,
+              optimizer, scheduler, scaler, batches, data, start, micro,
               [p for p in objective.parameters() if p.requires_grad],
               DeferredMetrics(ctx, tc.log_every, tc.checkpoint_every, tc.steps), log, ckpt)
     _announce(run, ckpt, resume)

@@ -23,7 +23,6 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from vitssl.train.activations import transformer_blocks
 
@@ -91,10 +90,6 @@ def load_sharded_optimizer_state(module: nn.Module, optimizer: torch.optim.Optim
     for name, value in tensors.items():
         fqn, key = name[len("state."):].rsplit(".", 1)
         state.setdefault(fqn, {})[key] = value
-    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": param_groups})
-
-
-def local_bytes(tensor: torch.Tensor) -> int:
-    """Bytes this rank allocates for ``tensor`` (its shard's storage for a DTensor)."""
-    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
-    return local.untyped_storage().nbytes()
+    # strict=False: a parameter that never had a gradient has no saved state
+    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": param_groups},
+                             options=StateDictOptions(strict=False))

@@ -86,10 +86,17 @@ def save_tensors(tensors: dict[str, torch.Tensor], directory: str | Path) -> Non
 
 
 def load_tensors(template: dict[str, torch.Tensor], directory: str | Path) -> None:
-    """Fill ``template``'s tensors in place from ``directory``, resharding as needed."""
+    """Fill ``template``'s tensors in place from ``directory``, resharding as needed.
+
+    Entries the checkpoint does not hold are dropped from ``template`` (the
+    optimizer state of a parameter that never had a gradient).
+    """
     if not (Path(directory) / ".metadata").is_file():
         raise VitsslError(f"sharded checkpoint '{directory}' is missing its .metadata index")
-    SafeReader(str(directory)).read_metadata()  # a refusal is a one-line error, not DCP's
+    # a refusal is a one-line error, not DCP's
+    saved = SafeReader(str(directory)).read_metadata().state_dict_metadata
+    for name in [k for k in template if k not in saved]:
+        del template[name]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(template, storage_reader=SafeReader(str(directory)))
