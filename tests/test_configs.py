@@ -14,6 +14,7 @@ from vitssl.config import Config, config_from_dict, load_config
 from vitssl.errors import VitsslError
 from vitssl.recipes import (
     HEADER_FIELDS,
+    config_file,
     configs_dir,
     eval_command,
     find_recipe,
@@ -281,3 +282,25 @@ def test_vitssl_configs_lists_and_shows_recipes(capsys):
     assert "python benchmarks/vtab.py --checkpoint RUN" in shown and "--protocol paper" in shown
     assert main(["configs", "no-such-recipe"]) == 2
     assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+
+
+def test_config_names_a_yaml_file_or_a_shipped_recipe(tmp_path, monkeypatch, capsys):
+    from vitssl.cli import _parser, _pretrain_config, main
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: the README's recipe commands still work
+    for name in ("dino-s16", "dino-s16.yaml", "configs/dino-s16.yaml"):
+        assert config_file(name) == configs_dir() / "dino-s16.yaml"
+        cfg = _pretrain_config(_parser().parse_args(["pretrain", "--config", name]))
+        assert cfg == load_pretrain(_recipe("dino-s16"))
+    own = tmp_path / "configs" / "dino-s16.yaml"
+    own.parent.mkdir()
+    own.write_text("train: {steps: 3}\n")
+    assert config_file("configs/dino-s16.yaml") == Path("configs/dino-s16.yaml")  # a file wins
+    for bad in ("no-such-recipe", "elsewhere/dino-s16.yaml", "dino-s16.json"):
+        with pytest.raises(VitsslError, match="config file not found: .*shipped recipe"):
+            config_file(bad)
+    assert main(["pretrain", "--config", "no-such-recipe"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mae-b16" in err
+    assert main(["configs", "mae-b16"]) == 0
+    assert "vitssl pretrain --config mae-b16" in capsys.readouterr().out

@@ -13,8 +13,10 @@ Two kinds of recipe exist:
   through ``vitssl eval`` (or, for ``vtab``, ``benchmarks/vtab.py``);
   ``vitssl configs NAME`` prints the command line.
 
-The folder is looked up next to the installed package (``vitssl/configs``, for
-a wheel) and then at the top of the source checkout (an editable install).
+The folder ships in the wheel as ``vitssl/configs`` (``pyproject.toml`` maps the
+checkout's ``configs/`` there, so there is one copy); it is looked up there and
+then at the top of the source checkout (an editable install). A recipe is named
+``NAME``, ``NAME.yaml`` or ``configs/NAME.yaml``, in or out of the checkout.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import vitssl
@@ -106,15 +108,38 @@ def list_recipes() -> list[Recipe]:
     return [read_recipe(p) for p in sorted(configs_dir().glob("*.yaml"))]
 
 
+def _recipe_name(name: str) -> str | None:
+    """``mae-b16``, ``mae-b16.yaml`` or ``configs/mae-b16.yaml`` -> ``mae-b16``; else None."""
+    path = PurePath(name)
+    if str(path.parent) not in (".", "configs") or path.suffix not in ("", ".yaml"):
+        return None
+    return path.stem
+
+
+def _shipped(name: str) -> tuple[Recipe | None, dict[str, Recipe]]:
+    recipes = {r.name: r for r in list_recipes()}
+    return recipes.get(_recipe_name(name) or ""), recipes
+
+
 def find_recipe(name: str) -> Recipe:
-    """A shipped recipe by name (``mae-b16`` or ``mae-b16.yaml``), or a recipe file's path."""
+    """A shipped recipe by name (``mae-b16``, ``mae-b16.yaml``), or a recipe file's path."""
     if Path(name).is_file():
         return read_recipe(name)
-    stem = name[:-5] if name.endswith(".yaml") else name
-    recipes = {r.name: r for r in list_recipes()}
-    if stem not in recipes:
+    recipe, recipes = _shipped(name)
+    if recipe is None:
         raise VitsslError(f"unknown recipe '{name}'; shipped: {', '.join(recipes)}")
-    return recipes[stem]
+    return recipe
+
+
+def config_file(name: str | Path) -> Path:
+    """What ``--config`` names: a YAML file, or else a shipped recipe (``mae-b16``)."""
+    if Path(name).is_file():
+        return Path(name)
+    recipe, recipes = _shipped(str(name))
+    if recipe is None:
+        raise VitsslError(f"config file not found: {name} (nor is it a shipped recipe: "
+                          f"{', '.join(recipes)})")
+    return recipe.path
 
 
 def load_pretrain(recipe: Recipe, overrides: list[str] = ()) -> Config:
@@ -199,7 +224,9 @@ def vtab_benchmark_command(evaluation: Evaluation, checkpoint: str = "RUN",
 def run_hint(recipe: Recipe) -> list[str]:
     """Shell lines that run a recipe (RUN: a run directory or checkpoint)."""
     if recipe.kind == "pretrain":
-        return [f"vitssl pretrain --config {shlex.quote(str(recipe.path))}"]
+        shipped = recipe.path.parent == configs_dir()
+        name = recipe.name if shipped else shlex.quote(str(recipe.path))
+        return [f"vitssl pretrain --config {name}"]
     evaluation = load_evaluation(recipe)
     if evaluation.evaluator == "vtab":  # the suite, or one task through vitssl eval
         return [shlex.join(vtab_benchmark_command(evaluation)),
