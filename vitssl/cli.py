@@ -31,7 +31,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--image-size", type=int, help="input resolution in pixels")
     p.add_argument("--out", help="run directory (default: runs/<objective>-<timestamp>)")
-    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--config", help="YAML config file, or a shipped recipe's name (vitssl configs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true",
@@ -100,7 +100,9 @@ def _pretrain_config(args: argparse.Namespace):
     overrides = [f"{a}.{b}={json.dumps(v)}" for (a, b), v in flags.items() if v is not None]
     if args.out is not None:
         overrides.append(f"out={json.dumps(args.out)}")
-    config_file = args.config
+    from vitssl.recipes import config_file as resolve
+
+    config_file = None if args.config is None else resolve(args.config)
     if args.resume and config_file is None and args.out is not None:
         saved = Path(args.out) / "config.yaml"
         config_file = saved if saved.is_file() else None  # resume the run as it was made
