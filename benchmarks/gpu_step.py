@@ -1,10 +1,13 @@
-"""One ViT-B/16 pretraining step on a CUDA GPU: vitssl (Triton attention, and SDPA) vs timm.
+"""One ViT-B/16 supervised training step on a CUDA GPU: vitssl (Triton, and SDPA) vs timm.
 
-A step is forward under bf16 autocast, a scalar loss on the pooled features,
-backward and an AdamW step, on one batch of random 224 px images. The three
-models are built with the same configuration and timed in alternation with CUDA
-events (median ms per step of ``--repeats`` repeats of ``--iters`` steps). Before
-timing, the Triton and SDPA variants of vitssl are checked to give the same loss.
+vitssl's step is the library's own ``train_step`` (``benchmarks/loop_step.py``:
+the run ``vitssl pretrain --objective supervised`` builds, bf16 autocast,
+gradient clipping at 1.0, AdamW) on one batch of random 224 px images held on
+the device; timm's is the same step written out around its
+``VisionTransformer`` (cross-entropy on a linear head, clipping, AdamW). Both
+are timed in alternation with CUDA events (median ms per step of ``--repeats``
+repeats of ``--iters`` steps). Before timing, the Triton and SDPA variants of
+vitssl are checked to give the same features.
 
     python benchmarks/gpu_step.py [--batch-size 128] [--out FILE.json]
 """
@@ -12,46 +15,47 @@ timing, the Triton and SDPA variants of vitssl are checked to give the same loss
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
 from collections.abc import Callable
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from loop_step import loop_step
 
-from vitssl.config import ModelConfig
-from vitssl.models import build_encoder, parse_model_name
+from vitssl.models import parse_model_name
 
 
-def build(name: str, image_size: int) -> dict[str, nn.Module]:
-    """vitssl on Triton, vitssl on SDPA (same weights) and timm's VisionTransformer."""
+def vitssl_step(name: str, image_size: int, batch_size: int, attention: str) -> tuple:
+    sets = [f"model.name={name}", f"model.image_size={image_size}", "model.depth=null",
+            "model.pool=token", "model.fc_norm=false", f"model.attention={attention}",
+            "train.precision=bf16", "objective.options.pre_logits=false", "train.seed=0"]
+    return loop_step("supervised", sets, batch_size, device="cuda")
+
+
+def timm_step(name: str, image_size: int, batch_size: int) -> Callable[[], None]:
+    """The same supervised step around timm's VisionTransformer."""
     import timm.models.vision_transformer as tvit
 
-    torch.manual_seed(0)
-    ours = build_encoder(ModelConfig(name=name, image_size=image_size, attention="triton"))
-    sdpa = copy.deepcopy(ours)
-    sdpa.set_attention("sdpa")
     variant, patch = parse_model_name(name)
-    timm = tvit.VisionTransformer(
+    torch.manual_seed(0)
+    model = tvit.VisionTransformer(
         img_size=image_size, patch_size=patch, embed_dim=variant.embed_dim,
         depth=variant.depth, num_heads=variant.num_heads,
-        mlp_ratio=variant.mlp_dim / variant.embed_dim, num_classes=0, global_pool="token")
-    return {"vitssl-triton": ours.cuda(), "vitssl-sdpa": sdpa.cuda(), "timm-sdpa": timm.cuda()}
+        mlp_ratio=variant.mlp_dim / variant.embed_dim, num_classes=10,
+        global_pool="token").cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    images = torch.randn(batch_size, 3, image_size, image_size, device="cuda")
+    labels = torch.randint(0, 10, (batch_size,), device="cuda")
 
-
-def train_step(model: nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    model.train()
-
-    def step() -> torch.Tensor:
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(images).float().square().mean()
+            loss = F.cross_entropy(model(images).float(), labels)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss.detach()
 
     return step
 
@@ -89,17 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu_step: needs a CUDA device", file=sys.stderr)
         return 2
-    models = build(args.model, args.image_size)
+    triton, triton_run = vitssl_step(args.model, args.image_size, args.batch_size, "triton")
+    sdpa, sdpa_run = vitssl_step(args.model, args.image_size, args.batch_size, "sdpa")
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        a = models["vitssl-triton"](images).float()
-        b = models["vitssl-sdpa"](images).float()
+        a = triton_run.objective.encoder(images).float()
+        b = sdpa_run.objective.encoder(images).float()
     diff = (a - b).abs().max().item()
-    steps = {k: train_step(m, images) for k, m in models.items()}
+    steps = {"vitssl-triton": triton, "vitssl-sdpa": sdpa,
+             "timm-sdpa": timm_step(args.model, args.image_size, args.batch_size)}
     ms = timed(steps, args.repeats, args.iters, args.warmup)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "model": args.model, "image_size": args.image_size, "batch": args.batch_size,
-              "precision": "bf16 autocast", "ms_per_step": ms,
+              "precision": "bf16 autocast", "step": "supervised, clip 1.0, AdamW",
+              "ms_per_step": ms,
               "images_per_s": {k: args.batch_size / t * 1e3 for k, t in ms.items()},
               "max_abs_diff_triton_vs_sdpa_features": diff,
               "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from vitssl.config import Config, config_from_dict, flatten, image_hw, to_dict
+from vitssl.data.checks import validate_data_config
 from vitssl.errors import VitsslError
 from vitssl.train import fsdp
 
@@ -42,22 +43,9 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     if not all(0.0 <= b < 1.0 for b in tc.betas):
         raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
     image_hw(cfg.model.image_size)
-    _check_data(cfg)
+    validate_data_config(cfg.data)
     return tc.batch_size // share
 
-
-def _check_data(cfg: Config) -> None:
-    dc = cfg.data
-    if dc.num_workers < 0:
-        raise VitsslError(f"data.num_workers must be >= 0, got {dc.num_workers}")
-    lo, hi = dc.crop_scale
-    if not 0.0 < lo <= hi <= 1.0:
-        raise VitsslError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
-    lo, hi = dc.crop_ratio
-    if not 0.0 < lo <= hi:
-        raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
-    if not 0.0 <= dc.translate < 1.0:
-        raise VitsslError(f"data.translate must lie in [0, 1), got {dc.translate}")
 
 
 def check_resumable(cfg: Config, run_dir: Path) -> None:
