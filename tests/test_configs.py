@@ -156,8 +156,8 @@ def test_mae_recipe_holds_maes_published_settings_and_its_lr_rule():
     assert tc.warmup_steps == 40 * steps_per_epoch and tc.steps == 1600 * steps_per_epoch
 
 
-def test_dino_recipe_holds_dinos_published_settings_and_its_lr_rule(monkeypatch):
-    import vitssl_plugins.dino
+def test_dino_recipe_holds_dinos_published_settings_and_its_lr_rule():
+    import torch
 
     from vitssl.models import build_encoder
     from vitssl.plugins import get_registry
@@ -180,11 +180,11 @@ def test_dino_recipe_holds_dinos_published_settings_and_its_lr_rule(monkeypatch)
     small = dataclasses.replace(cfg.model, depth=1)
     dino = get_registry().get("objectives", "dino")(encoder=build_encoder(small),
                                                     **{**options, "out_dim": 16})
-    seen = {}
-    monkeypatch.setattr(vitssl_plugins.dino, "MultiCrop",
-                        lambda *args, **kwargs: seen.update(args=args, **kwargs))
-    dino.views(cfg.model.image_size, cfg.data)
-    assert seen["args"] == (224, 96, 8)  # 2 global crops of 224 px, 8 local of 96 px
+    size = cfg.model.image_size
+    views = dino.views((size, size), cfg.data)(torch.zeros(3, 256, 256, dtype=torch.uint8))
+    # 2 global crops of 224 px, 8 local of 96 px
+    assert views["global"].shape == (2, 3, 224, 224)
+    assert views["local"].shape == (8, 3, 96, 96)
 
 
 def test_finetune_recipe_holds_table_4():
