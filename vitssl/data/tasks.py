@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -43,12 +45,15 @@ class Task:
 
 def load_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD, train_split: str = "train",
-              test_split: str = "test") -> Task:
-    """A labelled task from a spec, with evaluation transforms applied."""
+              test_split: str = "test", options: Mapping[str, Any] | None = None) -> Task:
+    """A labelled task from a spec, with evaluation transforms applied.
+
+    ``options``: the source's ``data.options`` (e.g. ``{"root": DIR}``).
+    """
     parsed = parse_spec(spec)
     base = DataSpec(parsed.kind, parsed.target)
-    train = open_dataset(base, train_split)
-    test = open_dataset(base, test_split)
+    train = open_dataset(base, train_split, **(options or {}))
+    test = open_dataset(base, test_split, **(options or {}))
     classes = num_classes(train)
     if not classes:
         raise VitsslError(f"'{spec}' has no labels; evaluators need a labelled dataset")
