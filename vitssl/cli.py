@@ -1,4 +1,4 @@
-"""The ``vitssl`` command line: pretrain, eval, plugins, shard, analyze, configs."""
+"""The ``vitssl`` command line: pretrain, eval, plugins, shard, analyze, export, configs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from vitssl.errors import VitsslError
 
 EXIT_USER_ERROR = 2
+EXPORT_FORMATS = ("timm", "hf")  # vitssl.export.FORMATS, without importing torch for --help
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +73,16 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write an encoder in the layouts timm and the HF hub load",
+                       description="Write a pretrained encoder as timm weights + config.json "
+                                   "(timm), or as a Hugging Face hub folder with a model card "
+                                   "(hf); both load with timm.create_model('local-dir:DIR').")
+    p.add_argument("checkpoint", help="run directory, checkpoint directory or model.safetensors")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="target layout")
+    p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vitssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -79,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_shard(sub)
     _add_analyze(sub)
+    _add_export(sub)
     p = sub.add_parser("plugins", help="list registered objectives, stems, evaluators, datasets")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("configs", help="list the shipped recipes (configs/*.yaml)",
@@ -149,6 +161,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vitssl.export import export, timm_load_lines
+
+    out = export(args.checkpoint, args.format, args.out)
+    config = json.loads((out / "config.json").read_text())
+    print(f"wrote {out}; load it with:")
+    for line in timm_load_lines(out, config):
+        print(f"  {line}")
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from vitssl.plugins import KINDS, get_registry
 
@@ -196,7 +219,8 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"pretrain": _cmd_pretrain, "eval": _cmd_eval, "shard": _cmd_shard,
-            "plugins": _cmd_plugins, "analyze": _cmd_analyze, "configs": _cmd_configs}
+            "plugins": _cmd_plugins, "analyze": _cmd_analyze, "configs": _cmd_configs,
+            "export": _cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

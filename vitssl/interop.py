@@ -3,7 +3,8 @@
 Parameter names are shared (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
 ``blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``,
 ``fc_norm``), so conversion checks the architecture and copies tensors.
-timm is only needed by :func:`from_timm`; nothing is downloaded.
+:func:`timm_architecture` is the way back: the timm name and arguments that
+rebuild an encoder. timm is only needed by :func:`from_timm`; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -144,5 +145,90 @@ def from_timm(model: Any) -> VisionTransformer:
 
 
 def to_timm_state_dict(encoder: VisionTransformer) -> dict[str, torch.Tensor]:
-    """The encoder's weights under timm's names; load with ``strict=False`` (no head)."""
-    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    """The encoder's weights under timm's names; a model built with ``num_classes=0`` loads
+    them strictly. A supervised ``pre_logits`` layer attached by ``load_encoder`` is left out
+    (timm's ViT has none)."""
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()
+            if not k.startswith("pre_logits.")}
+
+
+# timm names whose defaults are closest (every architecture argument is passed explicitly).
+TIMM_BY_WIDTH = {192: "vit_tiny_patch16_224", 384: "vit_small_patch16_224",
+                 768: "vit_base_patch16_224", 1024: "vit_large_patch16_224",
+                 1280: "vit_huge_patch14_224"}
+# timm's hybrid ViTs fix their ResNet (v1.5, GroupNorm, weight-standardised "SAME" convs,
+# standard widths) by name; only these layouts can be expressed.
+TIMM_HYBRIDS = {(2, 2, 2, 2): "vit_small_r26_s32_224", (3, 4, 9): "vit_base_r50_s16_224",
+                (3, 4, 6, 3): "vit_large_r50_s32_224"}
+_HYBRID_CHANNELS = (256, 512, 1024, 2048)
+_TIMM_KEYS = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.", "fc_norm.")
+
+
+def _not_expressible(what: str) -> VitsslError:
+    return VitsslError(f"cannot export to timm: {what}")
+
+
+def _hybrid_architecture(stem: nn.Module) -> tuple[str, int]:
+    """(timm hybrid name, projection kernel) for a ``resnet-hybrid`` stem timm can build."""
+    backbone = stem.backbone
+    layers = tuple(len(stage.blocks) for stage in backbone.stages)
+    channels = tuple(stage.blocks[0].conv3.out_channels for stage in backbone.stages)
+    width = backbone.stem.conv.out_channels
+    norms = [m for m in backbone.modules() if isinstance(m, nn.GroupNorm)]
+    groups = {n.num_groups for n in norms}
+    eps = {getattr(m, "eps", None) for m in backbone.modules() if isinstance(m, nn.Conv2d)}
+    if not _is_identity(backbone.norm):
+        raise _not_expressible("a pre-activation (BiT) hybrid backbone; timm's hybrid ViTs "
+                               "build the v1.5 ResNet (resnet-hybrid with preact=false)")
+    if (layers not in TIMM_HYBRIDS or channels != _HYBRID_CHANNELS[:len(layers)]
+            or width != 64 or groups != {32} or eps != {1e-8}):
+        known = ", ".join(str(k) for k in TIMM_HYBRIDS)
+        raise _not_expressible(f"a hybrid stem with layers {layers}, channels {channels}, "
+                               f"stem width {width}, {sorted(groups)} groups; timm's hybrid "
+                               f"ViTs have only ResNet layers {known} at standard width "
+                               f"(64-channel stem, 32 groups)")
+    proj = stem.proj
+    if proj.kernel_size != proj.stride or proj.kernel_size[0] != proj.kernel_size[1]:
+        raise _not_expressible("a hybrid projection other than a square patchifying conv")
+    return TIMM_HYBRIDS[layers], proj.kernel_size[0]
+
+
+def timm_architecture(encoder: VisionTransformer) -> tuple[str, dict[str, Any], str]:
+    """(timm model name, ``create_model`` kwargs, first conv) that rebuild ``encoder``.
+
+    The kwargs spell out every architecture argument, so the name only picks timm's
+    builder (a plain or a hybrid ViT). Raises one line naming what timm cannot express.
+    """
+    stem = encoder.patch_embed
+    if isinstance(stem, PatchEmbed):
+        name = TIMM_BY_WIDTH.get(encoder.embed_dim, "vit_base_patch16_224")
+        ph, pw = stem.patch_size
+        patch, first_conv = (ph if ph == pw else [ph, pw]), "patch_embed.proj"
+        in_chans = stem.proj.in_channels
+    elif hasattr(stem, "backbone") and hasattr(stem.backbone, "stages"):
+        name, patch = _hybrid_architecture(stem)
+        first_conv, in_chans = "patch_embed.backbone.stem.conv", stem.backbone.stem.conv.in_channels
+    else:
+        raise _not_expressible(f"the stem {type(stem).__name__} has no timm patch embedding")
+    first = encoder.blocks[0]
+    height, width = stem.image_size
+    mlp_ratio = first.mlp.fc1.out_features / encoder.embed_dim
+    if int(encoder.embed_dim * mlp_ratio) != first.mlp.fc1.out_features:
+        raise _not_expressible(f"an MLP width {first.mlp.fc1.out_features} that is no "
+                               f"ratio of the width {encoder.embed_dim}")
+    args: dict[str, Any] = {
+        "img_size": height if height == width else [height, width], "patch_size": patch,
+        "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks),
+        "num_heads": first.attn.num_heads,
+        "mlp_ratio": mlp_ratio,
+        "class_token": encoder.cls_token is not None,
+        "global_pool": "token" if encoder.global_pool == "token" else "avg",
+        "fc_norm": not _is_identity(encoder.fc_norm),
+    }
+    if in_chans != 3:
+        args["in_chans"] = in_chans
+    extra = sorted({k.split(".")[0] for k in to_timm_state_dict(encoder)
+                    if not k.startswith(_TIMM_KEYS)})
+    if extra:
+        raise _not_expressible(f"parameters timm's ViT has no place for: {', '.join(extra)}")
+    return name, args, first_conv
