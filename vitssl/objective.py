@@ -5,7 +5,7 @@ An objective is an ``nn.Module`` built by its factory as
 ``{"loss": scalar tensor, **metrics}``. Everything else is optional and has a
 no-op default here; the pretraining loop reads objectives only through these
 methods (:func:`as_objective` adapts plain ``nn.Module`` objectives written
-against the attribute contract that came before this class).
+against the attribute contract that came before this class, in place).
 
 The batch (a dict) holds ``"image"`` (B, 3, H, W) normalised and ``"pixels"``
 (the same in [0, 1]), ``"label"`` (B,) for labelled data, ``"sample_seed"``
@@ -97,38 +97,56 @@ class Objective(nn.Module):
 
 
 class LegacyObjective(Objective):
-    """A plain ``nn.Module`` objective read through the base class (attribute contract)."""
+    """The older attribute contract of a plain ``nn.Module`` objective, read through the base.
 
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
+    :func:`build_objective` mixes it into such an objective's class, so the
+    module keeps its state-dict keys and its own ``forward``.
+    """
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return self.module(batch)
+    _legacy_class: type = nn.Module
+
+    def _own(self, name: str) -> Any:
+        return getattr(self._legacy_class, name, None)
 
     def views(self, size: tuple[int, int], data: Any) -> Views | None:
-        declared = getattr(self.module, "views", None)
+        declared = self._own("views")
         if not callable(declared):
             return None
         height, width = size  # the older contract passed an int for square sizes
-        return declared(height if height == width else size, data)
+        return declared(self, height if height == width else size, data)
 
     def before_optimizer_step(self, step: int, total_steps: int) -> None:
-        hook = getattr(self.module, "before_optimizer_step", None)
+        hook = self._own("before_optimizer_step")
         if callable(hook):
-            hook(step, total_steps)
+            hook(self, step, total_steps)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        hook = getattr(self.module, "after_optimizer_step", None)
+        hook = self._own("after_optimizer_step")
         if callable(hook):
-            hook(step, total_steps)
+            hook(self, step, total_steps)
 
     def exports(self) -> dict[str, str]:
-        out = {"encoder": f"module.{getattr(self.module, 'export_encoder', 'encoder')}"}
-        pre_logits = getattr(self.module, "export_pre_logits", None)
+        out = {"encoder": str(getattr(self, "export_encoder", "encoder"))}
+        pre_logits = getattr(self, "export_pre_logits", None)
         if pre_logits:
-            out["pre_logits"] = f"module.{pre_logits}"
+            out["pre_logits"] = str(pre_logits)
         return out
+
+
+_adapted: dict[type, type] = {}
+
+
+def as_objective(module: nn.Module) -> Objective:
+    """``module`` itself, as an :class:`Objective` (older plain modules are adapted in place)."""
+    if isinstance(module, Objective):
+        return module
+    cls = type(module)
+    if cls not in _adapted:
+        _adapted[cls] = type(cls.__name__, (LegacyObjective, cls), {
+            "_legacy_class": cls, "__module__": cls.__module__,
+            "requires_labels": bool(getattr(cls, "requires_labels", False))})
+    module.__class__ = _adapted[cls]
+    return module
 
 
 def _legacy_options(factory: Callable[..., Any], data: DataInfo) -> dict[str, Any]:
@@ -174,5 +192,4 @@ def build_objective(name: str, factory: Callable[..., Any], encoder: nn.Module,
                           f"{exc}") from None
     except ValueError:  # no signature to check (a builtin or C callable)
         pass
-    module = factory(encoder=encoder, **options)
-    return module if isinstance(module, Objective) else LegacyObjective(module)
+    return as_objective(factory(encoder=encoder, **options))
