@@ -69,9 +69,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` lives once complete."""
+    return checkpoint_dir(run_dir) / f"step-{step:08d}"
+
+
 def staging_dir(run_dir: str | Path, step: int) -> Path:
     """Where checkpoint ``step`` is assembled before it is renamed into place."""
-    return checkpoint_dir(run_dir) / f".tmp-step-{step:08d}"
+    return checkpoint_dir(run_dir) / f".tmp-{step_dir(run_dir, step).name}"
 
 
 def prepare_staging(run_dir: str | Path, step: int) -> Path:
@@ -97,7 +102,7 @@ def save_checkpoint(run_dir: str | Path, step: int, module: Objective, cfg: Conf
     other ranks wrote (the sharded optimizer state).
     """
     root = checkpoint_dir(run_dir)
-    final = root / f"step-{step:08d}"
+    final = step_dir(run_dir, step)
     tmp = staging_dir(run_dir, step) if staged else prepare_staging(run_dir, step)
     source = module.state_dict() if weights is None else weights
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}

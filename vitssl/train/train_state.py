@@ -27,7 +27,13 @@ from torch import nn
 
 from vitssl.seeds import process_seed
 from vitssl.train import distributed, fsdp
-from vitssl.train.checkpoint import OPTIMIZER, prepare_staging, save_checkpoint, staging_dir
+from vitssl.train.checkpoint import (
+    OPTIMIZER,
+    prepare_staging,
+    save_checkpoint,
+    staging_dir,
+    step_dir,
+)
 from vitssl.train.sharded_state import load_tensors, save_tensors
 
 if TYPE_CHECKING:
@@ -101,7 +107,7 @@ def save_run_checkpoint(run: Run, step: int, extra: dict[str, Any]) -> Path:
         state["optimizer_param_groups"] = groups
     else:
         state["optimizer"] = optimizer.state_dict() if ctx.is_main else None
-    final = run_dir / "checkpoints" / f"step-{step:08d}"
+    final = step_dir(run_dir, step)
     if ctx.is_main:
         final = save_checkpoint(run_dir, step, objective, cfg, state,
                                 keep=cfg.train.keep_checkpoints, weights=weights, staged=sharded,
