@@ -1,4 +1,4 @@
-"""``python -m vitssl.kernels.compile_check``: the kernels compiled for real GPUs on this
+"""``python -m vitssl.tools.compile_check``: the kernels compiled for real GPUs on this
 CPU-only machine, and the check's rules. Compiles run in a subprocess without
 TRITON_INTERPRET (the test session interprets kernels, which cannot be compiled)."""
 
@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from vitssl.kernels import aot  # noqa: E402
-from vitssl.kernels.compile_check import Job, findings  # noqa: E402
+from vitssl.tools import aot  # noqa: E402
+from vitssl.tools.compile_check import Job, findings  # noqa: E402
 
 
 def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 def test_forward_on_sm90_compiles_to_wgmma_with_async_loads(tmp_path) -> None:  # noqa: ANN001
     from vitssl.kernels.attention_configs import head_block, n_bucket, tuned_configs
 
-    done = run(["-m", "vitssl.kernels.compile_check", "--arch", "90", "--head-dims", "64",
+    done = run(["-m", "vitssl.tools.compile_check", "--arch", "90", "--head-dims", "64",
                 "--dtypes", "bf16", "--kernels", "fwd", "--jobs", "1", "--dump", str(tmp_path)])
     assert done.returncode == 0, done.stdout + done.stderr
     rows = table_rows(done.stdout)
@@ -48,7 +48,7 @@ def test_forward_on_sm90_compiles_to_wgmma_with_async_loads(tmp_path) -> None:  
 
 def test_a_spilling_config_is_reported_and_fails() -> None:
     # 4 warps on a 128 x 128 tile at D = 128 cannot hold the accumulators in registers.
-    code = ("import json; from vitssl.kernels.compile_check import Job, run_job; "
+    code = ("import json; from vitssl.tools.compile_check import Job, run_job; "
             "r = run_job(Job('fwd', 90, 128, 'bf16', 'm128n128w4s2', ('packed',), 197), None); "
             "print(json.dumps([r.spill_bytes, r.registers, list(r.problems)]))")
     done = run(["-c", code])
@@ -102,6 +102,6 @@ def test_sm80_needs_no_wgmma_but_has_less_shared_memory() -> None:
 
 @pytest.mark.slow
 def test_full_grid_passes() -> None:
-    done = run(["-m", "vitssl.kernels.compile_check"], timeout=1800)
+    done = run(["-m", "vitssl.tools.compile_check"], timeout=1800)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 failed" in done.stdout

@@ -2,7 +2,7 @@
 
 On CUDA the kernels are autotuned over a few block sizes, warps and stages per
 (kernel, N bucket, padded head dim, dtype, architecture): the tuned lists below,
-each entry checked by ``python -m vitssl.kernels.compile_check``; other keys
+each entry checked by ``python -m vitssl.tools.compile_check``; other keys
 (fp32, fp64, head-dim tiles 16 and 256) use a small generic grid. Under the
 Triton interpreter (CPU) one small fixed configuration is used: the interpreter
 runs every program in Python, so small tiles keep tests fast.
@@ -66,7 +66,7 @@ def _grid(block_ms: tuple[int, ...], block_ns: tuple[int, ...], warps: tuple[int
 
 # Tuned candidates per (kernel, head-dim tile, family): for fp16/bf16 at head-dim tiles 32,
 # 64 and 128 (D = 80 pads to 128). Every entry compiles without spills, within shared
-# memory, with wgmma and cp.async main loops on sm_90: `python -m vitssl.kernels.compile_check`
+# memory, with wgmma and cp.async main loops on sm_90: `python -m vitssl.tools.compile_check`
 # checks exactly these (its table is in benchmarks/RESULTS.md). Notes from that table:
 # 4-warp tiles of 128 x 128 (fwd) or with a 128-row side (backward) spill at D = 128;
 # BLOCK_M = 32 in the forward loses wgmma. ViT lengths (197, 257, 577, 1025) are never

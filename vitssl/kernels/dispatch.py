@@ -1,4 +1,8 @@
-"""Pick an attention backend for (B, H, N, D) tensors."""
+"""Pick an attention backend for (B, H, N, D) tensors, once per kind of input, and run it.
+
+``choose`` is the one place a backend is picked; ``AttentionDispatch`` keeps its
+choices for one call site (an encoder layer), ``attention`` is the plain function.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,17 @@ from vitssl.errors import VitsslError
 from vitssl.kernels.reference import reference_attention
 
 BACKENDS = ("auto", "triton", "sdpa", "reference")
+AUTO_TRITON_DEVICES = ("cuda",)  # device types on which "auto" considers the Triton kernel
+# Largest |Triton - SDPA| the self-check accepts, per dtype (values and gradients are O(1)).
+SELF_CHECK_TOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2, torch.float32: 1e-3}
+_verdicts: dict[tuple[str, int, torch.dtype], str | None] = {}  # (device, D, dtype) -> why not
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a backend, else a :class:`VitsslError` listing the accepted ones."""
+    if name not in BACKENDS:
+        raise VitsslError(f"unknown attention backend '{name}'; accepted: {', '.join(BACKENDS)}")
+    return name
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -39,21 +54,19 @@ def _triton_module() -> ModuleType | ImportError:
     return _triton
 
 
-def triton_available() -> bool:
-    """Whether the triton package imports here."""
-    return not isinstance(_triton_module(), ImportError)
+def triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the Triton kernel cannot take q, k, v here (no triton, or the kernel's limits),
+    or None if it can: the one support predicate of both "auto" and "triton"."""
+    module = _triton_module()
+    if isinstance(module, ImportError):
+        return (f"the triton attention backend needs the triton package, which does not "
+                f"import here ({module}); use backend 'sdpa' or 'auto'")
+    return module.unsupported_reason(q, k, v)
 
 
-@functools.cache
-def _warn_dropout_fallback() -> None:
-    warnings.warn("the triton attention kernel has no dropout; attention with dropout_p > 0 "
-                  "runs on torch SDPA instead", stacklevel=3)
-
-
-AUTO_TRITON_DEVICES = ("cuda",)  # device types on which "auto" considers the Triton kernel
-# Largest |Triton - SDPA| the self-check accepts, per dtype (values and gradients are O(1)).
-SELF_CHECK_TOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2, torch.float32: 1e-3}
-_verdicts: dict[tuple[str, int, torch.dtype], str | None] = {}
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+          dropout_p: float = 0.0) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
 
 def self_check(device: str, head_dim: int, dtype: torch.dtype) -> str | None:
@@ -68,7 +81,7 @@ def self_check(device: str, head_dim: int, dtype: torch.dtype) -> str | None:
     dout = torch.randn(b, h, n, d, generator=g).to(device=device, dtype=dtype)
     results = []
     try:
-        for fn in (module.triton_attention, _sdpa_plain):
+        for fn in (module.triton_attention, _sdpa):
             leaf = base.detach().requires_grad_()
             q, k, v = leaf.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             with torch.enable_grad():
@@ -83,10 +96,6 @@ def self_check(device: str, head_dim: int, dtype: torch.dtype) -> str | None:
     if not err <= SELF_CHECK_TOL.get(dtype, 1e-3):  # also catches NaN
         return f"differs from torch SDPA by {err:.3g} (tolerance {SELF_CHECK_TOL.get(dtype)})"
     return None
-
-
-def _sdpa_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 @torch.compiler.assume_constant_result
@@ -106,19 +115,51 @@ def _self_check_passes(device: str, head_dim: int, dtype: torch.dtype) -> bool:
     return _verdicts[key] is None
 
 
-def _triton_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
-    """What "auto" asks: CUDA tensors the kernel supports, no dropout, and a passed self-check
-    for this (device, D, dtype) (triton is imported only for CUDA tensors)."""
-    if q.device.type not in AUTO_TRITON_DEVICES or dropout_p > 0.0 or q.dtype == torch.float64:
-        return False
-    module = _triton_module()
-    if isinstance(module, ImportError) or module.unsupported_reason(q, k, v) is not None:
-        return False
-    return _self_check_passes(str(q.device), q.shape[-1], q.dtype)
+@functools.cache
+def _warn_dropout_fallback() -> None:
+    warnings.warn("the triton attention kernel has no dropout; attention with dropout_p > 0 "
+                  "runs on torch SDPA instead", stacklevel=4)
 
 
-def _sdpa(q, k, v, scale, dropout_p):  # noqa: ANN001, ANN202
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+def reset() -> None:
+    """Forget every self-check verdict and once-only warning: the next "auto" call on
+    CUDA checks the kernel again. Choices an ``AttentionDispatch`` already made stay."""
+    _verdicts.clear()
+    _warn_dropout_fallback.cache_clear()
+
+
+def choose(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str,
+           dropout_p: float = 0.0) -> str:
+    """The backend that runs attention on these inputs: "triton", "sdpa" or "reference".
+
+    "auto" takes Triton for tensors on ``AUTO_TRITON_DEVICES`` that the kernel supports,
+    without dropout, below float64, once ``self_check`` passed for their (device, D, dtype)
+    (a failed check warns once); else SDPA. "triton" raises :class:`VitsslError` for
+    inputs the kernel cannot take, and with dropout warns once and picks SDPA.
+    """
+    if backend in ("sdpa", "reference"):
+        return backend
+    if backend == "auto":
+        if (q.device.type not in AUTO_TRITON_DEVICES or dropout_p > 0.0
+                or q.dtype == torch.float64 or triton_unsupported(q, k, v) is not None):
+            return "sdpa"
+        return "triton" if _self_check_passes(str(q.device), q.shape[-1], q.dtype) else "sdpa"
+    reason = triton_unsupported(q, k, v)
+    if reason is not None:
+        raise VitsslError(reason)
+    if dropout_p > 0.0:
+        _warn_dropout_fallback()
+        return "sdpa"
+    return "triton"
+
+
+def _run(chosen: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+         scale: float | None, dropout_p: float) -> torch.Tensor:
+    if chosen == "triton":
+        return _triton_module().triton_attention(q, k, v, scale=scale)
+    if chosen == "reference":
+        return reference_attention(q, k, v, scale=scale, dropout_p=dropout_p)
+    return _sdpa(q, k, v, scale, dropout_p)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto",
@@ -131,26 +172,34 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
     (device, D, dtype), ``self_check`` compares it with SDPA; if that fails, it warns once
     and uses SDPA for them from then on ("triton" raises instead). The Triton kernel has no
     dropout: with ``dropout_p > 0`` the ``"triton"`` backend warns once and runs
-    SDPA, and ``"auto"`` picks SDPA.
+    SDPA, and ``"auto"`` picks SDPA. See ``choose``.
     """
     _check(q, k, v)
-    if backend not in BACKENDS:
-        raise VitsslError(f"unknown attention backend '{backend}'; accepted: "
-                          f"{', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = "triton" if _triton_takes(q, k, v, dropout_p) else "sdpa"
-    if backend == "sdpa":
-        return _sdpa(q, k, v, scale, dropout_p)
-    if backend == "reference":
-        return reference_attention(q, k, v, scale=scale, dropout_p=dropout_p)
-    module = _triton_module()
-    if isinstance(module, ImportError):
-        raise VitsslError(f"the triton attention backend needs the triton package, which "
-                          f"does not import here ({module}); use backend 'sdpa' or 'auto'")
-    reason = module.unsupported_reason(q, k, v)
-    if reason is not None:
-        raise VitsslError(reason)
-    if dropout_p > 0.0:
-        _warn_dropout_fallback()
-        return _sdpa(q, k, v, scale, dropout_p)
-    return module.triton_attention(q, k, v, scale=scale)
+    chosen = choose(q, k, v, check_backend(backend), dropout_p)
+    return _run(chosen, q, k, v, scale, dropout_p)
+
+
+class AttentionDispatch:
+    """``attention`` for one call site: the backend name is checked once, and the choice is
+    kept per kind of input (devices, dtypes, head dims, dropout or not), so that a layer
+    decides once, not on every call. Under torch.compile the choice is taken while tracing.
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        self.backend = check_backend(backend)
+        self._choices: dict[tuple, str] = {}
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                 scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+        _check(q, k, v)
+        if self.backend in ("sdpa", "reference"):
+            return _run(self.backend, q, k, v, scale, dropout_p)
+        if torch.compiler.is_compiling():
+            return _run(choose(q, k, v, self.backend, dropout_p), q, k, v, scale, dropout_p)
+        # Everything ``choose`` reads from the inputs (after ``_check``).
+        key = (q.device, k.device, v.device, q.dtype, k.dtype, v.dtype, q.shape[-1],
+               v.shape[-1], q.shape[2] > 0, dropout_p > 0.0)
+        chosen = self._choices.get(key)
+        if chosen is None:
+            chosen = self._choices[key] = choose(q, k, v, self.backend, dropout_p)
+        return _run(chosen, q, k, v, scale, dropout_p)

@@ -6,20 +6,17 @@ from dataclasses import replace
 
 from vitssl.config import ModelConfig, image_hw
 from vitssl.errors import VitsslError
+from vitssl.kernels import check_backend
 from vitssl.models.variants import parse_model_name
 from vitssl.models.vit import VisionTransformer
 from vitssl.plugins import Registry, get_registry
-
-ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "reference")
 
 
 def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = None,
                   **overrides) -> VisionTransformer:
     """A freshly initialised encoder; ``overrides`` replace fields of ``cfg``."""
     cfg = replace(cfg or ModelConfig(), **overrides)
-    if cfg.attention not in ATTENTION_BACKENDS:
-        raise VitsslError(f"unknown attention backend '{cfg.attention}'; accepted: "
-                          f"{', '.join(ATTENTION_BACKENDS)}")
+    check_backend(cfg.attention)
     variant, patch = parse_model_name(cfg.name)
     if cfg.depth is not None and cfg.depth < 1:
         raise VitsslError(f"model.depth must be >= 1, got {cfg.depth}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitssl.kernels import attention
+from vitssl.kernels import AttentionDispatch
 
 
 class DropPath(nn.Module):
@@ -39,12 +39,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    @property
+    def backend(self) -> str:
+        """The attention backend name (see ``vitssl.kernels.attention``)."""
+        return self.dispatch.backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self.dispatch = AttentionDispatch(name)  # checks the name; choices start afresh
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         # "b n (three h dh) -> three b h n dh": views of the packed projection, no copy.
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = attention(q, k, v, backend=self.backend,
-                        dropout_p=self.attn_drop if self.training else 0.0)
+        out = self.dispatch(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(out))
 

@@ -1,6 +1,6 @@
 """Compile every fused-attention kernel for real GPUs on any machine, and check the result.
 
-    python -m vitssl.kernels.compile_check [--dump DIR] [--arch 90 ...] [--head-dims 64 ...]
+    python -m vitssl.tools.compile_check [--dump DIR] [--arch 90 ...] [--head-dims 64 ...]
 
 For every kernel, every configuration the autotuner may pick at ViT lengths,
 head dims 32/64/80/128, fp16 and bf16, sm_80 and sm_90 (and sm_100 when the
@@ -73,7 +73,7 @@ def launch(kernel: str, layout: str, head_dim: int, dtype: str, length: int,
     import torch
 
     from vitssl.kernels import triton_attention as ta
-    from vitssl.kernels.aot import StandIn, dense
+    from vitssl.tools.aot import StandIn, dense
 
     dt, b, h, n, d = _torch_dtype(dtype), batch, heads, length, head_dim
     if layout == "packed":  # views of one (B, N, 3·H·D) projection, as the encoder makes them
@@ -136,7 +136,7 @@ def _parse_config(name: str) -> dict:
 
 def run_job(job: Job, dump: str | None) -> Row:
     """Compile ``job`` for each layout (identical specialisations compile once) and check."""
-    from vitssl.kernels import aot
+    from vitssl.tools import aot
 
     start = time.perf_counter()
     problems: list[str] = []
@@ -176,7 +176,7 @@ def run_job(job: Job, dump: str | None) -> Row:
 
 def findings(job: Job, res) -> list[str]:  # noqa: ANN001
     """What is wrong with a compiled kernel, by the check's rules."""
-    from vitssl.kernels.aot import MAX_SHARED
+    from vitssl.tools.aot import MAX_SHARED
 
     out = []
     if res.spill_bytes:
@@ -222,7 +222,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitssl.kernels.compile_check",
+    parser = argparse.ArgumentParser(prog="python -m vitssl.tools.compile_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--dump", metavar="DIR", help="write cubin and PTX files here")
     parser.add_argument("--arch", type=_ints, default=ARCHS, help="e.g. 80,90 (default: all)")
