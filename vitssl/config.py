@@ -272,12 +272,9 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (),
-                base: dict[str, Any] | None = None) -> Config:
-    """Build a config from defaults, then ``base`` (flags), a YAML file, then overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Build a config from defaults, then a YAML file, then ``key=value`` overrides."""
     cfg = Config()
-    if base:
-        _apply(cfg, base)
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -178,8 +178,3 @@ def task_features(encoder: nn.Module, task: Any, *, batch_size: int = 256,
                                  desc=f"{task.name} {name}{label} features",
                                  show_progress=show_progress)
                  for name, split in (("train", task.train), ("test", task.test)))
-
-
-def clear_cache() -> None:
-    """Forget every cached feature set."""
-    _CACHE.clear()
