@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from einops import rearrange
 from torch import nn
 
 
@@ -29,12 +30,10 @@ def _tokens(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def block_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one pre-norm block on ``x`` (B, T, D); return (its output, weights (B, H, T, T) fp32)."""
     attn = block.attn
-    b, t, d = x.shape
     qkv = attn.qkv(block.norm1(x)).float()
-    # "b t (three h dh) -> three b h t dh"
-    q, k, v = qkv.view(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = rearrange(qkv, "b t (three h dh) -> three b h t dh", three=3, h=attn.num_heads)
     weights = torch.softmax((q @ k.transpose(-2, -1)) * attn.head_dim ** -0.5, dim=-1)
-    mixed = (weights @ v).transpose(1, 2).reshape(b, t, d).to(x.dtype)  # "b h t dh -> b t (h dh)"
+    mixed = rearrange(weights @ v, "b h t dh -> b t (h dh)").to(x.dtype)
     x = x + attn.proj(mixed)
     x = x + block.mlp(block.norm2(x))
     return x, weights

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int],
@@ -21,9 +22,8 @@ def resample_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int],
     if patches.shape[1] != h * w:
         raise ValueError(f"position embedding holds {patches.shape[1]} patch entries, "
                          f"not {h}x{w}")
-    dim = patches.shape[-1]
-    grid = patches.reshape(1, h, w, dim).permute(0, 3, 1, 2).float()  # "1 (h w) d -> 1 d h w"
+    grid = rearrange(patches, "1 (h w) d -> 1 d h w", h=h, w=w).float()
     grid = F.interpolate(grid, size=tuple(new_grid), mode=mode,
                          antialias=antialias and mode in ("bilinear", "bicubic"))
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    grid = rearrange(grid, "1 d h w -> 1 (h w) d")
     return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)

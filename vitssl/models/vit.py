@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from vitssl.errors import VitsslError
 from vitssl.models.layers import Block
 from vitssl.models.pos_embed import resample_pos_embed
-
-
-def _as_pair(x: Any) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
+from vitssl.models.sizes import to_pair
 
 
 class VisionTransformer(nn.Module):
@@ -43,8 +40,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = stem
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.grid_size = _as_pair(stem.grid_size)
-        patch = _as_pair(getattr(stem, "patch_size", 1))
+        self.grid_size = to_pair(stem.grid_size)
+        patch = to_pair(getattr(stem, "patch_size", 1))
         self.patch_size = patch[0] if patch[0] == patch[1] else patch
         self.global_pool = pool
         self.num_prefix_tokens = 1 if class_token else 0
@@ -86,8 +83,8 @@ class VisionTransformer(nn.Module):
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid the stem produces for an input of this size."""
         if hasattr(self.patch_embed, "grid_for"):
-            return _as_pair(self.patch_embed.grid_for(height, width))
-        image = _as_pair(getattr(self.patch_embed, "image_size", (height, width)))
+            return to_pair(self.patch_embed.grid_for(height, width))
+        image = to_pair(getattr(self.patch_embed, "image_size", (height, width)))
         return (height * self.grid_size[0] // image[0], width * self.grid_size[1] // image[1])
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +93,7 @@ class VisionTransformer(nn.Module):
 
     def patch_pos_embed(self, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Position embeddings of the patch tokens for ``grid`` (resampled if needed): (1, N, D)."""
-        grid = self.grid_size if grid is None else _as_pair(grid)
+        grid = self.grid_size if grid is None else to_pair(grid)
         pos = resample_pos_embed(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
         return pos[:, self.num_prefix_tokens:]
 
@@ -183,8 +180,8 @@ class VisionTransformer(nn.Module):
     def _format(self, x: torch.Tensor, grid: tuple[int, int], output_fmt: str) -> torch.Tensor:
         if output_fmt == "NLC":
             return x
-        patches = x[:, self.num_prefix_tokens:]  # "b (h w) d -> b d h w"
-        return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
+        return rearrange(x[:, self.num_prefix_tokens:], "b (h w) d -> b d h w",
+                         h=grid[0], w=grid[1])
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""
