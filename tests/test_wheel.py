@@ -1,6 +1,7 @@
 """The wheel carries what a checkout has: every module, every built-in plugin, every recipe."""
 
 import configparser
+import re
 import shutil
 import subprocess
 import sys
@@ -57,3 +58,19 @@ def test_the_wheel_registers_the_console_script_and_its_plugins(wheel, wheel_fil
     assert "vitssl_plugins.patch_stem" in modules
     for module in modules:
         assert f"{module.replace('.', '/')}.py" in wheel_files, module
+
+
+IMPORT_NAMES = {"pyyaml": "yaml", "pillow": "PIL", "scikit-learn": "sklearn",
+                "scikit-image": "skimage"}
+
+
+def test_every_declared_dependency_is_imported():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.match(r"[A-Za-z0-9_.-]+", d)[0].lower() for d in project["dependencies"]]
+    source = "\n".join(p.read_text() for folder in ("vitssl", "plugins")
+                       for p in (ROOT / folder).rglob("*.py"))
+    unused = [name for name in names
+              if not re.search(rf"^\s*(import|from) {IMPORT_NAMES.get(name, name)}\b", source,
+                               re.MULTILINE)]
+    assert not unused, f"declared in pyproject.toml but never imported: {unused}"
