@@ -34,12 +34,9 @@ from torch import nn
 
 import vitssl
 from vitssl.errors import VitsslError
+from vitssl.models.sizes import to_pair
 
 RESNET_CHANNELS = (256, 512, 1024, 2048)
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -252,14 +249,14 @@ class HybridStem(nn.Module):
         self.backbone = ResNetBackbone(tuple(layers), channels, in_chans,
                                        stem_width * width_factor, num_groups, ws_eps, preact)
         reduction = self.backbone.reduction
-        patch = _pair(patch_size)
+        patch = to_pair(patch_size)
         if patch[0] != patch[1] or patch[0] % reduction:
             raise VitsslError(f"patch size {patch_size} does not fit this hybrid stem: it "
                               f"must be a multiple of its {reduction}x down-sampling "
                               f"(e.g. '/{reduction}')")
         kernel = patch[0] // reduction
         self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, kernel, kernel)
-        self.image_size = _pair(image_size)
+        self.image_size = to_pair(image_size)
         self.patch_size = patch
         self.reduction = reduction
         self.grid_size = self.grid_for(*self.image_size)

@@ -20,13 +20,10 @@ from vitssl.analyze.rollout import attention_rollout, rollout_map
 from vitssl.analyze.source import Subject, find_run_dir, load_subject
 from vitssl.errors import VitsslError
 from vitssl.eval.progress import progress
+from vitssl.models.sizes import to_pair
 
 ANALYSIS = "analysis.json"
 ROLLOUT_IMAGES = 4
-
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
 def _rounded(x: torch.Tensor, digits: int = 4) -> Any:
@@ -66,10 +63,10 @@ def _attention(subject: Subject, spec: str, count: int, device: torch.device,
 
     encoder = subject.encoder
     size = tuple(encoder.patch_embed.image_size) if hasattr(encoder.patch_embed, "image_size") \
-        else tuple(s * p for s, p in zip(encoder.grid_size, _pair(encoder.patch_size),
+        else tuple(s * p for s, p in zip(encoder.grid_size, to_pair(encoder.patch_size),
                                          strict=True))
-    pixels, images = load_images(spec, count, _pair(size), subject.mean, subject.std)
-    grid, patch = tuple(encoder.grid_size), _pair(encoder.patch_size)
+    pixels, images = load_images(spec, count, to_pair(size), subject.mean, subject.std)
+    grid, patch = tuple(encoder.grid_size), to_pair(encoder.patch_size)
     prefix = encoder.num_prefix_tokens
     n = images.shape[0]
     total = torch.zeros(len(encoder.blocks), encoder.num_heads, dtype=torch.float64)
@@ -162,7 +159,7 @@ def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
             "checkpoint": subject.path, "format": subject.format, "step": subject.step,
             "model": {"name": subject.model, "stem": subject.stem,
                       "embed_dim": enc.embed_dim, "depth": len(enc.blocks),
-                      "heads": enc.num_heads, "patch_size": list(_pair(enc.patch_size)),
+                      "heads": enc.num_heads, "patch_size": list(to_pair(enc.patch_size)),
                       "grid": list(enc.grid_size), "class_token": enc.num_prefix_tokens > 0},
             "notes": subject.notes,
             "filters": _filters(subject, target),

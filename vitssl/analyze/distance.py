@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import torch
 
+from vitssl.models.sizes import to_pair
+
 CONVENTION = ("class-token query row and key column dropped without renormalising "
               "(attention to the class token counts as distance 0), as in the authors' code; "
               "d_ij = pixel distance between patch centres")
 
 
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
-
-
 def patch_distances(grid: tuple[int, int], patch_size: int | tuple[int, int]) -> torch.Tensor:
     """(N, N) pixel distances between patch centres of a row-major ``grid`` (N = rows · cols)."""
-    (rows, cols), (ph, pw) = _pair(grid), _pair(patch_size)
+    (rows, cols), (ph, pw) = to_pair(grid), to_pair(patch_size)
     r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64),
                           torch.arange(cols, dtype=torch.float64), indexing="ij")
     centres = torch.stack([r.flatten() * ph, c.flatten() * pw], dim=-1)  # "(h w) two"
@@ -37,7 +35,7 @@ def mean_attention_distance(weights: torch.Tensor, grid: tuple[int, int],
     T = ``num_prefix_tokens`` + rows · cols; prefix rows and columns are dropped
     without renormalising the rest.
     """
-    n = _pair(grid)[0] * _pair(grid)[1]
+    n = to_pair(grid)[0] * to_pair(grid)[1]
     if weights.shape[-1] != num_prefix_tokens + n or weights.shape[-2] != weights.shape[-1]:
         raise ValueError(f"attention of shape {tuple(weights.shape)} does not fit a grid "
                          f"{tuple(grid)} with {num_prefix_tokens} prefix tokens")

@@ -6,10 +6,7 @@ import torch
 from torch import nn
 
 from vitssl.errors import VitsslError
-
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+from vitssl.models.sizes import to_pair
 
 
 class PatchEmbed(nn.Module):
@@ -18,8 +15,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, image_size: int | tuple[int, int] = 224, patch_size: int = 16,
                  in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
-        self.image_size = _pair(image_size)
-        self.patch_size = _pair(patch_size)
+        self.image_size = to_pair(image_size)
+        self.patch_size = to_pair(patch_size)
         for size, patch in zip(self.image_size, self.patch_size, strict=True):
             if patch < 1 or size < patch:
                 raise VitsslError(f"image size {self.image_size} must be at least the patch "
