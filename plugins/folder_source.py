@@ -5,7 +5,7 @@ from typing import Any
 
 import vitssl
 from vitssl.data.folder import ImageFolder, folder_info
-from vitssl.data.source import Source, no_options
+from vitssl.data.source import Source, check_options
 
 
 class FolderSource(Source):
@@ -14,11 +14,11 @@ class FolderSource(Source):
     example = "folder:PATH"
 
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
-        no_options("folder", options)
+        check_options("folder", options)
         return folder_info(target, split)
 
     def open(self, target: str, split: str, options: Mapping[str, Any]):
-        no_options("folder", options)
+        check_options("folder", options)
         return ImageFolder(target, split)
 
 

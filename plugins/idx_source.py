@@ -12,8 +12,7 @@ from typing import Any
 import vitssl
 from vitssl.data.augment import NONE, Augmentation
 from vitssl.data.idx import IdxImages
-from vitssl.data.source import Source
-from vitssl.errors import VitsslError
+from vitssl.data.source import Source, check_options
 
 
 class IdxSource(Source):
@@ -25,10 +24,7 @@ class IdxSource(Source):
         return NONE
 
     def open(self, target: str, split: str, options: Mapping[str, Any]):
-        unknown = sorted(set(options) - {"num_classes"})
-        if unknown:
-            raise VitsslError(f"idx: unknown data.options {unknown}; accepted: num_classes")
-        return IdxImages(target, split, **options)
+        return IdxImages(target, split, **check_options("idx", options, ("num_classes",)))
 
 
 @vitssl.hookimpl

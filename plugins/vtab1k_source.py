@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import vitssl
-from vitssl.data.source import Source
+from vitssl.data.source import Source, check_options
 from vitssl.data.vtab1k import Vtab1kTask
-from vitssl.errors import VitsslError
 
 
 class Vtab1kSource(Source):
@@ -18,10 +17,7 @@ class Vtab1kSource(Source):
     example = "vtab1k:PATH/TASK"
 
     def open(self, target: str, split: str, options: Mapping[str, Any]):
-        unknown = sorted(set(options) - {"num_classes"})
-        if unknown:
-            raise VitsslError(f"vtab1k: unknown data.options {unknown}; accepted: num_classes")
-        return Vtab1kTask(target, split, **options)
+        return Vtab1kTask(target, split, **check_options("vtab1k", options, ("num_classes",)))
 
 
 @vitssl.hookimpl

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import vitssl
-from vitssl.data.source import Source, no_options
+from vitssl.data.source import Source, check_options
 from vitssl.data.streams import open_stream
 from vitssl.data.wds import expand_urls, is_labelled
 from vitssl.errors import VitsslError
@@ -26,7 +26,7 @@ class WdsSource(Source):
         return rest, None
 
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
-        no_options("wds", options)
+        check_options("wds", options)
         return is_labelled(expand_urls(target)), None
 
     def open(self, target: str, split: str, options: Mapping[str, Any]):
@@ -35,7 +35,7 @@ class WdsSource(Source):
                           f"vtab1k: here")
 
     def stream(self, target: str, **request: Any):
-        no_options("wds", request["data"].options)
+        check_options("wds", request["data"].options)
         return open_stream(target, **request)
 
 

@@ -72,7 +72,11 @@ class Source:
         raise VitsslError(f"{self.example or 'this source'} is map-style; it does not stream")
 
 
-def no_options(kind: str, options: Mapping[str, Any]) -> None:
-    """Refuse ``data.options`` for a source that takes none, in one line."""
-    if options:
-        raise VitsslError(f"{kind}: takes no data.options, got {dict(options)}")
+def check_options(kind: str, options: Mapping[str, Any],
+                  accepted: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``options`` as a dict; one line refusing any a source does not take."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"accepted: {', '.join(accepted)}" if accepted else "it takes none"
+        raise VitsslError(f"{kind}: unknown data.options {unknown}; {takes}")
+    return dict(options)
