@@ -23,13 +23,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from vitssl.devices import resolve_device
 from vitssl.errors import VitsslError
 from vitssl.eval.vtab_protocol import ADAPTATIONS, PROTOCOLS
 from vitssl.eval.vtab_report import format_text
 from vitssl.eval.vtab_suite import (
     default_output,
     encoder_at,
-    resolve_device,
     run_suite,
     select_tasks,
 )

@@ -18,6 +18,7 @@ from vitssl.analyze.filters import NUM_COMPONENTS, filter_components, pixel_filt
 from vitssl.analyze.position import neighbour_contrast, position_similarity
 from vitssl.analyze.rollout import attention_rollout, rollout_map
 from vitssl.analyze.source import Subject, find_run_dir, load_subject
+from vitssl.devices import resolve_device
 from vitssl.errors import VitsslError
 from vitssl.eval.progress import progress
 from vitssl.models.sizes import to_pair
@@ -127,8 +128,6 @@ def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
 
     Returns the record written to ``analysis.json``.
     """
-    from vitssl.eval.run import resolve_device
-
     start = time.perf_counter()
     if curves_only:
         run_dir = find_run_dir(checkpoint)

@@ -17,24 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vitssl.config import parse_override
+from vitssl.devices import resolve_device
 from vitssl.errors import VitsslError
 
 EVALS_FILE = "evals.jsonl"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VitsslError("--device cuda was given but no CUDA device is available; "
-                          "use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise VitsslError(f"unknown device '{device}'; accepted: auto, cpu, cuda")
-    return torch.device(device)
 
 
 def accepted_options(factory: Callable[..., Any]) -> list[str] | None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from vitssl.config import image_hw
@@ -135,14 +134,6 @@ def encoder_at(encoder: nn.Module, cfg: Any, image_size: int | None) -> tuple[nn
     resized.load_state_dict(encoder.state_dict())  # resamples pos_embed to the new grid
     device = next(encoder.parameters()).device
     return resized.to(device).eval(), int(image_size)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VitsslError("--device cuda: no CUDA device is available; use auto or cpu")
-    return torch.device(device)
 
 
 def default_output(checkpoint: str | Path, protocol: str, adapt: str) -> Path:

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vitssl.errors import VitsslError
-
-DEVICES = ("auto", "cpu", "cuda")
+from vitssl.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -29,18 +27,6 @@ class Context:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name not in DEVICES:
-        raise VitsslError(f"unknown device '{name}'; accepted: {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VitsslError("--device cuda was requested but no CUDA device is available; "
-                          "use --device cpu or auto")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def setup(device: str = "auto") -> Context:
