@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from vitssl.config import Config, config_from_dict, to_dict
 from vitssl.errors import VitsslError
 from vitssl.models import VisionTransformer, build_encoder
-from vitssl.objective import Objective, build_objective
+from vitssl.objective import LegacyObjective, Objective, build_objective
 from vitssl.plugins import get_registry
 
 WEIGHTS = "model.safetensors"
@@ -88,7 +88,7 @@ def prepare_staging(run_dir: str | Path, step: int) -> Path:
     return tmp
 
 
-def save_checkpoint(run_dir: str | Path, step: int, module: Objective, cfg: Config,
+def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg: Config,
                     state: dict[str, Any], keep: int = 2, *,
                     weights: dict[str, torch.Tensor] | None = None,
                     staged: bool = False, options: dict[str, Any] | None = None) -> Path:
@@ -107,7 +107,7 @@ def save_checkpoint(run_dir: str | Path, step: int, module: Objective, cfg: Conf
     source = module.state_dict() if weights is None else weights
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg)),
-                "exports": json.dumps(module.exports()),
+                "exports": json.dumps(exports_of(module)),
                 "objective_options": json.dumps(options or {})}
     save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
     torch.save({**state, "step": step}, tmp / STATE)
@@ -122,6 +122,12 @@ def save_checkpoint(run_dir: str | Path, step: int, module: Objective, cfg: Conf
     for _, stale in list_checkpoints(run_dir)[:-max(1, keep)]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def exports_of(module: torch.nn.Module) -> dict[str, str]:
+    """What an objective exports; a plain module by the older attributes (or its encoder)."""
+    return module.exports() if isinstance(module, Objective) else \
+        LegacyObjective.exports(module)
 
 
 def remove_partial(run_dir: str | Path) -> None:
