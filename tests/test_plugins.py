@@ -1,4 +1,4 @@
-"""The plugin host, with real third-party packages installed into this environment."""
+"""The plugin host, with third-party packages found through their entry points."""
 
 import json
 import os
@@ -96,45 +96,23 @@ def _run(args, **env):
                           text=True, env={**os.environ, **env}, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def third_party(tmp_path_factory):
-    """Install a tiny package with a good, a broken and a misspelt plugin; uninstall after."""
+@pytest.fixture
+def third_party(plugin_package):
+    """A tiny package with a good, a broken and a misspelt plugin, visible but not installed."""
     name = f"vitssl_testplugin_{uuid.uuid4().hex[:8]}"
-    root = tmp_path_factory.mktemp("plugin")
-    (root / name).mkdir()
-    (root / name / "__init__.py").write_text("")
-    (root / name / "good.py").write_text(PLUGIN_MODULE.replace("{name}", name))
-    (root / name / "broken.py").write_text("raise RuntimeError('plugin is broken on purpose')\n")
-    (root / name / "misspelt.py").write_text(textwrap.dedent("""
+    misspelt = textwrap.dedent("""
         import vitssl
 
         @vitssl.hookimpl
         def register_objectivs(register):
             register("never", object)
-    """))
-    (root / "pyproject.toml").write_text(textwrap.dedent(f"""
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "{name.replace('_', '-')}"
-        version = "0.0.1"
-
-        [tool.setuptools]
-        packages = ["{name}"]
-
-        [project.entry-points.vitssl]
-        {name}-good = "{name}.good"
-        {name}-broken = "{name}.broken"
-        {name}-misspelt = "{name}.misspelt"
-    """))
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["install", "-q", "--no-deps", "--no-build-isolation", str(root)],
-                   check=True, timeout=300)
-    yield name
-    subprocess.run(pip + ["uninstall", "-q", "-y", name.replace("_", "-")], check=True,
-                   timeout=300)
+    """)
+    plugin_package(name, {"good": PLUGIN_MODULE.replace("{name}", name),
+                          "broken": "raise RuntimeError('plugin is broken on purpose')\n",
+                          "misspelt": misspelt},
+                   {f"{name}-good": "good", f"{name}-broken": "broken",
+                    f"{name}-misspelt": "misspelt"})
+    return name
 
 
 def test_installed_plugin_is_listed_and_failures_are_reported(third_party):
