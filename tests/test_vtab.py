@@ -285,13 +285,13 @@ def test_micro_batch_option_reaches_finetune_as_gradient_accumulation(monkeypatc
     monkeypatch.setattr(Finetune, "run", record)
     for protocol in ("paper", "quick"):
         vtab = Vtab(protocol=protocol, options={"micro_batch": 64}, progress=False)
-        setting = vtab.settings[-1]
-        assert vtab._train_and_score(None, _fake_task().final_task(), setting) == 50.0
-    assert seen == [(512, 8, 2500), (32, 1, 100)]  # 8 passes of 64; quick fits in one
+        assert vtab.run(None, _fake_task())["vtab_top1"] == 50.0
+    # paper: 4 candidates, then the first of the tied best retrained; 8 passes of 64.
+    # quick: 2 candidates and the retraining, each fitting in one pass.
+    assert seen == [(512, 8, 500), (512, 8, 2500)] * 2 + [(512, 8, 500)] + [(32, 1, 100)] * 3
     with pytest.raises(VitsslError, match="micro_batch"):
         Vtab(protocol="paper", options={"micro_batch": 100},
-             progress=False)._train_and_score(None, _fake_task().final_task(),
-                                              protocol_settings("paper")[0])
+             progress=False).run(None, _fake_task())
 
 
 def test_tasks_outside_vtab_take_no_part_in_the_vtab_means():
@@ -320,14 +320,14 @@ def test_features_option_reaches_linear_probe_and_is_refused_for_finetune(monkey
         return {"linear_probe_top1": 40.0}
 
     monkeypatch.setattr(LinearProbe, "run", record)
-    setting = protocol_settings("quick")[0]
     for vtab in (Vtab(protocol="quick", adapt="linear-probe", features="blocks:2",
                       progress=False),
                  Vtab(protocol="quick", adapt="linear-probe", options={"features": "mean"},
                       progress=False),
                  Vtab(protocol="quick", adapt="linear-probe", progress=False)):
-        assert vtab._train_and_score(None, _fake_task().final_task(), setting) == 40.0
-    assert seen == ["blocks:2", "mean", "pooled"]
+        assert vtab.run(None, _fake_task())["vtab_top1"] == 40.0
+    # quick: two candidates and the retraining, each probing the same feature
+    assert seen == ["blocks:2"] * 3 + ["mean"] * 3 + ["pooled"] * 3
     with pytest.raises(VitsslError, match="needs adapt=linear-probe"):
         Vtab(protocol="quick", features="cls")
     with pytest.raises(VitsslError, match="unknown features"):
