@@ -282,7 +282,7 @@ def _tiles(config: BlockConfig | None) -> tuple[dict, bool]:
     return config.launch_kwargs(), False
 
 
-# Launch arguments, shared with the ahead-of-time compile check (``compile_check``), which
+# Launch arguments, shared with the ahead-of-time check (``vitssl.tools.compile_check``), which
 # calls these with stand-in tensors so that it compiles what a real launch would.
 
 
