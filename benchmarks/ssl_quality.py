@@ -1,139 +1,310 @@
-"""What each objective's pretraining is worth: objectives x evaluators x embedded tasks.
+"""What each objective's pretraining is worth at the same wall-clock budget.
 
-Every objective pretrains the same encoder (the default run's: Ti/4 cut to 4
-blocks, mean pooling, 16 px) on each task's training images for the same
-number of steps and batch size, with its own defaults otherwise. Each exported
-encoder — and the same architecture at random initialisation, and the raw
-pixels — is then scored with the same protocols:
+Every registered self-supervised objective (``supervised`` only when named in
+--objectives) pretrains the same encoder (the default run's, Ti/4 cut to 4
+blocks with mean pooling, unless --model / --image-size / --set say otherwise)
+on each labelled spec's training images for the same number of training
+seconds (--budget-s), with its own defaults otherwise.
 
-- few-shot: big_vision's closed-form ridge, 5/10/25 shots, 3 seeds;
-- k-NN: weighted k-NN (k = 20) on L2-normalised features, all training images;
-- fine-tune: the paper's recipe on 10 labelled images per class, 3 draws
-  (the run summary's comparison; not defined for raw pixels).
+How the budget is kept: a throwaway timing pass runs a few steps of the
+objective's real ``train_step`` and measures seconds per step; the run is then
+built with ``train.steps = budget / seconds-per-step`` (so its warm-up and
+cosine schedule finish at the budget, as a user who planned the run would set
+it) and is also stopped when its training seconds reach the budget, whichever
+comes first. Training seconds are the loop's own ``train_time`` (data loading
+included; evaluation pauses and the timing pass excluded). Every
+--curve-every-s training seconds a k-NN probe (k = 20) scores the encoder so
+far on a small subset; the curves are drawn one line per objective.
 
-The supervised objective uses the labels: it is a reference, not a
-self-supervised result. Writes ``results.json``, ``results.md`` and
-``results.png`` (a chart of 10-shot, k-NN and fine-tune top-1) under --out.
+Scoring, the same for every encoder (the exported one, the same architecture
+at random initialisation, and the raw pixels), on seeded, class-balanced
+subsets so a 60,000-image set stays affordable (sizes are flags):
 
-    python benchmarks/ssl_quality.py                       # all objectives on digits
-    python benchmarks/ssl_quality.py --tasks builtin:digits,builtin:dsprites-ori
+- few-shot: closed-form ridge (few-shot evaluator), 10 and 25 per class drawn
+  from --probe-train held-out training images, 3 seeds, on --probe-test images;
+- k-NN: weighted k-NN, k = 20 (knn evaluator), on --linear-train images;
+- linear: the ridge fitted on all --linear-train images (few-shot evaluator at
+  shots = images per class; ``--linear probe`` uses the SGD linear-probe
+  evaluator instead);
+- fine-tune: the run summary's ``finetune`` entry (10 labelled images per
+  class, 3 draws; ``--set summary_eval.evaluators.finetune.steps=...``), and its
+  gain over random initialisation (not defined for raw pixels).
+
+Writes ``results.json``, ``results.md``, ``results.png`` (bar chart) and
+``curve.png`` (k-NN top-1 against training seconds) under --out.
+
+    python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --budget-s 120
+    python benchmarks/ssl_quality.py --data builtin:digits --objectives mae,dino
     python benchmarks/ssl_quality.py --quick               # a CI-sized smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: sleep, do not spin
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
 
 from vitssl.config import Config, load_config  # noqa: E402
-from vitssl.data.tasks import load_task  # noqa: E402
+from vitssl.data.tasks import Task, load_task  # noqa: E402
 from vitssl.plugins import get_registry  # noqa: E402
-from vitssl.train.checkpoint import load_encoder  # noqa: E402
-from vitssl.train.run import pretrain  # noqa: E402
-from vitssl.train.summary import RawPixels, finetune_comparison, random_init_encoder  # noqa: E402
+from vitssl.train import distributed  # noqa: E402
+from vitssl.train.build import build_run  # noqa: E402
+from vitssl.train.run import close, exported_encoder, save  # noqa: E402
+from vitssl.train.step import train_step  # noqa: E402
+from vitssl.train.summary import (  # noqa: E402
+    RawPixels,
+    compare,
+    low_data_split,
+    random_init_encoder,
+)
 
-OBJECTIVES = ("masked-patch", "mae", "dino", "supervised")
+NEVER = 10 ** 9
+COLUMNS = {"fewshot_10shot_top1": "10-shot", "fewshot_25shot_top1": "25-shot",
+           "knn_k20_top1": "k-NN", "linear_top1": "linear", "finetune_top1": "fine-tune",
+           "finetune_gain": "FT gain"}
 
 
-def _config(objective: str, task: str, args: argparse.Namespace, out: Path) -> Config:
-    sets = [f"objective.name={objective}", f"data.spec={task}", f"train.steps={args.steps}",
-            f"train.batch_size={args.batch_size}", "summary_eval.enabled=false", f"out={out}",
-            f"summary_eval.data={task}", *args.set]
+def default_objectives(with_supervised: bool = False) -> list[str]:
+    """Every registered objective, ``supervised`` (it reads the labels) only when asked."""
+    names = sorted(get_registry().names("objectives"))
+    return [n for n in names if with_supervised or n != "supervised"]
+
+
+def _config(objective: str, spec: str, args: argparse.Namespace, steps: int,
+            out: str) -> Config:
+    sets = [f"objective.name={objective}", f"data.spec={spec}", f"train.steps={steps}",
+            f"train.batch_size={args.batch_size}", f"train.checkpoint_every={NEVER}",
+            "summary_eval.enabled=false", f"out={out}", f"summary_eval.data={spec}"]
+    if args.model:
+        sets.append(f"model.name={args.model}")
+    if args.image_size:
+        sets.append(f"model.image_size={args.image_size}")
     if args.quick:
-        sets += ["model.depth=1", "summary_eval.finetune_steps=3", "summary_eval.seeds=1",
-                 "summary_eval.finetune_seeds=1", "summary_eval.shots=[2]"]
-    return load_config(None, sets)
+        sets += ["model.depth=1", "summary_eval.evaluators.finetune.steps=3",
+                 "summary_eval.evaluators.finetune.draws=1"]
+    return load_config(None, sets + list(args.set))
 
 
-def evaluate(encoder: nn.Module, cfg: Config, with_finetune: bool) -> dict[str, float]:
-    """Few-shot, k-NN and (optionally) low-data fine-tune top-1 of one encoder."""
-    sc = cfg.summary_eval
-    task = load_task(sc.data, image_size=cfg.model.image_size)
-    registry = get_registry()
-    scores = registry.get("evaluators", "few-shot")(
-        shots=list(sc.shots), seeds=sc.seeds, progress=False).run(encoder, task)
-    scores.update(registry.get("evaluators", "knn")(k=[20], progress=False).run(encoder, task))
-    if with_finetune:
-        scores["finetune_top1"] = finetune_comparison({"e": encoder}, task, cfg)["e"]
-    return {k: float(v) for k, v in scores.items() if k.endswith("_top1")}
+def subset_task(task: Task, train_per_class: int, test_n: int, seed: int = 0) -> Task:
+    """``task`` cut to ``train_per_class`` training images of each class and ``test_n`` tests."""
+    small = low_data_split(task, train_per_class, seed)
+    rng = np.random.default_rng(seed + 1)
+    test = rng.permutation(len(task.test))[:test_n]
+    return Task(name=task.name, train=small.train, test=Subset(task.test, sorted(test.tolist())),
+                num_classes=task.num_classes)
+
+
+class Scorer:
+    """The fixed evaluation protocol of one labelled spec (subsets drawn once)."""
+
+    def __init__(self, cfg: Config, args: argparse.Namespace) -> None:
+        task = load_task(cfg.data.spec, image_size=cfg.model.image_size,
+                         mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                         options=cfg.data.options)
+        k = task.num_classes
+        self.probe = subset_task(task, args.probe_train // k, args.probe_test)
+        self.linear = subset_task(task, args.linear_train // k, args.probe_test)
+        self.curve = subset_task(task, args.curve_train // k, args.curve_test, seed=2)
+        self.linear_per_class = args.linear_train // k
+        self.linear_kind = args.linear
+        self.seeds = 1 if args.quick else 3
+        self.finetune = {key: v for key, v in cfg.summary_eval.evaluators["finetune"].items()
+                         if key != "compare"}
+        self.registry = get_registry()
+
+    def curve_point(self, encoder: nn.Module) -> float:
+        """k-NN (k = 20) top-1 on the curve subset."""
+        knn = self.registry.get("evaluators", "knn")(k=[20], progress=False)
+        return float(knn.run(encoder, self.curve)["knn_k20_top1"])
+
+    def score(self, encoder: nn.Module, with_finetune: bool) -> dict[str, float]:
+        """Few-shot 10/25, k-NN, linear and (optionally) fine-tune top-1 (%)."""
+        get = self.registry.get
+        scores = get("evaluators", "few-shot")(shots=[10, 25], seeds=self.seeds,
+                                               progress=False).run(encoder, self.probe)
+        scores.update(get("evaluators", "knn")(k=[20], progress=False).run(encoder, self.linear))
+        if self.linear_kind == "probe":
+            lin = get("evaluators", "linear-probe")(progress=False).run(encoder, self.linear)
+            scores["linear_top1"] = lin["linear_probe_top1"]
+        else:
+            ridge = get("evaluators", "few-shot")(shots=[self.linear_per_class], seeds=1,
+                                                  progress=False).run(encoder, self.linear)
+            scores["linear_top1"] = ridge[f"fewshot_{self.linear_per_class}shot_top1"]
+        if with_finetune:
+            scores["finetune_top1"] = compare("finetune", self.finetune, {"e": encoder},
+                                              self.probe)["e"]["finetune_top1"]
+        return {k: float(v) for k, v in scores.items() if k in COLUMNS}
+
+
+def seconds_per_step(cfg: Config, ctx: distributed.Context, steps: int) -> float:
+    """Mean seconds of the objective's ``train_step`` after two warm-up steps (throwaway run)."""
+    with tempfile.TemporaryDirectory(prefix="vitssl-timing-") as out:
+        run = build_run(_replace_steps(cfg, NEVER, out), ctx)
+        try:
+            for step in range(2):
+                train_step(run, step)
+            start = run.train_time
+            for step in range(2, 2 + steps):
+                train_step(run, step)
+                run.metrics.pending.clear()
+            return (run.train_time - start) / steps
+        finally:
+            close(run)
+
+
+def _replace_steps(cfg: Config, steps: int, out: str | None) -> Config:
+    return dataclasses.replace(cfg, out=out,
+                               train=dataclasses.replace(cfg.train, steps=steps))
+
+
+def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Namespace,
+                     scorer: Scorer) -> tuple[nn.Module, dict[str, Any]]:
+    """Pretrain for ``args.budget_s`` training seconds; the encoder and the run's record."""
+    per_step = seconds_per_step(cfg, ctx, args.timing_steps)
+    planned = max(args.timing_steps, int(args.budget_s / per_step))
+    cfg = _replace_steps(cfg, planned, cfg.out)
+    run = build_run(cfg, ctx)
+    curve = [(0.0, scorer.curve_point(exported_encoder(run)))]
+    next_point, step = args.curve_every_s, 0
+    try:
+        for step in range(planned):
+            train_step(run, step)
+            if run.metrics.due(step + 1):
+                run.metrics.flush(run.log, cfg.train.batch_size)
+            over = run.train_time >= args.budget_s
+            if run.train_time >= next_point or over or step + 1 == planned:
+                curve.append((run.train_time, scorer.curve_point(exported_encoder(run))))
+                run.objective.train()
+                while next_point <= run.train_time:
+                    next_point += args.curve_every_s
+            if over:
+                break
+        save(run, step + 1)
+    finally:
+        close(run)
+    record = {"planned_steps": planned, "steps": step + 1, "timing_s_per_step": per_step,
+              "train_s": run.train_time, "curve": curve}
+    return exported_encoder(run).eval(), record
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
-    results: dict[str, Any] = {"steps": args.steps, "batch_size": args.batch_size, "tasks": {}}
-    for task in args.tasks.split(","):
+    objectives = args.objectives.split(",") if args.objectives else default_objectives()
+    results: dict[str, Any] = {"budget_s": args.budget_s, "batch_size": args.batch_size,
+                               "tasks": {}}
+    for spec in args.data.split(","):
+        base = _config(objectives[0], spec, args, NEVER, str(out / "runs"))
+        ctx = distributed.setup(base.train.device)
+        scorer = Scorer(base, args)
         rows: dict[str, Any] = {}
-        cfg = None
-        for objective in args.objectives.split(","):
-            run_dir = out / "runs" / f"{task.replace(':', '-')}-{objective}"
-            cfg = _config(objective, task, args, run_dir)
+        curves: dict[str, Any] = {}
+        for objective in objectives:
+            run_dir = out / "runs" / f"{spec.replace(':', '-').replace('/', '-')}-{objective}"
+            cfg = _config(objective, spec, args, NEVER, str(run_dir))
             t0 = time.perf_counter()
-            summary = pretrain(cfg)
-            encoder, _ = load_encoder(run_dir)
-            rows[objective] = {**evaluate(encoder, cfg, with_finetune=True),
-                               "train_s": summary["train_s"],
+            encoder, record = train_for_budget(cfg, ctx, args, scorer)
+            curves[objective] = record.pop("curve")
+            rows[objective] = {**scorer.score(encoder, with_finetune=True), **record,
                                "wall_s": time.perf_counter() - t0}
-            print(f"{task} {objective}: {rows[objective]}", flush=True)
-        assert cfg is not None
-        rows["random init"] = evaluate(random_init_encoder(cfg).eval(), cfg, with_finetune=True)
-        rows["raw pixels"] = evaluate(RawPixels(), cfg, with_finetune=False)
-        results["tasks"][task] = rows
+            print(f"{spec} {objective}: {rows[objective]}", flush=True)
+        random_init = random_init_encoder(base).eval()
+        random = {**scorer.score(random_init, with_finetune=True),
+                  "curve_knn": scorer.curve_point(random_init)}
+        for name in objectives:
+            rows[name]["finetune_gain"] = rows[name]["finetune_top1"] - random["finetune_top1"]
+        rows["random init"] = random
+        rows["raw pixels"] = {**scorer.score(RawPixels(), with_finetune=False),
+                              "curve_knn": scorer.curve_point(RawPixels())}
+        results["tasks"][spec] = {"rows": rows, "curves": curves,
+                                  "model": f"{base.model.name} depth {base.model.depth} at "
+                                           f"{base.model.image_size} px"}
+        distributed.teardown(ctx)
     return results
-
-
-def _column_order(metric: str) -> tuple:
-    """Few-shot columns by shot count, then the rest by name."""
-    shots = metric.removeprefix("fewshot_").split("shot")[0]
-    return (0, int(shots), "") if metric.startswith("fewshot_") else (1, 0, metric)
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = []
-    for task, rows in results["tasks"].items():
-        metrics = sorted({k for row in rows.values() for k in row if k.endswith("_top1")},
-                         key=_column_order)
-        names = [m.removesuffix("_top1").replace("fewshot_", "") for m in metrics]
-        lines += [f"**{task}** ({results['steps']} steps of {results['batch_size']}; top-1 %)",
-                  "", "| encoder | " + " | ".join(names) + " | train s |",
-                  "|---" * (len(names) + 2) + "|"]
+    for spec, entry in results["tasks"].items():
+        rows = entry["rows"]
+        metrics = [m for m in COLUMNS if any(m in row for row in rows.values())]
+        lines += [f"**{spec}** ({entry['model']}, {results['budget_s']:g} training s per "
+                  f"objective, batch {results['batch_size']}; top-1 %)", "",
+                  "| encoder | " + " | ".join(COLUMNS[m] for m in metrics)
+                  + " | steps | train s |", "|---" * (len(metrics) + 3) + "|"]
         for name, row in rows.items():
-            cells = [f"{row[m]:.1f}" if m in row else "–" for m in metrics]
+            cells = [(f"{row[m]:+.1f}" if m == "finetune_gain" else f"{row[m]:.1f}")
+                     if m in row else "–" for m in metrics]
+            steps = f"{row['steps']}/{row['planned_steps']}" if "steps" in row else "–"
             train = f"{row['train_s']:.0f}" if "train_s" in row else "–"
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {train} |")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {steps} | {train} |")
         lines.append("")
-    return "\n".join(lines)
+    lines.append("steps: done / planned from the timing pass.")
+    return "\n".join(lines) + "\n"
 
 
-def chart(results: dict[str, Any], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(results["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        rows = results["tasks"][task]
-        metrics = [m for m in ("fewshot_10shot_top1", "knn_k20_top1", "finetune_top1")
-                   if any(m in row for row in rows.values())]
+    return plt
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Bars of 10-shot, k-NN, linear and fine-tune top-1 per encoder, one panel per spec."""
+    plt = _pyplot()
+    specs = list(results["tasks"])
+    fig, axes = plt.subplots(1, len(specs), figsize=(7 * len(specs), 4), squeeze=False)
+    for ax, spec in zip(axes[0], specs, strict=True):
+        rows = results["tasks"][spec]["rows"]
+        metrics = [m for m in ("fewshot_10shot_top1", "knn_k20_top1", "linear_top1",
+                               "finetune_top1") if any(m in row for row in rows.values())]
         width = 0.8 / max(1, len(metrics))
         for i, metric in enumerate(metrics):
             values = [rows[name].get(metric, 0.0) for name in rows]
-            ax.bar([x + i * width for x in range(len(rows))], values, width, label=metric)
+            ax.bar([x + i * width for x in range(len(rows))], values, width,
+                   label=COLUMNS[metric])
         ax.set_xticks([x + width * (len(metrics) - 1) / 2 for x in range(len(rows))])
         ax.set_xticklabels(list(rows), rotation=20)
         ax.set_ylabel("top-1 (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(task)
+        ax.set_title(spec)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curve_chart(results: dict[str, Any], path: Path) -> None:
+    """k-NN top-1 against training seconds, one line per objective, one panel per spec."""
+    plt = _pyplot()
+    specs = list(results["tasks"])
+    fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4), squeeze=False)
+    for ax, spec in zip(axes[0], specs, strict=True):
+        entry = results["tasks"][spec]
+        for objective, points in entry["curves"].items():
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, label=objective)
+        for name, style in (("raw pixels", ":"), ("random init", "--")):
+            if "curve_knn" in entry["rows"].get(name, {}):
+                ax.axhline(entry["rows"][name]["curve_knn"], color="grey", linestyle=style,
+                           label=name)
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("k-NN (k = 20) top-1 (%)")
+        ax.set_title(f"{spec}: {entry['model']}")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -142,18 +313,39 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
-    parser.add_argument("--tasks", default="builtin:digits")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--objectives", default="",
+                        help="comma-separated (default: every registered one but supervised)")
+    parser.add_argument("--data", "--tasks", dest="data", default="builtin:digits",
+                        help="labelled data specs, comma-separated (--tasks: the older name)")
+    parser.add_argument("--budget-s", type=float, default=600.0,
+                        help="training seconds per objective")
+    parser.add_argument("--curve-every-s", type=float, default=30.0,
+                        help="training seconds between k-NN curve points")
+    parser.add_argument("--model", help="variant/patch size, e.g. Ti/4 (default: the run's)")
+    parser.add_argument("--image-size", type=int, help="input resolution in pixels")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--timing-steps", type=int, default=8,
+                        help="steps of the timing pass that sets train.steps")
+    parser.add_argument("--probe-train", type=int, default=3000,
+                        help="held-out training images the few-shot sets are drawn from")
+    parser.add_argument("--linear-train", type=int, default=1000,
+                        help="training images of the k-NN and linear probes")
+    parser.add_argument("--probe-test", type=int, default=2000, help="test images scored")
+    parser.add_argument("--curve-train", type=int, default=1000)
+    parser.add_argument("--curve-test", type=int, default=1000)
+    parser.add_argument("--linear", choices=("ridge", "probe"), default="ridge",
+                        help="ridge: closed form; probe: the linear-probe evaluator (SGD sweep)")
     parser.add_argument("--out", default="ssl-quality")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.depth=2")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 block, few steps, one seed")
+                        help="smoke run: 1 block, a few seconds each, tiny probes, one seed")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.batch_size = min(args.steps, 3), min(args.batch_size, 8)
+        args.budget_s, args.curve_every_s = min(args.budget_s, 2.0), min(args.curve_every_s, 1.0)
+        args.batch_size, args.timing_steps = min(args.batch_size, 8), min(args.timing_steps, 2)
+        args.probe_train, args.linear_train, args.probe_test = 300, 200, 100
+        args.curve_train, args.curve_test = 100, 100
     torch.manual_seed(0)
     results = run(args)
     out = Path(args.out)
@@ -162,6 +354,7 @@ def main() -> None:
     table = markdown(results)
     (out / "results.md").write_text(table)
     chart(results, out / "results.png")
+    curve_chart(results, out / "curve.png")
     print(table)
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/ssl_quality.py --quick: every row and output file of the quality table."""
+"""benchmarks/ssl_quality.py --quick: every row, column and output file of the quality table."""
 
 from __future__ import annotations
 
@@ -9,18 +9,32 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ssl_quality.py"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_quick_run_writes_json_markdown_and_chart(tmp_path):
+def test_quick_run_writes_table_chart_and_curve(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--objectives",
-                           "masked-patch,dino", "--out", str(tmp_path)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           "masked-patch,dino", "--data", "builtin:digits", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    rows = results["tasks"]["builtin:digits"]
+    entry = results["tasks"]["builtin:digits"]
+    rows = entry["rows"]
     assert list(rows) == ["masked-patch", "dino", "random init", "raw pixels"]
+    for name in ("fewshot_10shot_top1", "fewshot_25shot_top1", "knn_k20_top1", "linear_top1"):
+        assert all(0 <= row[name] <= 100 for row in rows.values())
     assert "finetune_top1" in rows["dino"] and "finetune_top1" not in rows["raw pixels"]
-    assert all(0 <= v <= 100 for row in rows.values() for k, v in row.items()
-               if k.endswith("_top1"))
-    assert "| raw pixels |" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rows["dino"]["finetune_gain"] == rows["dino"]["finetune_top1"] - \
+        rows["random init"]["finetune_top1"]
+    # the budget is kept: training stops at it (one step of slack) and never runs past plan
+    for name in ("masked-patch", "dino"):
+        row = rows[name]
+        assert row["steps"] <= row["planned_steps"]
+        assert row["train_s"] <= results["budget_s"] + 3 * row["timing_s_per_step"] + 1.0
+        times = [t for t, _ in entry["curves"][name]]
+        assert times[0] == 0.0 and len(times) >= 2 and times == sorted(times)
+    table = (tmp_path / "results.md").read_text()
+    assert "| raw pixels |" in table and "| FT gain |" in table and "| linear |" in table
+    assert (tmp_path / "results.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "curve.png").read_bytes()[:8] == PNG
