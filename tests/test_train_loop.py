@@ -12,7 +12,7 @@ from vitssl_plugins.masked_patch import MaskedPatchPrediction
 from vitssl.config import Config, ModelConfig, load_config
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
-from vitssl.plugins import Entry, get_registry
+from vitssl.plugins import get_registry
 from vitssl.train.checkpoint import list_checkpoints
 from vitssl.train.optim import param_groups
 from vitssl.train.run import pretrain
@@ -116,15 +116,23 @@ class _NeedsLabels(MaskedPatchPrediction):
     requires_labels = True
 
 
+PLUGIN = f"""
+import vitssl
+from {__name__} import _ExplodesAtStep3, _NeedsLabels
+
+
+@vitssl.hookimpl
+def register_objectives(register):
+    register("explodes", _ExplodesAtStep3)
+    register("needs-labels", _NeedsLabels)
+"""
+
+
 @pytest.fixture
-def extra_objectives():
-    entries = get_registry().entries["objectives"]
-    added = {"explodes": _ExplodesAtStep3, "needs-labels": _NeedsLabels}
-    for name, factory in added.items():
-        entries[name] = Entry("objectives", name, factory, "tests", "tests")
-    yield
-    for name in added:
-        entries.pop(name, None)
+def extra_objectives(plugin_package):
+    """The two objectives above, registered the way a plugin package registers them."""
+    plugin_package("loop_test_objectives", {"objectives": PLUGIN}, {"loop-tests": "objectives"})
+    get_registry(refresh=True)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, extra_objectives):
