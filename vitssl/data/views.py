@@ -81,3 +81,45 @@ class MultiCrop:
         if self.num_local:
             out["local"] = torch.stack([self.local_view(image) for _ in range(self.num_local)])
         return out
+
+
+class TwoViews:
+    """BYOL's two views (Grill et al. 2020; MoCo v3): one image -> ``{"pair": (2, 3, S, S)}``.
+
+    Random resized crop at ``scale``, flip 0.5 (``hflip``), colour jitter
+    (0.4, 0.4, 0.2, 0.1) at p 0.8, grayscale 0.2, Gaussian blur at p 1.0 on the
+    first view and 0.1 on the second, solarisation at p 0.0 / 0.2 (``color``
+    off drops jitter, grayscale and solarisation). ``blur_p`` and
+    ``solarize_p`` hold each view's probabilities.
+    """
+
+    blur_p = (1.0, 0.1)
+    solarize_p = (0.0, 0.2)
+
+    def __init__(self, size: int, *, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
+                 color: bool = True, blur_sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        lo, hi = scale
+        if size < 1 or not 0.0 < lo <= hi <= 1.0:
+            raise VitsslError(f"two views need size >= 1 and 0 < scale low <= high <= 1, got "
+                              f"{size}, {[lo, hi]}")
+
+        def view(blur_p: float, solarize_p: float) -> Callable:
+            steps: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(scale),
+                                                     ratio=tuple(ratio), antialias=True)]
+            if hflip:
+                steps.append(v2.RandomHorizontalFlip(0.5))
+            if color:
+                steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                          v2.RandomGrayscale(0.2)]
+            steps.append(_blur(size, blur_p, blur_sigma))
+            if color and solarize_p:
+                steps.append(v2.RandomSolarize(128, p=solarize_p))
+            return v2.Compose(steps)
+
+        self.views = [view(b, s) for b, s in zip(self.blur_p, self.solarize_p, strict=True)]
+        self.prepare = v2.Compose([v2.ToImage(), v2.RGB()])
+
+    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        image = self.prepare(image)
+        return {"pair": torch.stack([t(image) for t in self.views])}
