@@ -76,6 +76,13 @@ def summary_data(cfg: Config) -> str:
     return "builtin:digits" if spec.startswith("wds:") else spec
 
 
+def _task(data: str, cfg: Config) -> Task:
+    """The summary's task; the pretraining data's ``data.options`` go with its own spec."""
+    options = cfg.data.options if data == cfg.data.spec else {}
+    return load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
+                     std=tuple(cfg.data.std), options=options)
+
+
 def compare(name: str, entry: dict[str, Any], encoders: dict[str, nn.Module], task: Task,
             progress: bool = False) -> dict[str, dict[str, float]]:
     """``{encoder: {metric: value}}`` of evaluator ``name`` (means over the draws)."""
@@ -101,15 +108,13 @@ def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
     """Each configured evaluator's scores of the pretrained encoder and its references."""
     data = summary_data(cfg)
     try:
-        task = load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
-                         std=tuple(cfg.data.std))
+        task = _task(data, cfg)
     except VitsslError as exc:
         if cfg.summary_eval.data:
             raise
         print(f"note: the summary evaluates on builtin:digits ({exc})", file=sys.stderr)
         data = "builtin:digits"
-        task = load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
-                         std=tuple(cfg.data.std))
+        task = _task(data, cfg)
     built = {"pretrained": lambda: copy.deepcopy(encoder).to(device).eval(),
              "random_init": lambda: random_init_encoder(cfg).to(device).eval(),
              "raw_pixels": RawPixels}
