@@ -17,6 +17,7 @@ from vitssl.train.optim import build_optimizer
 def _dino(**options) -> Dino:
     torch.manual_seed(0)
     encoder = build_encoder(ModelConfig(name="Ti/4", image_size=8, depth=1))
+    options = {"recipe": "paper", **options}  # the values these tests were written against
     return Dino(encoder, out_dim=32, hidden_dim=16, bottleneck_dim=8, num_local=1, **options)
 
 
@@ -152,3 +153,71 @@ def test_metrics_and_missing_views():
     assert out["teacher_kl_uniform"] >= 0
     with pytest.raises(VitsslError, match="views"):
         dino({"image": torch.randn(2, 3, 8, 8)})
+
+
+# -- Sinkhorn–Knopp centring, KoLeo, the run-scaled defaults ---------------------------------
+
+@pytest.mark.parametrize("temp", [1.0, 0.1, 0.04])
+def test_sinkhorn_knopp_has_the_promised_marginals_without_overflow(temp):
+    from vitssl.ssl.centering import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(3)
+    logits = 0.4 * torch.randn(48, 16, generator=g) + 5.0  # at 0.04: exponents ~125-160
+    assert not torch.isfinite(torch.exp(logits / 0.04)).all()  # a naive exp overflows
+    q = sinkhorn_knopp(logits, temp, iterations=1000)
+    assert torch.isfinite(q).all() and (q >= 0).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(48), atol=1e-4, rtol=0)  # rows: 1
+    torch.testing.assert_close(q.sum(0), torch.full((16,), 48 / 16), atol=1e-4, rtol=0)
+
+
+def test_sinkhorn_knopp_matches_the_float64_algorithm_at_three_iterations():
+    from vitssl.ssl.centering import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(4)
+    logits, temp = torch.randn(10, 6, generator=g), 0.5
+    q = torch.exp(logits.double() / temp).T  # (K, B), DINOv2's orientation
+    q = q / q.sum()
+    for _ in range(3):
+        q = q / q.sum(dim=1, keepdim=True) / 6
+        q = q / q.sum(dim=0, keepdim=True) / 10
+    torch.testing.assert_close(sinkhorn_knopp(logits, temp, 3), (q * 10).T.float())
+
+
+def test_koleo_equals_its_closed_form_on_a_regular_polygon():
+    from vitssl.ssl.koleo import koleo_loss
+
+    n = 12  # vertices of a regular 12-gon, scaled and embedded in 5-d: each one's nearest
+    # neighbour on the unit circle is at 2 sin(pi / n)
+    angles = torch.arange(n) * 2 * math.pi / n
+    points = torch.zeros(n, 5)
+    points[:, 0], points[:, 1] = 3 * torch.cos(angles), 3 * torch.sin(angles)
+    expected = -math.log(2 * math.sin(math.pi / n))
+    assert float(koleo_loss(points)) == pytest.approx(expected, rel=1e-5)
+    # one point moved next to another: their distance dominates
+    points[1] = points[0] + torch.tensor([0.0, 0.03, 0, 0, 0])
+    assert float(koleo_loss(points)) > expected + 0.5
+
+
+def test_run_scaled_momentum_gives_the_update_mass_and_reaches_the_paper_value():
+    from vitssl.ssl.ema import run_scaled_momentum
+
+    for total in (200, 500, 2000):
+        base = run_scaled_momentum(total, update_mass=10.0)
+        mass = sum(1 - teacher_momentum(base, s, total) for s in range(total))
+        assert mass == pytest.approx(10.0, rel=0.02)
+    assert run_scaled_momentum(375_300) == pytest.approx(0.996)
+    assert _dino(recipe="auto").teacher_momentum(0, 500) == pytest.approx(0.96)
+    assert _dino(recipe="paper").teacher_momentum(0, 500) == pytest.approx(0.996)
+    with pytest.raises(VitsslError, match="recipe"):
+        _dino(recipe="big")
+    with pytest.raises(VitsslError, match="centering"):
+        _dino(centering="mean")
+
+
+def test_sinkhorn_centring_and_koleo_train():
+    dino = _dino(recipe="auto", koleo_weight=0.1)
+    assert dino.centering == "sinkhorn-knopp"
+    out = dino(_batch())
+    assert out["koleo"] > 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert dino.encoder.patch_embed.proj.weight.grad is not None

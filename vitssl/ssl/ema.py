@@ -19,3 +19,18 @@ def ema_update(teacher: Iterable[torch.Tensor], student: Iterable[torch.Tensor],
     """``t <- m t + (1 - m) s`` for each pair of tensors, in place."""
     for t, s in zip(teacher, student, strict=True):
         t.lerp_(s.detach(), 1.0 - momentum)
+
+
+def run_scaled_momentum(total_steps: int, update_mass: float = 10.0,
+                        cap: float = 0.996) -> float:
+    """Base momentum of a cosine schedule to 1 whose Σ(1 − m) over the run is ``update_mass``.
+
+    The cosine from ``base`` to 1 sums to about ``(1 - base) * T / 2``, so
+    ``base = 1 - 2 * update_mass / T``, capped at ``cap`` (the paper's 0.996,
+    reached by runs of ``2 * update_mass / (1 - cap)`` steps or more). With the
+    paper's 0.996 over 500 steps the sum is about 1: the teacher barely leaves
+    its random initialisation (e^-1 of it remains); a mass of 10 leaves e^-10.
+    """
+    if total_steps < 1 or update_mass <= 0:
+        raise ValueError("run_scaled_momentum needs total_steps >= 1 and update_mass > 0")
+    return min(cap, max(0.0, 1.0 - 2.0 * update_mass / total_steps))
