@@ -25,6 +25,8 @@ length so that the mass is ``update_mass`` (10: e^-10 of the random
 initialisation is left in the keys' encoder): ``1 - 2 * update_mass / steps``,
 capped at the paper's 0.99 (reached by runs of 2,000 steps or more).
 
+The bias of the encoder's last norm is frozen: the projector's first BatchNorm
+removes the constant it adds, so the loss is invariant to it.
 ``freeze_patch_embed`` is the paper's "stop-grad conv1": the patch projection
 keeps its random (Xavier-uniform) initialisation. The base encoder is exported
 and evaluated: the reference's linear probe and fine-tuning load
@@ -102,6 +104,13 @@ class MocoV3(vitssl.Objective):
                 raise VitsslError("moco-v3: freeze_patch_embed needs the linear patch stem "
                                   "(patch_embed.proj); set freeze_patch_embed=false")
             proj.requires_grad_(False)
+        # The pooled features' last norm adds a constant shift that the projector's first
+        # BatchNorm removes: the loss does not depend on that bias (its gradient is 0 up to
+        # float noise, which Adam would turn into +-lr steps), so it is frozen.
+        last_norm = encoder.fc_norm if isinstance(encoder.fc_norm, nn.LayerNorm) else \
+            getattr(encoder, "norm", None)
+        if getattr(last_norm, "bias", None) is not None:
+            last_norm.bias.requires_grad_(False)
         self.encoder = encoder
         self.projector = mlp(encoder.embed_dim, hidden_dim, out_dim, layers=3)
         self.predictor = mlp(out_dim, hidden_dim, out_dim, layers=2, last_bn=False)

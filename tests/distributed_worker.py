@@ -39,6 +39,10 @@ RUNS = {
     "fsdp": ["train.strategy=fsdp", "train.grad_clip=0.05", "train.checkpoint_every=2"],
     "fsdp-accum": ["train.strategy=fsdp", "train.accum_steps=2", "train.grad_clip=0.05"],
 }
+# MoCo v3: keys gathered from both ranks, BatchNorm over the global batch, an EMA encoder.
+MOCO = ["objective.name=moco-v3", "objective.options.hidden_dim=32",
+        "objective.options.out_dim=16", "objective.options.momentum=0.9", "train.steps=3"]
+RUNS["ddp-moco"] = MOCO
 # The sharded EMA teacher's reference is the replicated one on the same 2 ranks.
 DINO_RUNS = {"fsdp-dino": ["train.strategy=fsdp", *DINO]}
 # Drop-path on the second block draws from the global RNG on every rank.

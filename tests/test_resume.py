@@ -233,3 +233,8 @@ def test_sharded_state_round_trips_and_refuses_what_it_would_unpickle(tmp_path):
     (tmp_path / "evil" / ".metadata").write_bytes(pickle.dumps(_Payload()))
     with pytest.raises(VitsslError, match="refusing to load"):
         load_tensors({"w": torch.zeros(2)}, tmp_path / "evil")
+
+
+def test_sigkilled_moco_v3_run_resumes_momentum_encoder_and_heads_bit_for_bit(tmp_path):
+    _kill_and_resume(tmp_path, "--objective", "moco-v3", "--set",
+                     "objective.options.hidden_dim=32", "--set", "objective.options.out_dim=16")
