@@ -7,7 +7,7 @@ on each labelled spec's training images for the same number of training
 seconds (--budget-s), with its own defaults otherwise.
 
 How the budget is kept: a throwaway timing pass runs a few steps of the
-objective's real ``train_step`` and measures seconds per step; the run is then
+objective's real ``train_step`` and takes the median seconds per step; the run is then
 built with ``train.steps = budget / seconds-per-step`` (so its warm-up and
 cosine schedule finish at the budget, as a user who planned the run would set
 it) and is also stopped when its training seconds reach the budget, whichever
@@ -149,17 +149,22 @@ class Scorer:
 
 
 def seconds_per_step(cfg: Config, ctx: distributed.Context, steps: int) -> float:
-    """Mean seconds of the objective's ``train_step`` after two warm-up steps (throwaway run)."""
+    """Median seconds of the objective's ``train_step`` after two warm-up steps (throwaway run).
+
+    The median, not the mean: on shared cores one slow step would shorten the plan.
+    """
     with tempfile.TemporaryDirectory(prefix="vitssl-timing-") as out:
         run = build_run(_replace_steps(cfg, NEVER, out), ctx)
         try:
             for step in range(2):
                 train_step(run, step)
-            start = run.train_time
+            times = []
             for step in range(2, 2 + steps):
+                start = run.train_time
                 train_step(run, step)
                 run.metrics.pending.clear()
-            return (run.train_time - start) / steps
+                times.append(run.train_time - start)
+            return float(np.median(times))
         finally:
             close(run)
 
