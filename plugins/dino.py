@@ -52,12 +52,12 @@ teacher_momentum = cosine_momentum  # the name this module's schedule had
 
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=True, use_bn=False, teacher_temp=0.07,
-    warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996, centering="ema",
-    center_init="zeros", koleo_weight=0.0)
+    warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996, update_mass=2.0,
+    centering="ema", center_init="zeros", koleo_weight=0.0, num_local=4)
 AUTO: dict[str, Any] = dict(
-    small_out_dim=1024, norm_last_layer=False, use_bn=False, teacher_temp=0.04,
-    warmup_teacher_temp=0.04, teacher_temp_warmup=0.0, momentum=None,
-    centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.0)
+    small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.04,
+    warmup_teacher_temp=0.04, teacher_temp_warmup=0.0, momentum=None, update_mass=2.0,
+    centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0)
 RECIPES = {"paper": PAPER, "auto": AUTO}
 CENTERINGS = ("ema", "sinkhorn-knopp")
 
@@ -70,8 +70,8 @@ class Dino(vitssl.Objective):
                  norm_last_layer: bool | None = None, student_temp: float = 0.1,
                  teacher_temp: float | None = None, warmup_teacher_temp: float | None = None,
                  teacher_temp_warmup: float | None = None, momentum: float | None = None,
-                 update_mass: float = 10.0, center_momentum: float = 0.9,
-                 freeze_last_layer: float = 0.01, num_local: int = 4,
+                 update_mass: float | None = None, center_momentum: float = 0.9,
+                 freeze_last_layer: float = 0.01, num_local: int | None = None,
                  local_size: int | None = None,
                  global_scale: tuple[float, float] = (0.4, 1.0),
                  local_scale: tuple[float, float] = (0.05, 0.4),
@@ -84,7 +84,8 @@ class Dino(vitssl.Objective):
         given = dict(norm_last_layer=norm_last_layer, use_bn=use_bn, teacher_temp=teacher_temp,
                      warmup_teacher_temp=warmup_teacher_temp, momentum=momentum,
                      teacher_temp_warmup=teacher_temp_warmup, centering=centering,
-                     center_init=center_init, koleo_weight=koleo_weight)
+                     center_init=center_init, koleo_weight=koleo_weight,
+                     update_mass=update_mass, num_local=num_local)
         o = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}}
         small = encoder.embed_dim < 384
         out_dim = int(out_dim or (o["small_out_dim"] if small else 65536))
@@ -93,7 +94,7 @@ class Dino(vitssl.Objective):
         if min(out_dim, hidden_dim, bottleneck_dim) < 1:
             raise VitsslError("dino: out_dim, hidden_dim and bottleneck_dim must be >= 1")
         positive = dict(student_temp=student_temp, teacher_temp=o["teacher_temp"],
-                        warmup_teacher_temp=o["warmup_teacher_temp"], update_mass=update_mass)
+                        warmup_teacher_temp=o["warmup_teacher_temp"], update_mass=o["update_mass"])
         unit = dict(momentum=o["momentum"], center_momentum=center_momentum,
                     teacher_temp_warmup=o["teacher_temp_warmup"],
                     freeze_last_layer=freeze_last_layer)
@@ -124,11 +125,11 @@ class Dino(vitssl.Objective):
         self.warmup_teacher_temp = float(o["warmup_teacher_temp"])
         self.teacher_temp_warmup = float(o["teacher_temp_warmup"])
         self.momentum = None if o["momentum"] is None else float(o["momentum"])
-        self.update_mass, self.center_momentum = float(update_mass), float(center_momentum)
+        self.update_mass, self.center_momentum = float(o["update_mass"]), float(center_momentum)
         self.freeze_last_layer = float(freeze_last_layer)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.koleo_weight = float(o["koleo_weight"])
-        self.crop = dict(num_local=int(num_local), local_size=local_size,
+        self.crop = dict(num_local=int(o["num_local"]), local_size=local_size,
                          global_scale=tuple(global_scale), local_scale=tuple(local_scale),
                          color=bool(color), hflip=hflip)
         # Teacher outputs summed since the last optimiser step (per rank, not state).

@@ -205,8 +205,8 @@ def test_run_scaled_momentum_gives_the_update_mass_and_reaches_the_paper_value()
         base = run_scaled_momentum(total, update_mass=10.0)
         mass = sum(1 - teacher_momentum(base, s, total) for s in range(total))
         assert mass == pytest.approx(10.0, rel=0.02)
-    assert run_scaled_momentum(375_300) == pytest.approx(0.996)
-    assert _dino(recipe="auto").teacher_momentum(0, 500) == pytest.approx(0.96)
+    assert run_scaled_momentum(375_300, update_mass=2.0) == pytest.approx(0.996)
+    assert _dino(recipe="auto").teacher_momentum(0, 500) == pytest.approx(0.992)
     assert _dino(recipe="paper").teacher_momentum(0, 500) == pytest.approx(0.996)
     with pytest.raises(VitsslError, match="recipe"):
         _dino(recipe="big")
@@ -218,6 +218,37 @@ def test_sinkhorn_centring_and_koleo_train():
     dino = _dino(recipe="auto", koleo_weight=0.1)
     assert dino.centering == "sinkhorn-knopp"
     out = dino(_batch())
-    assert out["koleo"] > 0 and torch.isfinite(out["loss"])
+    without = _dino(recipe="auto", koleo_weight=0.0)(_batch())["loss"]  # same seed: the same student
+    torch.testing.assert_close(out["loss"], without + 0.1 * out["koleo"])
     out["loss"].backward()
     assert dino.encoder.patch_embed.proj.weight.grad is not None
+
+
+def _short_run_entropy(out, *options: str) -> tuple[float, int]:
+    """Final ``teacher_entropy`` of a 60-step dino run on digits, and its K."""
+    import json
+
+    from vitssl.config import load_config
+    from vitssl.train.run import pretrain
+
+    k = 256
+    cfg = load_config(None, [f"out={out}", "model.depth=2", "model.image_size=16",
+                             "train.batch_size=32", "train.steps=60", "train.warmup_steps=5",
+                             "train.log_every=5", "train.device=cpu", "data.spec=builtin:digits",
+                             "data.num_workers=0", "summary_eval.enabled=false",
+                             "objective.name=dino", f"objective.options.out_dim={k}",
+                             *options])
+    pretrain(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["teacher_entropy"] for r in rows if "teacher_entropy" in r][-1], k
+
+
+@pytest.mark.slow  # about 35 s on a 2-core CPU
+def test_short_run_with_the_defaults_keeps_the_teacher_below_uniform(tmp_path):
+    """60 steps on digits: the default recipe's teacher ends measurably below ln K.
+
+    Measured: 5.431 of ln 256 = 5.545 (the target ln K - 1 is not reached; see
+    benchmarks/RESULTS.md, "DINO on short runs").
+    """
+    auto, k = _short_run_entropy(tmp_path / "auto")
+    assert auto < math.log(k) - 0.05
