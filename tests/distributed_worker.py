@@ -29,7 +29,8 @@ from vitssl.train.run import pretrain
 BASE = ["model.depth=1", "model.image_size=16", "train.batch_size=16", "train.steps=4",
         "train.warmup_steps=2", "train.log_every=1", "train.device=cpu", "data.augment=false",
         "summary_eval.enabled=false"]
-DINO = ["objective.name=dino", "objective.options.out_dim=64", "objective.options.hidden_dim=32",
+DINO = ["objective.name=dino", "objective.options.recipe=paper",
+        "objective.options.out_dim=64", "objective.options.hidden_dim=32",
         "objective.options.bottleneck_dim=16", "objective.options.num_local=2",
         "objective.options.momentum=0.9", "objective.options.freeze_last_layer=0.3",
         "train.steps=3", "train.grad_clip=0.5"]
