@@ -68,3 +68,16 @@ def test_default_summary_is_the_fine_tune_comparison_and_few_shot():
     evaluators = Config().summary_eval.evaluators
     assert list(evaluators) == ["finetune", "few-shot"]
     assert evaluators["finetune"]["per_class"] == 10 and evaluators["finetune"]["draws"] == 3
+
+
+def test_large_splits_are_cut_to_seeded_subsets_and_small_ones_kept():
+    from vitssl.train.summary import _labels, capped
+
+    task = load_task("builtin:digits", image_size=8)
+    assert capped(task, 10_000, 2_000).train is task.train  # digits: under the caps
+    cut, again = capped(task, 300, 100), capped(task, 300, 100)
+    assert len(cut.train) == 300 and len(cut.test) == 100
+    assert cut.train.indices == again.train.indices  # seeded: the same subset each run
+    labels = _labels(cut.train)
+    assert labels.tolist() == [cut.train[i][1] for i in range(20)] + labels[20:].tolist()
+    assert len(set(labels.tolist())) == 10

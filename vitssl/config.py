@@ -103,6 +103,9 @@ class SummaryEvalConfig:
 
     enabled: bool = True
     data: str | None = None  # None: the pretraining data (builtin:digits for wds: streams)
+    # seeded subsets of larger splits, so the summary stays minutes on a laptop (null: all)
+    max_train: int | None = 10_000
+    max_test: int | None = 2_000
     # evaluator name -> options (+ compare / per_class / draws); null skips one
     evaluators: dict[str, Any] = field(default_factory=_summary_evaluators)
 

@@ -52,9 +52,14 @@ class RawPixels(nn.Module):
 
 
 def _labels(dataset: Dataset) -> np.ndarray:
-    inner = getattr(dataset, "dataset", dataset)
-    if hasattr(inner, "labels"):
-        return np.asarray(inner.labels)
+    """Every item's label, read from the dataset (or what it wraps) without decoding images."""
+    if isinstance(dataset, Subset):
+        return _labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if hasattr(dataset, "labels"):
+        return np.asarray(dataset.labels)
+    inner = getattr(dataset, "dataset", None)
+    if inner is not None and len(inner) == len(dataset):
+        return _labels(inner)
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
 
 
@@ -68,6 +73,20 @@ def low_data_split(task: Task, per_class: int, seed: int) -> Task:
                 test=task.test, num_classes=task.num_classes)
 
 
+def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded random ``limit`` of ``dataset``'s items (the dataset itself when smaller)."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+    return Subset(dataset, keep.tolist())
+
+
+def capped(task: Task, max_train: int | None, max_test: int | None) -> Task:
+    """``task`` with its splits cut to seeded random subsets of at most the given sizes."""
+    return Task(name=task.name, train=_subset(task.train, max_train, 0),
+                test=_subset(task.test, max_test, 1), num_classes=task.num_classes)
+
+
 def summary_data(cfg: Config) -> str:
     """The summary's task: ``summary_eval.data``, else the pretraining data if labelled."""
     if cfg.summary_eval.data:
@@ -79,8 +98,9 @@ def summary_data(cfg: Config) -> str:
 def _task(data: str, cfg: Config) -> Task:
     """The summary's task; the pretraining data's ``data.options`` go with its own spec."""
     options = cfg.data.options if data == cfg.data.spec else {}
-    return load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
+    task = load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
                      std=tuple(cfg.data.std), options=options)
+    return capped(task, cfg.summary_eval.max_train, cfg.summary_eval.max_test)
 
 
 def compare(name: str, entry: dict[str, Any], encoders: dict[str, nn.Module], task: Task,
