@@ -55,8 +55,8 @@ PAPER: dict[str, Any] = dict(
     warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996, update_mass=2.0,
     centering="ema", center_init="zeros", koleo_weight=0.0, num_local=4)
 AUTO: dict[str, Any] = dict(
-    small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.04,
-    warmup_teacher_temp=0.04, teacher_temp_warmup=0.0, momentum=None, update_mass=2.0,
+    small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.02,
+    warmup_teacher_temp=0.02, teacher_temp_warmup=0.0, momentum=None, update_mass=2.0,
     centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0)
 RECIPES = {"paper": PAPER, "auto": AUTO}
 CENTERINGS = ("ema", "sinkhorn-knopp")
