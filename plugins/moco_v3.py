@@ -84,8 +84,9 @@ class MocoV3(vitssl.Objective):
     def __init__(self, encoder: nn.Module, hidden_dim: int | None = None,
                  out_dim: int | None = None, temperature: float = 0.2,
                  momentum: float | None = None, update_mass: float = 10.0,
-                 freeze_patch_embed: bool = True, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 color: bool = True, hflip: bool | None = None) -> None:
+                 freeze_patch_embed: bool = True,
+                 crop_scale: tuple[float, float] | None = None, color: bool | None = None,
+                 hflip: bool | None = None) -> None:
         super().__init__()
         small = encoder.embed_dim < 384
         hidden_dim = int(hidden_dim or (512 if small else 4096))
@@ -119,14 +120,20 @@ class MocoV3(vitssl.Objective):
         self.temperature = float(temperature)
         self.momentum = None if momentum is None else float(momentum)
         self.update_mass = float(update_mass)
-        self.crop = dict(scale=tuple(crop_scale), color=bool(color), hflip=hflip)
+        self.crop = dict(scale=None if crop_scale is None else tuple(crop_scale),
+                         color=color, hflip=hflip)
 
     def exports(self) -> dict[str, str]:
         """The base encoder: the one MoCo v3's linear probe and fine-tuning read."""
         return {"encoder": "encoder"}
 
     def views(self, size: tuple[int, int], data: Any = None) -> TwoViews:
-        """BYOL's two views at the model's (square) size; ``hflip`` as the data allows."""
+        """BYOL's two views at the model's (square) size; ``hflip`` as the data allows.
+
+        Below 64 px the defaults are milder than BYOL's (crops of 40-100 % of the
+        image, no colour operations): on 16 px digits BYOL's 8 % crops and colour
+        kept the loss at chance for a whole short run (benchmarks/RESULTS.md).
+        """
         height, width = size
         if height != width:
             raise VitsslError(f"moco-v3 makes square crops, not the non-square model.image_size "
@@ -134,7 +141,10 @@ class MocoV3(vitssl.Objective):
         hflip = self.crop["hflip"]
         if hflip is None:
             hflip = bool(getattr(data, "hflip", True))
-        return TwoViews(height, scale=self.crop["scale"], hflip=hflip, color=self.crop["color"])
+        small = height < 64
+        scale = self.crop["scale"] or ((0.4, 1.0) if small else (0.08, 1.0))
+        color = (not small) if self.crop["color"] is None else bool(self.crop["color"])
+        return TwoViews(height, scale=scale, hflip=hflip, color=color)
 
     def base_momentum(self, total_steps: int) -> float:
         """The schedule's start: ``momentum``, or the run-scaled default."""
