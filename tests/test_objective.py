@@ -68,7 +68,8 @@ def test_data_supplies_options_and_the_user_wins():
 
 
 def test_unknown_options_are_refused_before_the_factory_runs():
-    with pytest.raises(vitssl.VitsslError, match="does not accept options .*unexpected keyword argument 'colour'"):
+    with pytest.raises(vitssl.VitsslError,
+                       match="does not accept options .*unexpected keyword argument 'colour'"):
         build_objective("c", _Classify, _encoder(), {"num_classes": 3, "colour": 1})
 
 

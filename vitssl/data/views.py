@@ -35,6 +35,23 @@ def _blur(size: int, p: float, sigma: tuple[float, float]) -> Callable:
     return v2.RandomApply([v2.GaussianBlur(kernel, sigma=(lo, hi))], p=p)
 
 
+def _view(size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
+          color: bool, blur_p: float, blur_sigma: tuple[float, float],
+          solarize_p: float) -> Callable:
+    """One augmented view: crop, flip, colour jitter and grayscale, blur, solarisation."""
+    steps: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio),
+                                             antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(0.5))
+    if color:
+        steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                  v2.RandomGrayscale(0.2)]
+    steps.append(_blur(size, blur_p, blur_sigma))
+    if color and solarize_p:
+        steps.append(v2.RandomSolarize(128, p=solarize_p))
+    return v2.Compose(steps)
+
+
 class MultiCrop:
     """One image -> ``{"global": (2, 3, G, G), "local": (n, 3, L, L)}`` uint8 crops.
 
@@ -58,17 +75,7 @@ class MultiCrop:
 
         def view(size: int, scale: tuple[float, float], blur_p: float,
                  solarize_p: float) -> Callable:
-            steps: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(scale),
-                                                     ratio=tuple(ratio), antialias=True)]
-            if hflip:
-                steps.append(v2.RandomHorizontalFlip(0.5))
-            if color:
-                steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                          v2.RandomGrayscale(0.2)]
-            steps.append(_blur(size, blur_p, blur_sigma))
-            if color and solarize_p:
-                steps.append(v2.RandomSolarize(128, p=solarize_p))
-            return v2.Compose(steps)
+            return _view(size, scale, ratio, hflip, color, blur_p, blur_sigma, solarize_p)
 
         self.global_views = [view(global_size, global_scale, 1.0, 0.0),
                              view(global_size, global_scale, 0.1, 0.2)]
@@ -104,20 +111,8 @@ class TwoViews:
             raise VitsslError(f"two views need size >= 1 and 0 < scale low <= high <= 1, got "
                               f"{size}, {[lo, hi]}")
 
-        def view(blur_p: float, solarize_p: float) -> Callable:
-            steps: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(scale),
-                                                     ratio=tuple(ratio), antialias=True)]
-            if hflip:
-                steps.append(v2.RandomHorizontalFlip(0.5))
-            if color:
-                steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                          v2.RandomGrayscale(0.2)]
-            steps.append(_blur(size, blur_p, blur_sigma))
-            if color and solarize_p:
-                steps.append(v2.RandomSolarize(128, p=solarize_p))
-            return v2.Compose(steps)
-
-        self.views = [view(b, s) for b, s in zip(self.blur_p, self.solarize_p, strict=True)]
+        self.views = [_view(size, scale, ratio, hflip, color, b, blur_sigma, s)
+                      for b, s in zip(self.blur_p, self.solarize_p, strict=True)]
         self.prepare = v2.Compose([v2.ToImage(), v2.RGB()])
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
