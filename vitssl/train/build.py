@@ -33,14 +33,12 @@ from vitssl.train.checkpoint import (
     load_training_state,
     remove_partial,
 )
-from vitssl.train.checks import check_resumable, micro_batch_size
+from vitssl.train.checks import PRECISIONS, check_resumable, micro_batch_size
 from vitssl.train.optim import build_optimizer
 from vitssl.train.runlog import RunLog, truncate_metrics
 from vitssl.train.schedule import build_scheduler
 from vitssl.train.step_metrics import DeferredMetrics
 from vitssl.train.train_state import load_optimizer, restore_rng
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
 from vitssl.config import Config, config_from_dict, flatten, image_hw, to_dict
@@ -11,7 +12,8 @@ from vitssl.data.checks import validate_data_config
 from vitssl.errors import VitsslError
 from vitssl.train import fsdp
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+# train.precision -> autocast dtype (None: plain fp32)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # What may change when a run is resumed; everything else must match its config.yaml.
 RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
