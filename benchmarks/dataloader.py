@@ -11,12 +11,30 @@ what a long run sees). Each is the median of ``--repeats`` runs.
 on the same batch size, to compare with the loader.
 
     python benchmarks/dataloader.py [--images 256] [--batch-size 32] [--repeats 3]
+
+``--pipeline`` instead measures the default run's pipeline (``pretrain_batches``
+with the source's default augmentation, batch 64) against the default run's
+training step (``train_step`` of ``--objective`` on Ti/4 cut to 4 blocks, via
+``loop_step.py``), on a ``folder:`` tree of ``--pngs`` grey ~300 px PNGs cut from
+the bundled photographs (at 32 px) and on ``builtin:digits`` and
+``builtin:fashion-mnist`` (at 28 px), for each ``--workers`` setting (counts or
+``auto``). Per case and setting: the pipeline alone (batches/s, images/s,
+steady), the step alone on a batch in memory, their ratio, and the two
+together (the loop fed by the pipeline). Median of ``--repeats`` interleaved
+rounds; every rate of a round is measured in the same process, side by side.
+OpenMP's wait policy is the caller's (the default run's: unset, threads spin a
+while between parallel regions, which on few cores starves workers; set
+``OMP_WAIT_POLICY=PASSIVE`` to compare).
+
+    python benchmarks/dataloader.py --pipeline [--workers 0,1,auto] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +46,12 @@ from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
 from vitssl.data.photos import PHOTOS, photo_dir
-from vitssl.data.pipeline import pretrain_batches
+from vitssl.data.pipeline import (
+    local_ranks,
+    pretrain_batches,
+    resolve_num_workers,
+    usable_cores,
+)
 from vitssl.data.shard import write_shards
 from vitssl.data.transforms import normalize, pretrain_transform
 
@@ -108,15 +131,137 @@ def time_model_step(batch: int, repeats: int) -> float:
     return batch / statistics.median(times[1:])
 
 
+# -- --pipeline: the default run's pipeline against its training step ----------------------
+
+PIPELINE_BATCH = 64
+
+
+def make_grey_pngs(root: Path, count: int, classes: int = 4) -> None:
+    """``count`` grey PNGs of 260-340 px a side, cut from the bundled photographs."""
+    rng = np.random.default_rng(0)
+    sources = []
+    for name in PHOTOS:
+        with Image.open(photo_dir() / name) as image:
+            sources.append(image.convert("L"))
+    for i in range(count):
+        photo = sources[i % len(sources)]
+        w, h = photo.size
+        side = int(min(w, h) * rng.uniform(0.5, 1.0))
+        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        out = int(rng.integers(260, 341))
+        crop = photo.crop((left, top, left + side, top + side)).resize((out, out))
+        path = root / f"class{i % classes}" / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crop.save(path)
+
+
+def time_pipeline(spec: str, workers: int | str, size: int, batches: int) -> tuple[float, float]:
+    """(steady, end-to-end) images/s of ``batches`` batches of the default run's pipeline."""
+    start = time.perf_counter()
+    data = pretrain_batches(DataConfig(spec=spec, num_workers=workers), image_size=size,
+                            batch_size=PIPELINE_BATCH, seed=0, num_steps=batches)
+    arrivals = [time.perf_counter() for _ in data]
+    total, steady = _rates(start, arrivals, PIPELINE_BATCH)
+    return steady, total
+
+
+def time_step(step, steps: int) -> float:
+    """Images/s of the training step on a batch in memory (median step time)."""
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return PIPELINE_BATCH / statistics.median(times)
+
+
+def time_loop(run, spec: str, workers: int | str, size: int, steps: int) -> float:
+    """Images/s of the training step fed by the pipeline (after one step of warm-up)."""
+    from vitssl.train.step import train_step
+
+    data = pretrain_batches(DataConfig(spec=spec, num_workers=workers), image_size=size,
+                            batch_size=PIPELINE_BATCH, seed=0, num_steps=steps + 1)
+    fixed, run.data = run.data, iter(data)
+    try:
+        train_step(run, 0)
+        run.metrics.pending.clear()
+        t0 = time.perf_counter()
+        for step in range(1, steps + 1):
+            train_step(run, step)
+            run.metrics.pending.clear()
+        return steps * PIPELINE_BATCH / (time.perf_counter() - t0)
+    finally:
+        run.data = fixed  # the step alone goes back to its batch in memory
+
+
+def pipeline_main(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from loop_step import loop_step
+
+    settings = [w if w == "auto" else int(w) for w in args.workers.split(",")]
+    cores, ranks = usable_cores(), local_ranks()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} usable "
+          f"cores, load average {load:.1f}, OMP_WAIT_POLICY {omp}; objective {args.objective} "
+          f"on Ti/4 (4 blocks), batch {PIPELINE_BATCH}; median of {args.repeats} interleaved "
+          f"rounds")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "grey"
+        make_grey_pngs(root, args.pngs)
+        cases = [(f"folder:{root}", f"folder ({args.pngs} grey PNGs ~300 px)", 32),
+                 ("builtin:digits", "builtin:digits", 28),
+                 ("builtin:fashion-mnist", "builtin:fashion-mnist", 28)]
+        steps = {size: loop_step(args.objective, [f"model.image_size={size}"],
+                                 PIPELINE_BATCH) for size in {c[2] for c in cases}}
+        rows: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+        for _ in range(args.repeats):
+            for spec, _name, size in cases:
+                step, run = steps[size]
+                for w in settings:
+                    step_rate = time_step(step, args.step_repeats)
+                    steady, total = time_pipeline(spec, w, size, args.batches)
+                    loop = time_loop(run, spec, w, size, args.loop_steps)
+                    rows.setdefault((spec, str(w)), []).append((steady, total, step_rate, loop))
+        print("| data | px | workers | pipeline batches/s | pipeline img/s (steady / end-to-end) "
+              "| step img/s | pipeline / step | loop img/s (data + step) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for spec, name, size in cases:
+            kind = spec.partition(":")[0]
+            for w in settings:
+                runs = rows[(spec, str(w))]
+                steady, total, step_rate, loop = (statistics.median(r[i] for r in runs)
+                                                  for i in range(4))
+                ratio = statistics.median(r[0] / r[2] for r in runs)
+                shown = f"auto = {resolve_num_workers('auto', kind, cores=cores, ranks=ranks)}" \
+                    if w == "auto" else str(w)
+                print(f"| {name} | {size} | {shown} | {steady / PIPELINE_BATCH:.1f} | "
+                      f"{steady:.0f} / {total:.0f} | {step_rate:.0f} | {ratio:.2f} | "
+                      f"{loop:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", default="0,1,2")
+    parser.add_argument("--workers", default=None,
+                        help="comma-separated counts (default 0,1,2; with --pipeline 0,1,auto)")
     parser.add_argument("--model-step", action="store_true")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="the default run's pipeline against its training step")
+    parser.add_argument("--objective", default="masked-patch")
+    parser.add_argument("--pngs", type=int, default=2624)
+    parser.add_argument("--batches", type=int, default=20, help="pipeline batches per timing")
+    parser.add_argument("--loop-steps", type=int, default=20)
+    parser.add_argument("--step-repeats", type=int, default=5)
     args = parser.parse_args()
-    workers = [int(w) for w in args.workers.split(",")]
+    if args.pipeline:
+        args.workers = args.workers or "0,1,auto"
+        pipeline_main(args)
+        return
+    workers = [int(w) for w in (args.workers or "0,1,2").split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} JPEGs "
           f"500x375 -> {IMAGE_SIZE} px, batch {args.batch_size}, median of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,8 @@ class ModelConfig:
 class DataConfig:
     spec: str = "builtin:digits"
     split: str = "train"
-    num_workers: int = 0
+    # "auto" (vitssl.data.pipeline.resolve_num_workers) or a count; 0: the main process
+    num_workers: int | str = "auto"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # Augmentation: None takes the dataset's own (vitssl.data.augment); a value wins.

@@ -11,8 +11,13 @@ the same global batch.
 
 An unreadable sample (:class:`~vitssl.data.decode.CorruptImage`) is replaced by
 the next readable dataset index, so batches stay full and deterministic; each
-replacement is logged and counted in the batch's ``"_skipped"`` entry, or is
-fatal with ``on_error="raise"``.
+replacement is counted in the batch's ``"_skipped"`` entry and logged by the
+main process (:func:`counted`), or is fatal with ``on_error="raise"``.
+
+A transform that ``takes_encoded`` (:class:`~vitssl.data.transforms.PretrainTransform`)
+gets image files as :class:`~vitssl.data.decode.EncodedImage` from a dataset
+that can give them (``dataset.encoded(index)``), so it decodes only as much
+as its crop needs.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitssl.data.decode import CorruptImage
-from vitssl.data.skips import SkipLog
+from vitssl.data.skips import SkipLog, log
 from vitssl.data.transforms import normalize, to_float
 from vitssl.errors import VitsslError
 from vitssl.seeds import batch_seed, sample_seeds
@@ -110,6 +115,8 @@ class StepBatches(Dataset):
         self.num_steps = num_steps
         self.on_error = on_error
         SkipLog(on_error)  # validates the setting up front
+        self.encoded = bool(getattr(transform, "takes_encoded", False)
+                            and hasattr(dataset, "encoded"))
 
     def __len__(self) -> int:
         return self.num_steps
@@ -117,56 +124,122 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> dict[str, Any]:
         indices = self.plan.indices(step)
         mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        errors = SkipLog(self.on_error)
+        errors = CarriedSkips(self.on_error)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(batch_seed(self.seed, step, self.rank))
             samples = [self._read(i, errors) for i in mine]
             first = step * self.plan.global_batch + self.rank * self.batch_size
             seeds = sample_seeds(self.seed, first, len(samples)).tolist() \
                 if self.seed_per_sample else None
-            outputs = []
-            for i, (image, _) in enumerate(samples):
+            outputs, labels = [], []
+            for i, sample in enumerate(samples):
                 if seeds is not None:
                     torch.manual_seed(seeds[i])
-                outputs.append(self.transform(image))
+                output, label = self._transform(sample, errors)
+                outputs.append(output)
+                labels.append(int(label))
             batch = stack_outputs(outputs, self.mean, self.std)
-        batch["_skipped"] = torch.tensor(errors.take())
-        labels = torch.tensor([int(label) for _, label in samples], dtype=torch.long)
+        batch["_skipped"] = torch.tensor(errors.count)
+        if errors.messages:
+            batch["_skip_messages"] = errors.messages
+        labels = torch.tensor(labels, dtype=torch.long)
         if bool((labels >= 0).all()):
             batch["label"] = labels
         return batch
 
-    def _read(self, index: int, errors: SkipLog) -> tuple:
+    def _read(self, index: int, errors: SkipLog, tried: int = 0) -> tuple[Any, int, int, int]:
+        """(image, label, dataset index read, indices tried) from ``index`` on."""
         size = len(self.dataset)
-        for attempt in range(size):
+        for attempt in range(size - tried):
+            where = (index + attempt) % size
             try:
-                return self.dataset[(index + attempt) % size]
+                item = self.dataset.encoded(where) if self.encoded else self.dataset[where]
+                return item[0], item[1], where, tried + attempt + 1
             except CorruptImage as exc:
                 errors.skip(str(exc))
         raise CorruptImage(f"no readable sample among all {size} in the dataset")
 
+    def _transform(self, sample: tuple[Any, int, int, int], errors: SkipLog) -> tuple[Any, int]:
+        """The transform's output and label; a file that fails to decode here is replaced too.
 
-def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0) -> Iterator:
-    """Iterate batches ``start_step, start_step + 1, ...`` (parallel decoding with workers)."""
+        The replacement's transform starts from the same RNG state, as if the
+        unreadable file had been skipped when it was read.
+        """
+        image, label, where, tried = sample
+        state = torch.get_rng_state()
+        while True:
+            try:
+                return self.transform(image), label
+            except CorruptImage as exc:
+                errors.skip(str(exc))
+                torch.set_rng_state(state)
+                image, label, where, tried = self._read(where + 1, errors, tried)
+
+
+class CarriedSkips(SkipLog):
+    """Skips counted and kept as messages for the batch (``"_skip_messages"``).
+
+    :func:`counted` logs them in the main process, where a worker's log
+    records would not reach the run's handlers, and only for batches the run
+    consumes (not for those a worker prefetched).
+    """
+
+    def __init__(self, on_error: str) -> None:
+        super().__init__(on_error)
+        self.messages: list[str] = []
+
+    def skip(self, message: str) -> None:
+        if self.raise_errors:
+            super().skip(message)
+        self.count += 1
+        self.messages.append(message)
+
+
+def loader_options(num_workers: int, pin_memory: bool = False) -> dict[str, Any]:
+    """DataLoader keywords for a run's one loader of whole batches.
+
+    With workers: ``persistent_workers`` (re-iterating the loader reuses them)
+    and ``prefetch_factor`` so that at least 4 batches are in flight in all
+    (2 per worker from 2 workers on), enough to ride out a slow batch.
+    ``pin_memory`` (CUDA runs) lets batches be copied to the device asynchronously.
+    """
+    options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
+    if num_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=max(2, -(-4 // num_workers)))
+    return options
+
+
+def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A loader of batches ``start_step, start_step + 1, ...`` (parallel decoding with workers).
+
+    Its one pass spans every remaining step of the run, epochs included, so
+    workers start once per run (and once per loader: they persist).
+    """
     steps = range(start_step, len(batches))
-    loader = DataLoader(batches, batch_size=None, sampler=steps, num_workers=num_workers,
-                        persistent_workers=False)
-    return iter(loader)
+    return DataLoader(batches, batch_size=None, sampler=steps,
+                      **loader_options(num_workers, pin_memory))
 
 
 def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
-            std: tuple[float, ...]) -> Iterator[dict]:
+            std: tuple[float, ...], device: torch.device | None = None) -> Iterator[dict]:
     """Finish each batch, moving its ``"_skipped"`` count to ``owner.skipped``.
 
-    A ``"_position"`` entry (streams) goes to ``owner.position.update``.
-    Errors raised in workers come out as one line.
+    A ``"_position"`` entry (streams) goes to ``owner.position.update``; skip
+    messages carried from workers are logged here. With a CUDA ``device`` the
+    compact uint8 pixels go to it first (from pinned memory, asynchronously)
+    and are finished there. Errors raised in workers come out as one line.
     """
     try:
         for batch in batches:
             owner.skipped += int(batch.pop("_skipped", 0))
+            for message in batch.pop("_skip_messages", ()):
+                log.warning("skipping sample: %s", message)
             position = batch.pop("_position", None)
             if position is not None:
                 owner.position.update(position)
+            if device is not None and device.type == "cuda":
+                batch = _compact_to(batch, device)
             yield finish_batch(batch, mean, std)
     except VitsslError as exc:
         # Raised in a DataLoader worker, it arrives with the worker's traceback in its
@@ -175,3 +248,13 @@ def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
         if len(lines) <= 1:
             raise
         raise VitsslError(lines[-1].split(": ", 1)[-1]) from None
+
+
+def _compact_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The uint8 pixel entries of a batch on ``device``; everything else as it is."""
+    if "pixels_uint8" in batch:
+        batch["pixels_uint8"] = batch["pixels_uint8"].to(device, non_blocking=True)
+    if "view_pixels" in batch:
+        batch["view_pixels"] = {name: v.to(device, non_blocking=True) if v.dtype == torch.uint8
+                                else v for name, v in batch["view_pixels"].items()}
+    return batch

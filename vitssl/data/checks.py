@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vitssl.config import DataConfig
 from vitssl.errors import VitsslError
+
+
+def check_num_workers(value: Any) -> None:
+    """Refuse a ``data.num_workers`` that is neither ``"auto"`` nor a count >= 0."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                           and value >= 0):
+        return
+    raise VitsslError(f"data.num_workers must be 'auto' or a whole number >= 0 (0 loads in "
+                      f"the main process), got {value!r}")
 
 
 def validate_data_config(dc: DataConfig) -> None:
@@ -12,8 +23,7 @@ def validate_data_config(dc: DataConfig) -> None:
     Augmentation keys still unset (``None``, before
     :func:`~vitssl.data.augment.resolve_augmentation`) are not checked.
     """
-    if dc.num_workers < 0:
-        raise VitsslError(f"data.num_workers must be >= 0, got {dc.num_workers}")
+    check_num_workers(dc.num_workers)
     if dc.crop_scale is not None:
         lo, hi = dc.crop_scale
         if not 0.0 < lo <= hi <= 1.0:

@@ -1,4 +1,8 @@
-"""Image files and bytes -> RGB PIL images, with one error type for unreadable ones."""
+"""Image files and bytes -> RGB PIL images, with one error type for unreadable ones.
+
+:class:`EncodedImage` holds a file parsed up to its header, for transforms that
+decode only as much as their crop needs (a JPEG at 1/2, 1/4 or 1/8 scale).
+"""
 
 from __future__ import annotations
 
@@ -28,14 +32,49 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             image.load()
             return to_rgb(image)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
-        detail = re.sub(r" ?<[^<>]* at 0x[0-9a-f]+>", "", str(exc).splitlines()[0]) \
-            if str(exc) else "no detail"
-        raise CorruptImage(f"cannot decode image {name}: {type(exc).__name__}: {detail}") \
-            from None
+        raise _corrupt(name, exc) from None
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with 16-bit, 32-bit and float images scaled to 8 bits (PIL would clip them)."""
+def _corrupt(name: str, exc: Exception) -> CorruptImage:
+    detail = re.sub(r" ?<[^<>]* at 0x[0-9a-f]+>", "", str(exc).splitlines()[0]) \
+        if str(exc) else "no detail"
+    return CorruptImage(f"cannot decode image {name}: {type(exc).__name__}: {detail}")
+
+
+class EncodedImage:
+    """An image file read and parsed up to its header: ``size`` known, pixels on demand."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self.name = name
+        try:
+            self.header = Image.open(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+            raise _corrupt(name, exc) from None
+        self.size: tuple[int, int] = self.header.size  # (width, height)
+
+    def decode(self, reduce: int = 1) -> tuple[Image.Image, int]:
+        """(8-bit pixels, scale divisor): grey stays ``"L"``, every other mode becomes RGB.
+
+        ``reduce`` > 1 lets a JPEG decode at 1/2, 1/4 or 1/8 of its size, the
+        largest of these at most ``reduce`` (PIL's ``draft``: DCT scaling, far
+        less work); the pixels then cover the whole image at 1/divisor of its
+        size. Other formats decode in full (divisor 1). Decodes once.
+        """
+        image, divisor = self.header, 1
+        try:
+            if reduce > 1:
+                step = next(d for d in (8, 4, 2) if d <= reduce)
+                width, height = image.size
+                got = image.draft(image.mode, (max(1, width // step), max(1, height // step)))
+                divisor = round(width / got[1][2]) if got else 1  # None: no such decoding
+            image.load()
+            return to_8bit(image), divisor
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+            raise _corrupt(self.name, exc) from None
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Grey as ``"L"`` (16-bit, 32-bit and float scaled to 8 bits), everything else as RGB."""
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         values = np.asarray(image, dtype=np.float64)
         top = values.max(initial=0.0)
@@ -43,17 +82,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
             values = values / 257.0
         elif top > 65535:
             values = values * (255.0 / top)
-        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
-    return image.convert("RGB")
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with 16-bit, 32-bit and float images scaled to 8 bits (PIL would clip them)."""
+    return to_8bit(image).convert("RGB")
+
+
+def read_file(path: str | Path) -> bytes:
+    """An image file's bytes; :class:`CorruptImage` when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CorruptImage(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
 def load_image(path: str | Path) -> Image.Image:
     """Read and decode an image file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CorruptImage(f"cannot read image {path}: {exc.strerror or exc}") from None
-    return decode_image(data, str(path))
+    return decode_image(read_file(path), str(path))
 
 
 def is_image_file(path: Path) -> bool:
@@ -78,6 +126,11 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
         return load_image(path), label
+
+    def encoded(self, index: int) -> tuple[EncodedImage, int]:
+        """(the file parsed up to its header, label): decoding is left to the transform."""
+        path, label = self.samples[index]
+        return EncodedImage(read_file(path), str(path)), label
 
     def raw(self, index: int) -> tuple[bytes, str, int] | None:
         """(file bytes, shard key, label) when the file can go into a shard unchanged."""

@@ -9,12 +9,21 @@ batches are assembled, so objectives can also see the raw pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from vitssl.config import image_hw
+from vitssl.data.decode import EncodedImage
+
+# A crop at least this many times the output (per side) is reduced before it is resampled.
+REDUCE_FROM = 4
+# ...keeping at least this many source pixels per output pixel (PIL's reducing_gap).
+REDUCING_GAP = 2.0
 
 
 def pretrain_transform(image_size: int | tuple[int, int],
@@ -31,21 +40,84 @@ def pretrain_transform(image_size: int | tuple[int, int],
     own aspect (W/H), so a non-square output is cropped as a square one is.
 
     Randomness comes from torch's global RNG; callers seed it per batch.
+    With ``augment`` it is a :class:`PretrainTransform`, which also takes image
+    files not yet decoded.
     """
     if not augment:
         return eval_transform(image_size, as_uint8=as_uint8)
     height, width = image_hw(image_size)
     ratio = tuple(r * width / height for r in crop_ratio)
-    steps: list = [v2.ToImage(), v2.RGB(),
-                   v2.RandomResizedCrop((height, width), scale=tuple(crop_scale),
-                                        ratio=ratio, antialias=True)]
-    if translate > 0:
-        steps.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if not as_uint8:
-        steps.append(v2.ToDtype(torch.float32, scale=True))
-    return v2.Compose(steps)
+    return PretrainTransform((height, width), tuple(crop_scale), ratio, translate, hflip,
+                             as_uint8)
+
+
+class PretrainTransform:
+    """Random resized crop, then shift and flip: of a decoded image, or of an image file.
+
+    A decoded image (PIL or a (C, H, W) uint8 tensor) goes through torchvision's
+    ``RandomResizedCrop`` as it is. An :class:`~vitssl.data.decode.EncodedImage`
+    gets the same crop box, drawn from the same RNG calls on its full size (read
+    from the header), and then:
+
+    - a crop less than :data:`REDUCE_FROM` times the output per side: the file
+      is decoded in full and the crop resized by torchvision, exactly as a
+      decoded image would be (bit for bit);
+    - a larger crop: the file is decoded at a reduced scale where the format
+      allows (JPEG: 1/2, 1/4 or 1/8, keeping at least :data:`REDUCING_GAP`
+      decoded pixels per output pixel), and PIL resamples the crop's exact box
+      after an integer ``reduce`` of it (``resize(..., reducing_gap=2)``).
+      Crop box, shift and flip are the same; the pixels differ at
+      interpolation level (JPEG's DCT-domain scaling and ``reduce`` are box
+      filters ahead of the bilinear one, the reduced pixels at the crop's
+      edges reach up to one of them beyond it, PIL rounds as it does):
+      measured on smooth test images, under one grey level on average.
+
+    Grey files stay one channel until the end. The shift and flip draw their
+    randomness after the crop either way, so the RNG advances alike.
+    """
+
+    takes_encoded = True
+
+    def __init__(self, size: tuple[int, int], crop_scale: tuple[float, float],
+                 crop_ratio: tuple[float, float], translate: float, hflip: bool,
+                 as_uint8: bool) -> None:
+        self.size = size
+        self.crop = v2.RandomResizedCrop(size, scale=crop_scale, ratio=crop_ratio,
+                                         antialias=True)
+        after: list = []
+        if translate > 0:
+            after.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
+        if hflip:
+            after.append(v2.RandomHorizontalFlip())
+        last = [] if as_uint8 else [v2.ToDtype(torch.float32, scale=True)]
+        self.decoded = v2.Compose([v2.ToImage(), v2.RGB(), self.crop, *after, *last])
+        self.after = v2.Compose([*after, v2.RGB(), *last])
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if not isinstance(image, EncodedImage):
+            return self.decoded(image)
+        return self.after(self.crop_file(image))
+
+    def crop_file(self, encoded: EncodedImage) -> torch.Tensor:
+        """The random resized crop of an image file, (C, H, W) uint8, C = 1 for grey files."""
+        box = self.crop.make_params([encoded.header])  # reads only the size
+        top, left, h, w = box["top"], box["left"], box["height"], box["width"]
+        out_h, out_w = self.size
+        factor = min(w / out_w, h / out_h)
+        if factor < REDUCE_FROM:
+            image, _ = encoded.decode()
+            crop = image.crop((left, top, left + w, top + h)).convert("RGB")
+            return v2.functional.resize(v2.functional.to_image(crop), [out_h, out_w],
+                                        antialias=True)
+        image, divisor = encoded.decode(int(factor // REDUCING_GAP))
+        x0, y0, x1, y1 = left / divisor, top / divisor, (left + w) / divisor, (top + h) / divisor
+        # Cut the whole pixels the box touches first, so that (as torchvision's crop) the
+        # filter reads nothing from beyond them; then resample the box's exact extent.
+        cut = (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
+        small = image.crop(cut).resize((out_w, out_h), Image.Resampling.BILINEAR,
+                                       box=(x0 - cut[0], y0 - cut[1], x1 - cut[0], y1 - cut[1]),
+                                       reducing_gap=REDUCING_GAP)
+        return v2.functional.to_image(small)
 
 
 def eval_transform(image_size: int | tuple[int, int], crop_fraction: float = 1.0, *,

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vitssl.config import Config, image_hw, image_size_text, save_config
 from vitssl.data.augment import resolve_augmentation
-from vitssl.data.pipeline import data_info, pretrain_batches
+from vitssl.data.pipeline import data_info, describe_workers, pretrain_batches
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.objective import Objective, build_objective, objective_options
@@ -163,7 +163,8 @@ def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start
                                start_step=start * tc.accum_steps, rank=ctx.rank,
                                world_size=ctx.world_size,
                                views=objective.views(image_hw(cfg.model.image_size), cfg.data),
-                               stream_state=state.get("stream") if state else None)
+                               stream_state=state.get("stream") if state else None,
+                               device=ctx.device)
     return objective, options, batches
 
 
@@ -223,3 +224,4 @@ def _announce(run: Run, ckpt: Path | None, resume: bool) -> None:
     run.log.message(f"pretrain {cfg.objective.name}: {cfg.model.name} at "
                     f"{image_size_text(cfg.model.image_size)}, {tc.steps} steps x "
                     f"{tc.batch_size} images on {where}; {what}; run directory {run.run_dir}")
+    run.log.message(describe_workers(cfg.data, run.batches.num_workers, ctx.world_size))
