@@ -82,7 +82,9 @@ def test_targets_follow_a_non_square_grid():
     assert torch.isfinite(out["loss"])
 
 
-def test_dino_refuses_a_non_square_size_in_one_line(tmp_path):
-    with pytest.raises(VitsslError, match="non-square model.image_size") as exc:
-        pretrain(_cfg(tmp_path, "dino"))
+@pytest.mark.parametrize("objective", ["dino", "moco-v3", "ibot"])
+def test_multi_view_objectives_refuse_a_non_square_size_in_one_line(tmp_path, objective):
+    with pytest.raises(VitsslError, match=f"{objective} makes square crops, not the "
+                                          f"non-square model.image_size") as exc:
+        pretrain(_cfg(tmp_path, objective))
     assert "\n" not in str(exc.value)

@@ -12,13 +12,14 @@ from vitssl.train.checkpoint import latest_checkpoint, load_encoder
 from vitssl.train.run import pretrain
 
 EXPORTED = {"masked-patch": "encoder", "mae": "encoder", "supervised": "encoder",
-            "dino": "teacher_encoder"}
+            "dino": "teacher_encoder", "moco-v3": "encoder", "ibot": "teacher_encoder"}
+OPTIONS = {"dino": ["out_dim=32", "num_local=1"], "ibot": ["out_dim=32", "num_local=1"],
+           "moco-v3": ["hidden_dim=32", "out_dim=16"]}
 
 
 @pytest.mark.parametrize("objective", sorted(EXPORTED))
 def test_checkpoint_exports_the_right_encoder(objective, tmp_path):
-    options = ["objective.options.out_dim=32", "objective.options.num_local=1"] \
-        if objective == "dino" else []
+    options = [f"objective.options.{kv}" for kv in OPTIONS.get(objective, [])]
     cfg = load_config(None, [f"out={tmp_path}", f"objective.name={objective}", "train.steps=2",
                              "train.batch_size=8", "model.depth=1", "model.image_size=16",
                              "summary_eval.enabled=false", *options])

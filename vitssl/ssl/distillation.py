@@ -28,14 +28,24 @@ class DinoHead(nn.Module):
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
-        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        magnitude = self.last_layer.parametrizations.weight.original0
-        with torch.no_grad():
-            magnitude.fill_(1.0)
-        magnitude.requires_grad_(not norm_last_layer)
+        self.last_layer = prototypes(bottleneck_dim, out_dim, norm_last_layer)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, in_dim) -> the L2-normalised bottleneck (n, bottleneck_dim)."""
+        return F.normalize(self.mlp(x), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return self.last_layer(self.project(x))
+
+
+def prototypes(bottleneck_dim: int, out_dim: int, norm_last_layer: bool = True) -> nn.Module:
+    """Weight-normalised linear layer to ``out_dim`` prototypes (magnitude 1, fixed if asked)."""
+    layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+    magnitude = layer.parametrizations.weight.original0
+    with torch.no_grad():
+        magnitude.fill_(1.0)
+    magnitude.requires_grad_(not norm_last_layer)
+    return layer
 
 
 def cross_view_loss(student: torch.Tensor, targets: torch.Tensor,

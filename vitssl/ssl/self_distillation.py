@@ -1,0 +1,224 @@
+"""What the self-distillation objectives share (``dino``, ``ibot``): options, teacher, centring.
+
+:class:`SelfDistillation` is the base of an objective whose student (``encoder``
+and a :class:`~vitssl.ssl.distillation.DinoHead` ``head``) learns from an EMA
+teacher of itself (``teacher_encoder``, ``teacher_head``; the exported encoder).
+It holds:
+
+- option resolution (:func:`resolve_options`): a recipe's defaults under the
+  options the user set, checked in one place, the objective's name in every
+  message; head sizes that scale with width (:func:`head_dims`);
+- schedules as pure functions of ``step / total_steps``: the teacher
+  temperature's linear warm-up, the teacher momentum (cosine to 1 from
+  ``momentum``, or from the run-scaled base of :func:`run_scaled_momentum`
+  whose total update mass Σ(1 − m) is ``update_mass``), the last layers frozen
+  for the first ``freeze_last_layer`` of the run;
+- centring of the teacher's logits (:meth:`SelfDistillation.targets`):
+  ``"ema"`` subtracts a centre buffer (``NAME`` with its flag ``NAME_ready``),
+  moved once per optimiser step towards the teacher's mean of that step
+  (summed over micro-batches, all-reduced over ranks), from zero or the first
+  mean (``center_init``); ``"sinkhorn-knopp"`` balances the batch instead;
+- DINO's multi-crop views (square only) and the teacher's EMA update.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import vitssl
+from vitssl.data.views import MultiCrop
+from vitssl.errors import VitsslError
+from vitssl.ssl.centering import sinkhorn_knopp
+from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
+
+CENTERINGS = ("ema", "sinkhorn-knopp")
+POSITIVE = ("student_temp", "teacher_temp", "warmup_teacher_temp", "teacher_patch_temp",
+            "warmup_teacher_patch_temp", "update_mass")
+UNIT = ("momentum", "center_momentum", "teacher_temp_warmup", "freeze_last_layer")
+
+
+def resolve_options(name: str, recipe: str, recipes: Mapping[str, Mapping[str, Any]],
+                    given: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipes[recipe]`` under every option in ``given`` that is not None, checked."""
+    if recipe not in recipes:
+        raise VitsslError(f"{name}: recipe must be one of {sorted(recipes)}, got {recipe!r}")
+    o = {"recipe": recipe, **recipes[recipe],
+         **{k: v for k, v in given.items() if v is not None}}
+    for key in POSITIVE:
+        if key in o and o[key] <= 0:
+            raise VitsslError(f"{name}: {key} must be > 0, got {o[key]}")
+    for key in UNIT:
+        if o.get(key) is not None and not 0.0 <= o[key] <= 1.0:
+            raise VitsslError(f"{name}: {key} must lie in [0, 1], got {o[key]}")
+    if o["center_init"] not in ("zeros", "first-batch"):
+        raise VitsslError(f"{name}: center_init must be zeros or first-batch, got "
+                          f"{o['center_init']!r}")
+    if o["centering"] not in CENTERINGS:
+        raise VitsslError(f"{name}: centering must be one of {', '.join(CENTERINGS)}, got "
+                          f"{o['centering']!r}")
+    if int(o["sinkhorn_iterations"]) < 1 or o["koleo_weight"] < 0:
+        raise VitsslError(f"{name}: sinkhorn_iterations must be >= 1 and koleo_weight >= 0")
+    return o
+
+
+def head_dims(name: str, width: int, out_dim: int | None, hidden_dim: int | None,
+              bottleneck_dim: int | None, small_out_dim: int,
+              large_out_dim: int) -> tuple[int, int, int]:
+    """(out, hidden, bottleneck): the paper's (large_out_dim, 2048, 256) from width 384, else
+    (small_out_dim, 512, 128), for every size left unset."""
+    small = width < 384
+    dims = (int(out_dim or (small_out_dim if small else large_out_dim)),
+            int(hidden_dim or (512 if small else 2048)),
+            int(bottleneck_dim or (128 if small else 256)))
+    if min(dims) < 1:
+        raise VitsslError(f"{name}: out_dim, hidden_dim and bottleneck_dim must be >= 1")
+    return dims
+
+
+def teacher_stats(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean entropy of the target rows (n, K), and the KL of their mean from uniform."""
+    entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1).mean()
+    mean = targets.mean(0)
+    return entropy, (mean * (mean.clamp_min(1e-12) * mean.numel()).log()).sum()
+
+
+def warmup(start: float, end: float, fraction: float, step: int, total_steps: int) -> float:
+    """``start`` -> ``end`` linearly over the first ``fraction`` of the run, then ``end``."""
+    warm = fraction * total_steps
+    if step >= warm:
+        return end
+    return start + (end - start) * (step / warm)
+
+
+class SelfDistillation(vitssl.Objective):
+    """Student, EMA teacher, schedules and centring; subclasses write ``forward``."""
+
+    name = "self-distillation"  # the objective's name in messages
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, o: Mapping[str, Any],
+                 centres: Mapping[str, int]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(head).requires_grad_(False)
+        for centre, dim in centres.items():
+            self.register_buffer(centre, torch.zeros(1, dim))
+            # 1 once the centre holds a mean; "first-batch" starts it at the first one.
+            self.register_buffer(f"{centre}_ready",
+                                 torch.tensor(float(o["center_init"] == "zeros")))
+        self.recipe, self.centering = o["recipe"], o["centering"]
+        self.student_temp, self.teacher_temp = float(o["student_temp"]), float(o["teacher_temp"])
+        self.warmup_teacher_temp = float(o["warmup_teacher_temp"])
+        self.teacher_temp_warmup = float(o["teacher_temp_warmup"])
+        self.momentum = None if o["momentum"] is None else float(o["momentum"])
+        self.update_mass = float(o["update_mass"])
+        self.center_momentum = float(o["center_momentum"])
+        self.freeze_last_layer = float(o["freeze_last_layer"])
+        self.sinkhorn_iterations = int(o["sinkhorn_iterations"])
+        self.koleo_weight = float(o["koleo_weight"])
+        self.crop = dict(num_local=int(o["num_local"]), local_size=o.get("local_size"),
+                         global_scale=tuple(o["global_scale"]),
+                         local_scale=tuple(o["local_scale"]), color=bool(o["color"]),
+                         hflip=o.get("hflip"))
+        # (teacher, student) submodules the EMA moves; the layers frozen at the start.
+        self.ema_pairs = [("teacher_encoder", "encoder"), ("teacher_head", "head")]
+        self.last_layers = ["head.last_layer"]
+        # Teacher logits summed per centre since the last optimiser step (per rank, not state).
+        self._centre_sums: dict[str, list[Any]] = {}
+
+    def exports(self) -> dict[str, str]:
+        """The teacher is the encoder these methods evaluate."""
+        return {"encoder": "teacher_encoder"}
+
+    # -- data --------------------------------------------------------------------------------
+    def views(self, size: tuple[int, int], data: Any = None) -> MultiCrop:
+        """Two global crops at the model's (square) size and ``num_local`` local crops.
+
+        Local crops default to 3/7 of the global size (DINO's 96 / 224), rounded
+        to whole patches; ``hflip`` defaults to what the data allows.
+        """
+        height, width = size
+        if height != width:
+            raise VitsslError(f"{self.name} makes square crops, not the non-square "
+                              f"model.image_size [{height}, {width}]; use a square size")
+        patch = self.encoder.patch_size if isinstance(self.encoder.patch_size, int) else 1
+        local = self.crop["local_size"] or max(patch, round(height * 3 / 7 / patch) * patch)
+        hflip = self.crop["hflip"]
+        if hflip is None:
+            hflip = bool(getattr(data, "hflip", True))
+        return MultiCrop(height, int(local), self.crop["num_local"],
+                         global_scale=self.crop["global_scale"],
+                         local_scale=self.crop["local_scale"], hflip=hflip,
+                         color=self.crop["color"])
+
+    def crops(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's global (B, 2, 3, S, S) and local (B, n, 3, s, s) crops, or an error."""
+        views = batch.get("views")
+        if not views or "global" not in views:
+            raise VitsslError(f"{self.name} needs the multi-crop views in the batch "
+                              f"(batch['views']['global']); run it through vitssl pretrain")
+        return views["global"], views.get("local")
+
+    # -- schedules ---------------------------------------------------------------------------
+    def teacher_temperature(self, step: int, total_steps: int) -> float:
+        return warmup(self.warmup_teacher_temp, self.teacher_temp, self.teacher_temp_warmup,
+                      step, total_steps)
+
+    def teacher_momentum(self, step: int, total_steps: int) -> float:
+        """Cosine to 1 from ``momentum``, or from the run-scaled base when it is unset."""
+        base = self.momentum
+        if base is None:
+            base = run_scaled_momentum(total_steps, self.update_mass)
+        return cosine_momentum(base, step, total_steps)
+
+    # -- centring ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def targets(self, logits: torch.Tensor, centre: str, temp: float) -> torch.Tensor:
+        """The teacher's target distributions for ``logits`` (n, K), centred by ``centre``."""
+        if self.centering == "sinkhorn-knopp":
+            return sinkhorn_knopp(logits, temp, self.sinkhorn_iterations)
+        targets = F.softmax((logits - getattr(self, centre)) / temp, dim=-1)
+        sums = self._centre_sums.setdefault(centre, [None, 0])
+        batch_sum = logits.sum(dim=0, keepdim=True)
+        sums[0] = batch_sum if sums[0] is None else sums[0] + batch_sum
+        sums[1] += logits.shape[0]
+        return targets
+
+    @torch.no_grad()
+    def _move_centre(self, centre: str, total: torch.Tensor, count: int) -> None:
+        stats = torch.cat([total.flatten(), total.new_tensor([count])])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)
+        buffer, ready = getattr(self, centre), getattr(self, f"{centre}_ready")
+        momentum = self.center_momentum * ready  # 0 on a first-batch start
+        buffer.mul_(momentum).add_((stats[:-1] / stats[-1]).view_as(buffer) * (1.0 - momentum))
+        ready.fill_(1.0)
+
+    # -- step hooks --------------------------------------------------------------------------
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Drop the last layers' gradients while they are frozen."""
+        if step < self.freeze_last_layer * total_steps:
+            for name in self.last_layers:
+                for param in self.get_submodule(name).parameters():
+                    param.grad = None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """EMA update of the teacher; centre updates from this step's teacher outputs."""
+        teacher: list[torch.Tensor] = []
+        student: list[torch.Tensor] = []
+        for t, s in self.ema_pairs:
+            teacher += list(self.get_submodule(t).parameters())
+            student += list(self.get_submodule(s).parameters())
+        ema_update(teacher, student, self.teacher_momentum(step, total_steps))
+        for centre, (total, count) in self._centre_sums.items():
+            self._move_centre(centre, total, count)
+        self._centre_sums = {}
