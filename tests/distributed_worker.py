@@ -2,10 +2,10 @@
 
 ``python -m torch.distributed.run --nproc-per-node 2 tests/distributed_worker.py OUT``
 writes, under OUT, the run directories of the scenarios in ``RUNS`` (each
-the same config the test also runs in one process) and ``DINO_RUNS``, a DDP run with drop-path
-interrupted after its step-2 checkpoint and resumed, the uninterrupted FSDP
-run of the SIGKILL test, and ``memory-<rank>.json``
-with each rank's measured bytes under DDP and FSDP.
+the same config the test also runs in one process) and ``EMA_RUNS`` (the EMA
+objectives under FSDP), a DDP run with drop-path interrupted after its step-2
+checkpoint and resumed, the uninterrupted FSDP run of the SIGKILL test, and
+``memory-<rank>.json`` with each rank's measured bytes under DDP and FSDP.
 """
 
 from __future__ import annotations
@@ -44,8 +44,17 @@ RUNS = {
 MOCO = ["objective.name=moco-v3", "objective.options.hidden_dim=32",
         "objective.options.out_dim=16", "objective.options.momentum=0.9", "train.steps=3"]
 RUNS["ddp-moco"] = MOCO
-# The sharded EMA teacher's reference is the replicated one on the same 2 ranks.
-DINO_RUNS = {"fsdp-dino": ["train.strategy=fsdp", *DINO]}
+# iBOT: sample-seeded block masks, a cls and a patch centre all-reduced, an EMA teacher.
+IBOT = ["objective.name=ibot", "objective.options.recipe=paper",
+        "objective.options.out_dim=64", "objective.options.hidden_dim=32",
+        "objective.options.bottleneck_dim=16", "objective.options.num_local=1",
+        "objective.options.pred_ratio=0.3", "objective.options.pred_ratio_var=0.1",
+        "objective.options.momentum=0.9", "train.steps=3"]
+RUNS["ddp-ibot"] = IBOT
+# A sharded EMA teacher's reference is the replicated one on the same 2 ranks.
+EMA_RUNS = {"fsdp-dino": ["train.strategy=fsdp", *DINO],
+             "fsdp-moco": ["train.strategy=fsdp", *MOCO],
+             "fsdp-ibot": ["train.strategy=fsdp", *IBOT]}
 # Drop-path on the second block draws from the global RNG on every rank.
 RNG_RUN = ["model.depth=2", "model.drop_path_rate=0.5", "train.checkpoint_every=2",
            "train.keep_checkpoints=2"]
@@ -92,7 +101,7 @@ def memory(root: Path) -> None:
 def main(root: Path) -> None:
     dist.init_process_group("gloo")
     try:
-        for name, extra in {**RUNS, **DINO_RUNS}.items():
+        for name, extra in {**RUNS, **EMA_RUNS}.items():
             pretrain(config(root / name, extra))
         interrupted_and_resumed(root, RNG_RUN)
         pretrain(config(root / "fsdp-kill-full", KILL_RUN))

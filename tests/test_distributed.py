@@ -208,3 +208,26 @@ def test_moco_v3_on_two_ranks_matches_one_process(two_ranks, one_process):
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-4, msg=key)
     assert any(k.startswith("momentum_encoder.") for k in wb)
     assert any(k.endswith("running_var") for k in wb)
+
+
+def test_ibot_on_two_ranks_matches_one_process(two_ranks, one_process):
+    """Losses, student, teacher, mask token and both centres: masks follow sample seeds."""
+    ddp = two_ranks / "ddp-ibot"
+    _assert_same_run(one_process / "ddp-ibot", ddp)
+    weights = _weights(ddp)
+    assert weights["patch_center"].abs().sum() > 0 and weights["mask_token"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("objective", ["moco", "ibot"])
+def test_fsdp_ema_objectives_match_the_replicated_run(two_ranks, objective):
+    """MoCo v3's momentum encoder and iBOT's teacher, sharded, repeat the DDP run."""
+    replicated, sharded = two_ranks / f"ddp-{objective}", two_ranks / f"fsdp-{objective}"
+    assert _losses(sharded) == pytest.approx(_losses(replicated), rel=1e-5)
+    wa, wb = _weights(replicated), _weights(sharded)
+    assert wa.keys() == wb.keys()
+    for key in wa:  # 1e-4 absolute: see test_moco_v3_on_two_ranks_matches_one_process
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-4, msg=key)
+    encoder, _ = load_encoder(sharded)
+    exported = "teacher_encoder" if objective == "ibot" else "encoder"
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, wb[f"{exported}.{key}"]), key
