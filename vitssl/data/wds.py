@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitssl.data.batches import stack_outputs
+from vitssl.data.batches import CarriedSkips, stack_outputs
 from vitssl.data.decode import CorruptImage, decode_image
 from vitssl.data.skips import SkipLog
 from vitssl.data.wds_position import rng_from_tensor, rng_to_tensor
@@ -316,7 +316,7 @@ class ShardStream(IterableDataset):
         physical, num_workers = (info.id, info.num_workers) if info else (0, 1)
         rotate = int(self.resume["next_worker"]) if self.resume else 0
         worker = (physical + rotate) % num_workers
-        errors = SkipLog(self.on_error)
+        errors = CarriedSkips(self.on_error)  # logged by the main process (counted)
         position = self.resume["workers"][worker] if self.resume else None
         source = WorkerStream(self, worker, num_workers, errors, position)
         pending: list[tuple[Any, int]] = []
@@ -329,6 +329,8 @@ class ShardStream(IterableDataset):
                                           self.mean, self.std)
                     source.aug = torch.get_rng_state()
                 batch["_skipped"] = torch.tensor(errors.take())
+                if errors.messages:
+                    batch["_skip_messages"], errors.messages = errors.messages, []
                 batch["_position"] = {"worker": worker, **source.snapshot()}
                 if self.labelled:
                     batch["label"] = torch.tensor([label for _, label in pending],
