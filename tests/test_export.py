@@ -24,6 +24,8 @@ RUNS = {  # name -> config overrides of a 3-step run
     "dino": ["objective.name=dino", "objective.options.out_dim=32",
              "objective.options.num_local=1"],
     "supervised": ["objective.name=supervised"],
+    "mae-sincos": ["objective.name=mae", "model.pos_embed=sincos", "model.pool=mean",
+                   "model.fc_norm=true"],
 }
 
 
@@ -106,6 +108,22 @@ def test_the_exported_encoder_is_dinos_teacher(runs, tmp_path, capsys):
     assert not torch.equal(exported[key], stored[f"encoder.{key}"])  # not the student
     assert json.loads((tmp_path / "config.json").read_text())["vitssl"]["exported"] == \
         "teacher_encoder"
+
+
+def test_fixed_sincos_position_embeddings_survive_the_checkpoint_and_the_export(
+        runs, tmp_path, capsys):
+    run = runs("mae-sincos")
+    encoder, cfg = load_encoder(run)
+    assert cfg.model.pos_embed == "sincos" and encoder.fixed_pos_embed
+    table = encoder.sincos_table(encoder.grid_size)
+    torch.testing.assert_close(encoder.pos_embed, table, atol=0, rtol=0)  # trained 3 steps
+    config = _export(run, "timm", tmp_path, capsys)
+    assert config["vitssl"]["pos_embed"] == "sincos"
+    torch.testing.assert_close(load_file(tmp_path / "model.safetensors")["pos_embed"], table,
+                               atol=0, rtol=0)
+    model = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    torch.testing.assert_close(model.pos_embed.detach(), table, atol=0, rtol=0)
+    _assert_same_features(model, encoder, config)
 
 
 def test_supervised_export_leaves_out_the_pre_logits_layer(runs, tmp_path, capsys):

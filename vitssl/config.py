@@ -32,6 +32,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     attention: str = "auto"  # "auto" | "triton" | "sdpa" | "reference"
     depth: int | None = None  # override the variant's layer count (small experiments)
+    pos_embed: str = "learned"  # "learned" | "sincos" (fixed 2-D sin-cos, as MAE's encoder)
 
 
 @dataclass

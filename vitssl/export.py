@@ -13,6 +13,8 @@ file overlay of :func:`timm_load_lines`. ``hf`` adds ``README.md``, a model card
 (objective, data, steps, the run summary's evaluation), which makes the folder
 what the hub holds for a timm model: upload it unchanged. When timm is installed
 the export is rebuilt in timm and its features compared with the encoder's first.
+An encoder with fixed sin-cos position embeddings (``model.pos_embed=sincos``) exports
+its table as timm's ``pos_embed`` (a parameter there, trainable in a fine-tune).
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def timm_config(encoder: torch.nn.Module, cfg: Config,
             "global_pool": model_args["global_pool"], "model_args": model_args,
             "pretrained_cfg": pretrained_cfg(encoder, cfg, first_conv),
             "vitssl": {"version": vitssl.__version__, "model": cfg.model.name,
-                       "stem": cfg.model.stem, "objective": cfg.objective.name,
+                       "stem": cfg.model.stem, "pos_embed": cfg.model.pos_embed,
+                       "objective": cfg.objective.name,
                        "data": cfg.data.spec, **(facts or {})}}
 
 

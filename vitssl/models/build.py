@@ -35,4 +35,4 @@ def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = No
         num_heads=variant.num_heads, mlp_dim=variant.mlp_dim, class_token=cfg.class_token,
         pool=cfg.pool, fc_norm=bool(cfg.fc_norm), drop_rate=cfg.drop_rate,
         attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=cfg.drop_path_rate,
-        attention=cfg.attention)
+        attention=cfg.attention, pos_embed=cfg.pos_embed)

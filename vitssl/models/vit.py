@@ -1,7 +1,10 @@
 """The Vision Transformer encoder (Dosovitskiy et al., 2021).
 
 Names follow timm's ``VisionTransformer`` (``patch_embed``, ``cls_token``,
-``pos_embed``, ``blocks``, ``norm``) so weights map one-to-one.
+``pos_embed``, ``blocks``, ``norm``) so weights map one-to-one. ``pos_embed`` is a
+learned parameter, or with ``pos_embed="sincos"`` a buffer holding the fixed 2-D
+sin-cos table (class token at zeros), as MAE's encoder uses; either is saved under
+the same name, so checkpoints and timm exports carry it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from torch import nn
 
 from vitssl.errors import VitsslError
 from vitssl.models.layers import Block
-from vitssl.models.pos_embed import resample_pos_embed
+from vitssl.models.pos_embed import POS_EMBEDS, resample_pos_embed, sincos_pos_embed
 from vitssl.models.sizes import to_pair
 
 
@@ -30,8 +33,12 @@ class VisionTransformer(nn.Module):
     def __init__(self, stem: nn.Module, *, embed_dim: int, depth: int, num_heads: int,
                  mlp_dim: int, class_token: bool = True, pool: str = "token",
                  fc_norm: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, attention: str = "auto") -> None:
+                 drop_path_rate: float = 0.0, attention: str = "auto",
+                 pos_embed: str = "learned") -> None:
         super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise VitsslError(f"unknown pos_embed '{pos_embed}'; accepted: "
+                              f"{', '.join(POS_EMBEDS)}")
         if pool not in ("token", "mean"):
             raise VitsslError(f"unknown pool '{pool}'; accepted: token, mean")
         if pool == "token" and not class_token:
@@ -47,8 +54,11 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_patches,
-                                                  embed_dim))
+        if pos_embed == "sincos":  # fixed: a buffer, never trained
+            self.register_buffer("pos_embed", self.sincos_table(self.grid_size))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_patches,
+                                                      embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(*[
@@ -60,7 +70,11 @@ class VisionTransformer(nn.Module):
 
     # -- initialisation -------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.fixed_pos_embed:
+            with torch.no_grad():
+                self.pos_embed.copy_(self.sincos_table(self.grid_size))
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.blocks.modules():
@@ -91,9 +105,25 @@ class VisionTransformer(nn.Module):
         """Images (B, 3, H, W) -> patch embeddings (B, N, D), before position embeddings."""
         return self.patch_embed(images)
 
+    @property
+    def fixed_pos_embed(self) -> bool:
+        """True when ``pos_embed`` is the fixed sin-cos table (a buffer), not a parameter."""
+        return not isinstance(self.pos_embed, nn.Parameter)
+
+    def sincos_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The fixed sin-cos table for ``grid``: (1, prefix + rows * cols, D), prefix zeros."""
+        return sincos_pos_embed(self.embed_dim, grid, self.num_prefix_tokens)[None]
+
     def patch_pos_embed(self, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """Position embeddings of the patch tokens for ``grid`` (resampled if needed): (1, N, D)."""
+        """Position embeddings of the patch tokens for ``grid``: (1, N, D).
+
+        Learned ones are resampled from the model's grid; the fixed sin-cos table is
+        computed for ``grid`` directly.
+        """
         grid = self.grid_size if grid is None else to_pair(grid)
+        if self.fixed_pos_embed and grid != self.grid_size:
+            table = self.sincos_table(grid).to(self.pos_embed)
+            return table[:, self.num_prefix_tokens:]
         pos = resample_pos_embed(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
         return pos[:, self.num_prefix_tokens:]
 
@@ -199,12 +229,18 @@ class VisionTransformer(nn.Module):
         key = prefix + "pos_embed"
         stored = state_dict.get(key)
         if stored is not None and stored.shape != self.pos_embed.shape:
-            old = stored.shape[1] - self.num_prefix_tokens
-            side = math.isqrt(old)
-            source = getattr(self, "source_grid", None) or (side, side)
-            if source[0] * source[1] != old:
-                raise VitsslError(f"cannot resample a position embedding of {old} patches; "
-                                  f"set encoder.source_grid to its (rows, cols) first")
-            state_dict[key] = resample_pos_embed(stored, source, self.grid_size,
-                                                 self.num_prefix_tokens)
+            if self.fixed_pos_embed:  # the same formula, at this model's grid
+                state_dict[key] = self.sincos_table(self.grid_size).to(stored)
+            else:
+                state_dict[key] = self._resampled(stored)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _resampled(self, stored: torch.Tensor) -> torch.Tensor:
+        """A stored learned table of another grid (``source_grid``, else square) at ours."""
+        old = stored.shape[1] - self.num_prefix_tokens
+        side = math.isqrt(old)
+        source = getattr(self, "source_grid", None) or (side, side)
+        if source[0] * source[1] != old:
+            raise VitsslError(f"cannot resample a position embedding of {old} patches; "
+                              f"set encoder.source_grid to its (rows, cols) first")
+        return resample_pos_embed(stored, source, self.grid_size, self.num_prefix_tokens)
