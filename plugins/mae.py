@@ -8,7 +8,9 @@ patch, restores the original order, adds fixed 2-D sin-cos position
 embeddings, runs ``decoder_depth`` pre-norm blocks and predicts every patch's
 pixels. The loss is the mean squared error over masked patches only, on the
 normalised image's patches — each patch normalised by its own mean and
-variance with ``norm_pix_loss`` (the default, as MAE recommends).
+variance with ``norm_pix_loss`` (the default, as MAE recommends). The encoder's
+own position embeddings are learned by default; ``model.pos_embed=sincos`` fixes
+them to the same sin-cos table, as MAE's encoder does.
 
 Decoder size: ``decoder_dim`` / ``decoder_depth`` / ``decoder_heads``
 default to MAE's 512 / 8 / 16 for encoders of width >= 768 and to half the
@@ -31,21 +33,7 @@ from vitssl_plugins.masked_patch import patchify, per_sample_uniform
 import vitssl
 from vitssl.errors import VitsslError
 from vitssl.models.layers import Block
-
-
-def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embeddings (rows * cols, dim), as in MAE."""
-    if dim % 4:
-        raise VitsslError(f"mae: decoder_dim must be a multiple of 4, got {dim}")
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
-                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
-    parts = []
-    for coord in (cols.flatten(), rows.flatten()):  # half the channels per axis
-        angles = coord[:, None] * omega[None]
-        parts += [angles.sin(), angles.cos()]
-    return torch.cat(parts, dim=1).float()
+from vitssl.models.pos_embed import sincos_pos_embed
 
 
 def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.device,
@@ -75,6 +63,9 @@ class MaskedAutoencoder(vitssl.Objective):
         if decoder_depth < 1 or decoder_dim < 1 or decoder_dim % decoder_heads:
             raise VitsslError(f"mae: need decoder_depth >= 1 and decoder_dim ({decoder_dim}) "
                               f"divisible by decoder_heads ({decoder_heads})")
+        if decoder_dim % 4:
+            raise VitsslError(f"mae: decoder_dim must be a multiple of 4 (sin-cos position "
+                              f"embeddings), got {decoder_dim}")
         patch = encoder.patch_size
         if not isinstance(patch, int):
             raise VitsslError(f"mae needs square patches; the encoder's are {patch}")

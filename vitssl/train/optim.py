@@ -1,4 +1,8 @@
-"""AdamW with weight decay on weight matrices only (paper Table 3: Adam, β 0.9 / 0.999)."""
+"""AdamW with weight decay on weight matrices only (paper Table 3: Adam, β 0.9 / 0.999).
+
+The update runs as torch's fused AdamW kernel wherever it can (plain float tensors on
+CPU or CUDA): the same update as the per-parameter loop to float rounding, in one call.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch import nn
 from vitssl.errors import VitsslError
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+FUSED_DEVICES = ("cpu", "cuda")  # device types of torch's fused AdamW used here
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
@@ -28,8 +33,21 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(module: nn.Module, *, lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, fused where :func:`can_fuse` allows."""
     if lr <= 0:
         raise VitsslError(f"train.lr must be positive, got {lr}")
     if weight_decay < 0:
         raise VitsslError(f"train.weight_decay must be >= 0, got {weight_decay}")
-    return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=tuple(betas))
+    groups = param_groups(module, weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=can_fuse(groups) or None)
+
+
+def can_fuse(groups: list[dict]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: floating point, on one of
+    ``FUSED_DEVICES``, none sharded (FSDP's DTensors keep the default implementation)."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in FUSED_DEVICES
+        and not isinstance(p, DTensor) for p in params)
