@@ -125,3 +125,25 @@ def test_fused_adamw_matches_the_per_parameter_loop(pos_embed):
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_a_fused_step_is_seen_by_the_feature_cache():
+    """The fused kernel updates in place without bumping version counters; ours bumps them,
+    so features cached before a step are not served after it."""
+    from vitssl.eval.features import cached_features
+
+    mae = _mae()
+    encoder = mae.encoder
+    optimizer = build_optimizer(mae, lr=1e-2, weight_decay=0.05)
+    assert optimizer.defaults["fused"]
+    data = [(torch.randn(3, 16, 16), 0) for _ in range(4)]
+    before = cached_features(encoder, data, show_progress=False).x.clone()
+    versions = [p._version for p in mae.parameters()]
+    batch = {"image": torch.randn(2, 3, 16, 16), "sample_seed": torch.tensor([1, 2])}
+    mae(batch)["loss"].backward()
+    optimizer.step()
+    assert all(p._version > v for p, v in zip(mae.parameters(), versions, strict=True)
+               if p.grad is not None)
+    after = cached_features(encoder, data, show_progress=False).x
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, encoder(torch.stack([x for x, _ in data])).detach())

@@ -31,15 +31,32 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW whose fused steps also bump the updated parameters' version counters.
+
+    The per-parameter loop's in-place updates count as modifications; the fused
+    kernel's do not, so anything keyed on ``Tensor._version`` (the evaluation
+    feature cache) would miss a fused step without this.
+    """
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201  (torch's signature)
+        loss = super().step(closure)
+        updated = [p for group in self.param_groups if group.get("fused")
+                   for p in group["params"] if p.grad is not None]
+        if updated:
+            torch.autograd.graph.increment_version(updated)
+        return loss
+
+
 def build_optimizer(module: nn.Module, *, lr: float, weight_decay: float,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+                    betas: tuple[float, float] = (0.9, 0.999)) -> AdamW:
     """AdamW over :func:`param_groups`, fused where :func:`can_fuse` allows."""
     if lr <= 0:
         raise VitsslError(f"train.lr must be positive, got {lr}")
     if weight_decay < 0:
         raise VitsslError(f"train.weight_decay must be >= 0, got {weight_decay}")
     groups = param_groups(module, weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=can_fuse(groups) or None)
+    return AdamW(groups, lr=lr, betas=tuple(betas), fused=can_fuse(groups) or None)
 
 
 def can_fuse(groups: list[dict]) -> bool:
