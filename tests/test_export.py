@@ -110,14 +110,15 @@ def test_the_exported_encoder_is_dinos_teacher(runs, tmp_path, capsys):
         "teacher_encoder"
 
 
+@pytest.mark.parametrize("fmt", ["timm", "hf"])
 def test_fixed_sincos_position_embeddings_survive_the_checkpoint_and_the_export(
-        runs, tmp_path, capsys):
+        fmt, runs, tmp_path, capsys):
     run = runs("mae-sincos")
     encoder, cfg = load_encoder(run)
     assert cfg.model.pos_embed == "sincos" and encoder.fixed_pos_embed
     table = encoder.sincos_table(encoder.grid_size)
     torch.testing.assert_close(encoder.pos_embed, table, atol=0, rtol=0)  # trained 3 steps
-    config = _export(run, "timm", tmp_path, capsys)
+    config = _export(run, fmt, tmp_path, capsys)
     assert config["vitssl"]["pos_embed"] == "sincos"
     torch.testing.assert_close(load_file(tmp_path / "model.safetensors")["pos_embed"], table,
                                atol=0, rtol=0)
