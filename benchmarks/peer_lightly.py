@@ -54,7 +54,9 @@ Where the recipes differ (read the numbers with them in mind):
 - mae: lightly initialises the encoder's (learned) position embedding to 2-D
   sin-cos and re-initialises the ViT's linear layers xavier-uniform;
   vitssl's encoder learns its own from a truncated normal unless
-  ``model.pos_embed=sincos`` (fixed table, MAE's choice). Both decoders use
+  ``model.pos_embed=sincos`` (fixed table, MAE's choice), and keeps its own
+  initialisation unless ``objective.options.encoder_init=xavier`` (MAE's,
+  the peer's). Both decoders use
   fixed sin-cos. Mask draws: lightly one batch of uniform noise from the global
   RNG, vitssl one generator per sample seeded by its place in the stream;
 - dino: ``DINOLoss`` centres the teacher with an EMA of its batch mean from

@@ -10,7 +10,10 @@ pixels. The loss is the mean squared error over masked patches only, on the
 normalised image's patches — each patch normalised by its own mean and
 variance with ``norm_pix_loss`` (the default, as MAE recommends). The encoder's
 own position embeddings are learned by default; ``model.pos_embed=sincos`` fixes
-them to the same sin-cos table, as MAE's encoder does.
+them to the same sin-cos table, as MAE's encoder does. ``encoder_init="xavier"``
+re-initialises the encoder as MAE's ``initialize_weights`` does (linear layers and
+the patch projection xavier-uniform with zero biases, the class token normal with
+std 0.02) instead of keeping the encoder's own initialisation (``"keep"``).
 
 Decoder size: ``decoder_dim`` / ``decoder_depth`` / ``decoder_heads``
 default to MAE's 512 / 8 / 16 for encoders of width >= 768 and to half the
@@ -35,6 +38,26 @@ from vitssl.errors import VitsslError
 from vitssl.models.layers import Block
 from vitssl.models.pos_embed import sincos_pos_embed
 
+ENCODER_INITS = ("keep", "xavier")
+
+
+@torch.no_grad()
+def xavier_init(encoder: nn.Module) -> None:
+    """MAE's encoder initialisation: xavier-uniform linear layers and patch projection
+    (zero biases), class token normal with std 0.02; norms and position embeddings kept."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    proj = getattr(encoder.patch_embed, "proj", None)
+    if isinstance(proj, nn.Conv2d):
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
+    if getattr(encoder, "cls_token", None) is not None:
+        nn.init.normal_(encoder.cls_token, std=0.02)
+
 
 def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.device,
                    sample_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,10 +74,14 @@ class MaskedAutoencoder(vitssl.Objective):
 
     def __init__(self, encoder: nn.Module, mask_ratio: float = 0.75,
                  decoder_dim: int | None = None, decoder_depth: int | None = None,
-                 decoder_heads: int | None = None, norm_pix_loss: bool = True) -> None:
+                 decoder_heads: int | None = None, norm_pix_loss: bool = True,
+                 encoder_init: str = "keep") -> None:
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise VitsslError(f"mae: mask_ratio must lie in [0, 1), got {mask_ratio}")
+        if encoder_init not in ENCODER_INITS:
+            raise VitsslError(f"mae: unknown encoder_init '{encoder_init}'; accepted: "
+                              f"{', '.join(ENCODER_INITS)}")
         width = encoder.embed_dim
         large = width >= 768
         decoder_dim = int(decoder_dim or (512 if large else width // 2))
@@ -70,6 +97,8 @@ class MaskedAutoencoder(vitssl.Objective):
         if not isinstance(patch, int):
             raise VitsslError(f"mae needs square patches; the encoder's are {patch}")
         self.encoder = encoder
+        if encoder_init == "xavier":
+            xavier_init(encoder)
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.num_keep(encoder.grid_size[0] * encoder.grid_size[1])  # refuse empty grids now
         self.decoder_embed = nn.Linear(width, decoder_dim)

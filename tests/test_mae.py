@@ -147,3 +147,16 @@ def test_a_fused_step_is_seen_by_the_feature_cache():
     after = cached_features(encoder, data, show_progress=False).x
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, encoder(torch.stack([x for x, _ in data])).detach())
+
+
+def test_encoder_init_xavier_is_maes_initialisation():
+    mae = _mae(encoder_init="xavier")
+    qkv = mae.encoder.blocks[0].attn.qkv
+    bound = (6 / (qkv.in_features + qkv.out_features)) ** 0.5
+    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound
+    assert torch.equal(qkv.bias, torch.zeros_like(qkv.bias))
+    assert 0.01 < float(mae.encoder.cls_token.std()) < 0.04
+    kept = _mae()
+    assert float(kept.encoder.blocks[0].attn.qkv.weight.std()) < 0.025  # trunc normal 0.02
+    with pytest.raises(VitsslError, match="encoder_init"):
+        _mae(encoder_init="lecun")
