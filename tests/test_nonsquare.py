@@ -39,9 +39,9 @@ def test_crops_follow_height_and_width():
     assert pretrain_transform((16, 24), augment=False)(image).shape == (3, 16, 24)
     assert eval_transform((24, 16))(image).shape == (3, 24, 16)
     # A square size keeps the square crop's aspect range.
-    crop = pretrain_transform(16).transforms[2]
+    crop = pretrain_transform(16).crop
     assert tuple(crop.ratio) == pytest.approx((3 / 4, 4 / 3))
-    wide = pretrain_transform((16, 32)).transforms[2]
+    wide = pretrain_transform((16, 32)).crop
     assert tuple(wide.ratio) == pytest.approx((3 / 2, 8 / 3))
 
 
