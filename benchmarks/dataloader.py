@@ -37,7 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,22 +60,34 @@ from vitssl.data.transforms import normalize, pretrain_transform
 IMAGE_SIZE = 224
 
 
-def make_images(root: Path, count: int, classes: int = 4) -> None:
-    """``count`` JPEGs of about 500×375 px, cut from the bundled photographs."""
+def photo_crops(count: int, mode: str) -> Iterator[tuple[int, Image.Image, np.random.Generator]]:
+    """``count`` seeded random square crops of the bundled photographs in ``mode``, each
+    with its index and the generator (for further draws in the same sequence)."""
     rng = np.random.default_rng(0)
     sources = []
     for name in PHOTOS:
         with Image.open(photo_dir() / name) as image:
-            sources.append(image.convert("RGB"))
+            sources.append(image.convert(mode))
     for i in range(count):
         photo = sources[i % len(sources)]
         w, h = photo.size
         side = int(min(w, h) * rng.uniform(0.5, 1.0))
         left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        crop = photo.crop((left, top, left + side, top + side)).resize((500, 375))
-        path = root / f"class{i % classes}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        crop.save(path, quality=90)
+        yield i, photo.crop((left, top, left + side, top + side)), rng
+
+
+def save_in_class(root: Path, i: int, classes: int, image: Image.Image, suffix: str,
+                  **options: Any) -> None:
+    """Image ``i`` as ``root/class{i % classes}/{i:05d}{suffix}``."""
+    path = root / f"class{i % classes}" / f"{i:05d}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **options)
+
+
+def make_images(root: Path, count: int, classes: int = 4) -> None:
+    """``count`` JPEGs of about 500×375 px, cut from the bundled photographs."""
+    for i, crop, _ in photo_crops(count, "RGB"):
+        save_in_class(root, i, classes, crop.resize((500, 375)), ".jpg", quality=90)
 
 
 def _rates(start: float, arrivals: list[float], batch: int) -> tuple[float, float]:
@@ -138,21 +152,9 @@ PIPELINE_BATCH = 64
 
 def make_grey_pngs(root: Path, count: int, classes: int = 4) -> None:
     """``count`` grey PNGs of 260-340 px a side, cut from the bundled photographs."""
-    rng = np.random.default_rng(0)
-    sources = []
-    for name in PHOTOS:
-        with Image.open(photo_dir() / name) as image:
-            sources.append(image.convert("L"))
-    for i in range(count):
-        photo = sources[i % len(sources)]
-        w, h = photo.size
-        side = int(min(w, h) * rng.uniform(0.5, 1.0))
-        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    for i, crop, rng in photo_crops(count, "L"):
         out = int(rng.integers(260, 341))
-        crop = photo.crop((left, top, left + side, top + side)).resize((out, out))
-        path = root / f"class{i % classes}" / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        crop.save(path)
+        save_in_class(root, i, classes, crop.resize((out, out)), ".png")
 
 
 def time_pipeline(spec: str, workers: int | str, size: int, batches: int) -> tuple[float, float]:
