@@ -37,6 +37,7 @@ import vitssl
 from vitssl.errors import VitsslError
 from vitssl.models.layers import Block
 from vitssl.models.pos_embed import sincos_pos_embed
+from vitssl.models.vit import xavier_patch_projection
 
 ENCODER_INITS = ("keep", "xavier")
 
@@ -50,11 +51,7 @@ def xavier_init(encoder: nn.Module) -> None:
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-    proj = getattr(encoder.patch_embed, "proj", None)
-    if isinstance(proj, nn.Conv2d):
-        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-        if proj.bias is not None:
-            nn.init.zeros_(proj.bias)
+    xavier_patch_projection(encoder.patch_embed)
     if getattr(encoder, "cls_token", None) is not None:
         nn.init.normal_(encoder.cls_token, std=0.02)
 

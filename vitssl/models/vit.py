@@ -22,6 +22,16 @@ from vitssl.models.pos_embed import POS_EMBEDS, resample_pos_embed, sincos_pos_e
 from vitssl.models.sizes import to_pair
 
 
+def xavier_patch_projection(patch_embed: nn.Module) -> None:
+    """Xavier-uniform on a linear patch stem's projection (as a (D, C·P·P) matrix), zero bias;
+    other stems (no ``proj`` convolution) keep their own initialisation."""
+    proj = getattr(patch_embed, "proj", None)
+    if isinstance(proj, nn.Conv2d):
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
+
+
 class VisionTransformer(nn.Module):
     """ViT encoder over any stem that maps images to (B, N, D) tokens with a ``grid_size``.
 
@@ -81,11 +91,7 @@ class VisionTransformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-        proj = getattr(self.patch_embed, "proj", None)
-        if isinstance(proj, nn.Conv2d):
-            nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-            if proj.bias is not None:
-                nn.init.zeros_(proj.bias)
+        xavier_patch_projection(self.patch_embed)
 
     # -- attention backend ----------------------------------------------------------------
     def set_attention(self, backend: str) -> None:
