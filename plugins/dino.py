@@ -39,7 +39,6 @@ from torch import nn
 import vitssl
 from vitssl.ssl.distillation import DinoHead, cross_view_loss, dino_loss
 from vitssl.ssl.ema import cosine_momentum
-from vitssl.ssl.koleo import koleo_loss
 from vitssl.ssl.self_distillation import (
     CENTERINGS,
     SelfDistillation,
@@ -115,10 +114,7 @@ class Dino(SelfDistillation):
         loss = cross_view_loss(student_out, targets.view(b, g, -1), self.student_temp)
         out = {"teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
                "teacher_temp": temp}
-        if self.koleo_weight > 0:
-            koleo = koleo_loss(features.view(b, g, -1)[:, 0])
-            loss = loss + self.koleo_weight * koleo
-            out["koleo"] = koleo.detach()
+        loss = self.with_koleo(loss, out, features.view(b, g, -1)[:, 0])
         return {"loss": loss, **out}
 
 

@@ -52,7 +52,6 @@ import vitssl
 from vitssl.errors import VitsslError
 from vitssl.models.layers import DropPath
 from vitssl.ssl.distillation import DinoHead, cross_view_loss, prototypes
-from vitssl.ssl.koleo import koleo_loss
 from vitssl.ssl.masking import block_mask, draw_ratio, random_mask
 from vitssl.ssl.self_distillation import (
     SelfDistillation,
@@ -234,10 +233,7 @@ class Ibot(SelfDistillation):
                "teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
                "patch_entropy": teacher_stats(patch_targets)[0],
                "mask_ratio": mask.float().mean(), "teacher_temp": temp}
-        if self.koleo_weight > 0:
-            koleo = koleo_loss(pooled.view(b, g, -1)[:, 0])
-            loss = loss + self.koleo_weight * koleo
-            out["koleo"] = koleo.detach()
+        loss = self.with_koleo(loss, out, pooled.view(b, g, -1)[:, 0])
         return {"loss": loss, **out}
 
 

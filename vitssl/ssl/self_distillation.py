@@ -37,6 +37,7 @@ from vitssl.data.views import MultiCrop
 from vitssl.errors import VitsslError
 from vitssl.ssl.centering import sinkhorn_knopp
 from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
+from vitssl.ssl.koleo import koleo_loss
 
 CENTERINGS = ("ema", "sinkhorn-knopp")
 POSITIVE = ("student_temp", "teacher_temp", "warmup_teacher_temp", "teacher_patch_temp",
@@ -178,6 +179,16 @@ class SelfDistillation(vitssl.Objective):
         if base is None:
             base = run_scaled_momentum(total_steps, self.update_mass)
         return cosine_momentum(base, step, total_steps)
+
+    def with_koleo(self, loss: torch.Tensor, out: dict[str, Any],
+                   features: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus ``koleo_weight`` × KoLeo of ``features`` (the student's pooled
+        features of the first global view), its value kept in ``out["koleo"]``."""
+        if self.koleo_weight <= 0:
+            return loss
+        koleo = koleo_loss(features)
+        out["koleo"] = koleo.detach()
+        return loss + self.koleo_weight * koleo
 
     # -- centring ----------------------------------------------------------------------------
     @torch.no_grad()
