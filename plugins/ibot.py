@@ -6,7 +6,8 @@ with block-wise masked patches (:mod:`vitssl.ssl.masking`): their patch
 embeddings become a learnable ``mask_token`` before the position embeddings
 are added; the EMA teacher sees the same crops unmasked. One head (a
 :class:`~vitssl.ssl.distillation.DinoHead`) projects the pooled feature and
-every patch token; the loss is::
+every patch token (as two batches: with ``use_bn`` each has its own BatchNorm
+statistics); the loss is::
 
     lambda1 * cross_view_loss(pooled, teacher targets of the other global view)
     + lambda2 * masked_patch_loss(student patches of view v, teacher patches of view v)
@@ -197,8 +198,10 @@ class Ibot(SelfDistillation):
             (self.teacher_patch_last_layer if teacher else self.patch_last_layer)
         pooled, patches = encoder.pool(features), features[:, encoder.num_prefix_tokens:]
         b, n = patches.shape[:2]
-        z = head.project(torch.cat([pooled, patches.flatten(0, 1)]))  # one batch, as iBOT's head
-        return pooled, head.last_layer(z[:b]), layer(z[b:]).view(b, n, -1)
+        # Pooled rows and patch rows go through the head separately, so that with
+        # ``use_bn`` each kind is normalised by its own batch statistics.
+        cls_logits = head.last_layer(head.project(pooled))
+        return pooled, cls_logits, layer(head.project(patches.flatten(0, 1))).view(b, n, -1)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         globals_, local = self.crops(batch)

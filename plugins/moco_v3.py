@@ -47,7 +47,7 @@ import vitssl
 from vitssl.data.views import TwoViews
 from vitssl.errors import VitsslError
 from vitssl.ssl.ema import cosine_momentum, ema_update
-from vitssl.ssl.heads import mlp
+from vitssl.ssl.heads import freeze_last_norm_bias, mlp
 
 
 def _distributed() -> bool:
@@ -105,13 +105,7 @@ class MocoV3(vitssl.Objective):
                 raise VitsslError("moco-v3: freeze_patch_embed needs the linear patch stem "
                                   "(patch_embed.proj); set freeze_patch_embed=false")
             proj.requires_grad_(False)
-        # The pooled features' last norm adds a constant shift that the projector's first
-        # BatchNorm removes: the loss does not depend on that bias (its gradient is 0 up to
-        # float noise, which Adam would turn into +-lr steps), so it is frozen.
-        last_norm = encoder.fc_norm if isinstance(encoder.fc_norm, nn.LayerNorm) else \
-            getattr(encoder, "norm", None)
-        if getattr(last_norm, "bias", None) is not None:
-            last_norm.bias.requires_grad_(False)
+        freeze_last_norm_bias(encoder)  # the projector's first BatchNorm removes it
         self.encoder = encoder
         self.projector = mlp(encoder.embed_dim, hidden_dim, out_dim, layers=3)
         self.predictor = mlp(out_dim, hidden_dim, out_dim, layers=2, last_bn=False)

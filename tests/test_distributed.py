@@ -89,9 +89,10 @@ def test_two_gloo_ranks_match_one_process(two_ranks, one_process):
         assert moved != key.startswith("fc_norm."), key
 
 
-def test_dino_on_two_ranks_matches_one_process(two_ranks, one_process):
-    """Losses, student, teacher and centre: views and the centre do not depend on ranks."""
-    _assert_same_run(one_process / "ddp-dino", two_ranks / "ddp-dino")
+@pytest.mark.parametrize("name", ["ddp-dino", "ddp-dino-auto"])
+def test_dino_on_two_ranks_matches_one_process(two_ranks, one_process, name):
+    """Losses, student, teacher and centre (EMA, or Sinkhorn–Knopp with head BatchNorm)."""
+    _assert_same_run(one_process / name, two_ranks / name)
 
 
 @pytest.mark.parametrize("name", ["fsdp", "fsdp-accum"])

@@ -3,7 +3,9 @@
 Caron et al. 2021 (facebookresearch/dino ``DINOHead``, ``DINOLoss``): a 3-layer
 MLP to an L2-normalised bottleneck, then a weight-normalised linear layer to
 ``out_dim`` prototypes; the loss is the teacher's target distribution of one
-global view against the student's log-softmax of every other view.
+global view against the student's log-softmax of every other view. The
+head's optional BatchNorm (``use_bn``) takes its statistics over the global
+batch under DDP, so 2 ranks compute what one process does with their batch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from vitssl.ssl.heads import GlobalBatchNorm1d
+
 
 class DinoHead(nn.Module):
     """MLP -> L2-normalised bottleneck -> weight-normalised linear to ``out_dim``."""
@@ -20,14 +24,16 @@ class DinoHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int,
                  norm_last_layer: bool = True, use_bn: bool = False) -> None:
         super().__init__()
-        norm = (lambda: nn.BatchNorm1d(hidden_dim)) if use_bn else nn.Identity
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), norm(), nn.GELU(),
-                                 nn.Linear(hidden_dim, hidden_dim), norm(), nn.GELU(),
+        norm = (lambda: GlobalBatchNorm1d(hidden_dim)) if use_bn else nn.Identity
+        bias = not use_bn  # a bias right before BatchNorm is removed by it
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=bias), norm(), nn.GELU(),
+                                 nn.Linear(hidden_dim, hidden_dim, bias=bias), norm(), nn.GELU(),
                                  nn.Linear(hidden_dim, bottleneck_dim))
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
         self.last_layer = prototypes(bottleneck_dim, out_dim, norm_last_layer)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,19 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         return y.to(x.dtype)
 
 
+def freeze_last_norm_bias(encoder: nn.Module) -> None:
+    """Freeze the bias of the norm that ends the encoder's pooled path.
+
+    For a head that starts Linear -> BatchNorm the loss does not depend on that bias
+    (it shifts every row alike and the BatchNorm subtracts the batch mean): its gradient
+    is float noise, which Adam would turn into steps of +-lr.
+    """
+    fc_norm = getattr(encoder, "fc_norm", None)
+    last_norm = fc_norm if isinstance(fc_norm, nn.LayerNorm) else getattr(encoder, "norm", None)
+    if getattr(last_norm, "bias", None) is not None:
+        last_norm.bias.requires_grad_(False)
+
+
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int, bn: bool = True,
         last_bn: bool = True) -> nn.Sequential:
     """``layers`` linear layers (BN + ReLU between them; BN without affine after the last).

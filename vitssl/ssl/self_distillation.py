@@ -37,6 +37,7 @@ from vitssl.data.views import MultiCrop
 from vitssl.errors import VitsslError
 from vitssl.ssl.centering import sinkhorn_knopp
 from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
+from vitssl.ssl.heads import freeze_last_norm_bias
 from vitssl.ssl.koleo import koleo_loss
 
 CENTERINGS = ("ema", "sinkhorn-knopp")
@@ -106,6 +107,8 @@ class SelfDistillation(vitssl.Objective):
     def __init__(self, encoder: nn.Module, head: nn.Module, o: Mapping[str, Any],
                  centres: Mapping[str, int]) -> None:
         super().__init__()
+        if o["use_bn"] and float(o["koleo_weight"]) <= 0:
+            freeze_last_norm_bias(encoder)  # the head's first BatchNorm removes it
         self.encoder = encoder
         self.head = head
         self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
