@@ -9,12 +9,14 @@ view (:func:`cross_view_loss`). The teacher is the exported encoder.
 
 ``recipe=`` sets the defaults of every option left unset: ``"paper"``
 (``PAPER``: teacher temperature 0.04 -> 0.07 over 30% of the run, cosine
-momentum 0.996 -> 1, EMA centre from zero, last-layer norm fixed, no KoLeo;
-``configs/dino-s16.yaml``), which collapses to a uniform teacher on short runs
-of small models, or ``"auto"`` (default, ``AUTO``), measured on the default
-run (benchmarks/RESULTS.md, "DINO on short runs"): its base momentum gives the
+momentum 0.996 -> 1, EMA centre from zero, last-layer norm fixed, no KoLeo,
+global crops of 40-100 % with colour operations; ``configs/dino-s16.yaml``),
+which collapses to a uniform teacher on short runs of small models, or
+``"auto"`` (default, ``AUTO``), measured on the default run
+(benchmarks/RESULTS.md, "DINO on short runs"): its base momentum gives the
 teacher a total update mass Σ(1 − m) of ``update_mass`` whatever the run's
-length (:func:`run_scaled_momentum`; long runs reach the paper's 0.996).
+length (:func:`run_scaled_momentum`; long runs reach the paper's 0.996);
+global crops of 60-100 %, colour operations from 64 px only.
 
 Schedules are pure functions of ``step / total_steps`` (temperature warm-up,
 momentum, the last layer frozen for the first ``freeze_last_layer``).
@@ -54,11 +56,13 @@ teacher_momentum = cosine_momentum  # the name this module's schedule had
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=True, use_bn=False, teacher_temp=0.07,
     warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996, update_mass=2.0,
-    centering="ema", center_init="zeros", koleo_weight=0.0, num_local=4)
+    centering="ema", center_init="zeros", koleo_weight=0.0, num_local=4, color=True,
+    global_scale=(0.4, 1.0))
 AUTO: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.02,
     warmup_teacher_temp=0.02, teacher_temp_warmup=0.0, momentum=None, update_mass=2.0,
-    centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0)
+    centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0,
+    color=None, global_scale=(0.6, 1.0))
 RECIPES = {"paper": PAPER, "auto": AUTO}
 
 
@@ -75,9 +79,10 @@ class Dino(SelfDistillation):
                  update_mass: float | None = None, center_momentum: float = 0.9,
                  freeze_last_layer: float = 0.01, num_local: int | None = None,
                  local_size: int | None = None,
-                 global_scale: tuple[float, float] = (0.4, 1.0),
+                 global_scale: tuple[float, float] | None = None,
                  local_scale: tuple[float, float] = (0.05, 0.4),
-                 color: bool = True, hflip: bool | None = None, use_bn: bool | None = None,
+                 color: bool | None = None, hflip: bool | None = None,
+                 use_bn: bool | None = None,
                  center_init: str | None = None, centering: str | None = None,
                  sinkhorn_iterations: int = 3, koleo_weight: float | None = None) -> None:
         given = dict(norm_last_layer=norm_last_layer, use_bn=use_bn, teacher_temp=teacher_temp,

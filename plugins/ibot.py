@@ -34,7 +34,8 @@ main_ibot.py's defaults: momentum 0.996, EMA centres, last layer frozen for one
 epoch; ``configs/ibot-vit-s16.yaml``). ``recipe="auto"`` (default, ``AUTO``)
 takes DINO's measured short-run choices for both heads (Sinkhorn–Knopp,
 temperature 0.02, head BatchNorm, KoLeo 0.1, update mass 2, no local crops,
-global scale (0.4, 1)) and keeps the paper's masking. The teacher (built
+global scale (0.6, 1), colour operations from 64 px only) and keeps the
+paper's masking. The teacher (built
 without drop-path, as in iBOT) is the exported encoder.
 """
 
@@ -68,11 +69,11 @@ PAPER: dict[str, Any] = dict(
     teacher_temp_warmup=30 / 800, momentum=0.996, update_mass=2.0, centering="ema",
     center_init="zeros", koleo_weight=0.0, num_local=10, global_scale=(0.25, 1.0),
     local_scale=(0.05, 0.25), freeze_last_layer=1 / 800, pred_ratio=(0.0, 0.3),
-    pred_ratio_var=(0.0, 0.2))
+    pred_ratio_var=(0.0, 0.2), color=True)
 AUTO: dict[str, Any] = {
     **PAPER, **DINO_AUTO, "teacher_patch_temp": DINO_AUTO["teacher_temp"],
     "warmup_teacher_patch_temp": DINO_AUTO["warmup_teacher_temp"],
-    "global_scale": (0.4, 1.0), "local_scale": (0.05, 0.4), "freeze_last_layer": 0.01}
+    "local_scale": (0.05, 0.4), "freeze_last_layer": 0.01}
 RECIPES = {"paper": PAPER, "auto": AUTO}
 SHAPES = ("block", "rand")
 
@@ -114,7 +115,7 @@ class Ibot(SelfDistillation):
                  pred_aspect_ratio: tuple[float, float] = (0.3, 1 / 0.3),
                  pred_start: float = 0.0, num_local: int | None = None,
                  local_size: int | None = None, global_scale: tuple[float, float] | None = None,
-                 local_scale: tuple[float, float] | None = None, color: bool = True,
+                 local_scale: tuple[float, float] | None = None, color: bool | None = None,
                  hflip: bool | None = None, use_bn: bool | None = None,
                  center_init: str | None = None, centering: str | None = None,
                  sinkhorn_iterations: int = 3, koleo_weight: float | None = None) -> None:

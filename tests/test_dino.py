@@ -252,3 +252,25 @@ def test_short_run_with_the_defaults_keeps_the_teacher_below_uniform(tmp_path):
     """
     auto, k = _short_run_entropy(tmp_path / "auto")
     assert auto < math.log(k) - 0.05
+
+
+def _view_values(dino: Dino, size: int) -> set[int]:
+    """Every pixel value of 20 view sets of a uniform grey image at ``size``."""
+    from PIL import Image
+
+    views = dino.views((size, size))
+    torch.manual_seed(0)
+    image = Image.new("L", (size, size), 100)
+    return {int(v) for _ in range(20) for v in views(image)["global"].unique()}
+
+
+def test_auto_recipe_drops_colour_operations_below_64_px_and_the_paper_keeps_them():
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelConfig(name="Ti/4", image_size=16, depth=1))
+    auto = Dino(encoder, out_dim=32, hidden_dim=16, bottleneck_dim=8)
+    assert auto.crop["global_scale"] == (0.6, 1.0)
+    assert _view_values(auto, 16) == {100}  # crops, flips and blur keep a uniform image
+    assert len(_view_values(auto, 64)) > 1  # from 64 px the colour operations are back
+    paper = _dino()
+    assert paper.crop["global_scale"] == (0.4, 1.0)
+    assert len(_view_values(paper, 16)) > 1
