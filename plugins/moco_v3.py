@@ -124,7 +124,7 @@ class MocoV3(vitssl.Objective):
     def views(self, size: tuple[int, int], data: Any = None) -> TwoViews:
         """BYOL's two views at the model's (square) size; ``hflip`` as the data allows.
 
-        Below 64 px the defaults are milder than BYOL's (crops of 40-100 % of the
+        Below 64 px the defaults are milder than BYOL's (crops of 60-100 % of the
         image, no colour operations): on 16 px digits BYOL's 8 % crops and colour
         kept the loss at chance for a whole short run (benchmarks/RESULTS.md).
         """
@@ -136,7 +136,7 @@ class MocoV3(vitssl.Objective):
         if hflip is None:
             hflip = bool(getattr(data, "hflip", True))
         small = height < 64
-        scale = self.crop["scale"] or ((0.4, 1.0) if small else (0.08, 1.0))
+        scale = self.crop["scale"] or ((0.6, 1.0) if small else (0.08, 1.0))
         color = (not small) if self.crop["color"] is None else bool(self.crop["color"])
         return TwoViews(height, scale=scale, hflip=hflip, color=color)
 
