@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import TwoViews
+from vitssl.data.views import SMALL_IMAGE, TwoViews, colour_by_default
 from vitssl.errors import VitsslError
 from vitssl.ssl.ema import cosine_momentum, ema_update
 from vitssl.ssl.heads import freeze_last_norm_bias, mlp
@@ -135,10 +135,9 @@ class MocoV3(vitssl.Objective):
         hflip = self.crop["hflip"]
         if hflip is None:
             hflip = bool(getattr(data, "hflip", True))
-        small = height < 64
-        scale = self.crop["scale"] or ((0.6, 1.0) if small else (0.08, 1.0))
-        color = (not small) if self.crop["color"] is None else bool(self.crop["color"])
-        return TwoViews(height, scale=scale, hflip=hflip, color=color)
+        scale = self.crop["scale"] or ((0.6, 1.0) if height < SMALL_IMAGE else (0.08, 1.0))
+        return TwoViews(height, scale=scale, hflip=hflip,
+                        color=colour_by_default(self.crop["color"], height))
 
     def base_momentum(self, total_steps: int) -> float:
         """The schedule's start: ``momentum``, or the run-scaled default."""

@@ -26,6 +26,16 @@ from torchvision.transforms import v2
 from vitssl.errors import VitsslError
 
 REFERENCE_SIZE = 224  # the crop size DINO's blur sigmas are given for
+SMALL_IMAGE = 64  # below this side the self-supervised objectives' default views are milder
+
+
+def colour_by_default(color: bool | None, size: int) -> bool:
+    """``color``, or where unset (None) the colour operations only from ``SMALL_IMAGE`` px.
+
+    On 16 px digits they kept MoCo v3 at chance and cost DINO 14 points 10-shot
+    (benchmarks/RESULTS.md).
+    """
+    return size >= SMALL_IMAGE if color is None else bool(color)
 
 
 def _blur(size: int, p: float, sigma: tuple[float, float]) -> Callable:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import MultiCrop
+from vitssl.data.views import MultiCrop, colour_by_default
 from vitssl.errors import VitsslError
 from vitssl.ssl.centering import sinkhorn_knopp
 from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
@@ -148,9 +148,9 @@ class SelfDistillation(vitssl.Objective):
 
         Local crops default to 3/7 of the global size (DINO's 96 / 224), rounded
         to whole patches; ``hflip`` defaults to what the data allows; ``color=None``
-        (``recipe=auto``) applies BYOL's colour operations from 64 px only: on 16 px
-        digits they cost 14 points 10-shot, though on 28 px Fashion-MNIST the
-        previous views were 3.6 points better (benchmarks/RESULTS.md).
+        (``recipe=auto``) is :func:`~vitssl.data.views.colour_by_default` (though on
+        28 px Fashion-MNIST the previous views were 3.6 points better,
+        benchmarks/RESULTS.md).
         """
         height, width = size
         if height != width:
@@ -164,8 +164,7 @@ class SelfDistillation(vitssl.Objective):
         return MultiCrop(height, int(local), self.crop["num_local"],
                          global_scale=self.crop["global_scale"],
                          local_scale=self.crop["local_scale"], hflip=hflip,
-                         color=height >= 64 if self.crop["color"] is None
-                         else bool(self.crop["color"]))
+                         color=colour_by_default(self.crop["color"], height))
 
     def crops(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's global (B, 2, 3, S, S) and local (B, n, 3, s, s) crops, or an error."""
