@@ -16,7 +16,8 @@ which collapses to a uniform teacher on short runs of small models, or
 (benchmarks/RESULTS.md, "DINO on short runs"): its base momentum gives the
 teacher a total update mass Σ(1 − m) of ``update_mass`` whatever the run's
 length (:func:`run_scaled_momentum`; long runs reach the paper's 0.996);
-global crops of 60-100 %, colour operations from 64 px only.
+global crops of 60-100 %, colour operations where the data declares them
+(``data.color``: not on digits, on Fashion-MNIST and ImageNet-style data).
 
 Schedules are pure functions of ``step / total_steps`` (temperature warm-up,
 momentum, the last layer frozen for the first ``freeze_last_layer``).

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import SMALL_IMAGE, TwoViews, colour_by_default
+from vitssl.data.views import SMALL_IMAGE, TwoViews, data_allows
 from vitssl.errors import VitsslError
 from vitssl.ssl.ema import cosine_momentum, ema_update
 from vitssl.ssl.heads import freeze_last_norm_bias, mlp
@@ -122,22 +122,19 @@ class MocoV3(vitssl.Objective):
         return {"encoder": "encoder"}
 
     def views(self, size: tuple[int, int], data: Any = None) -> TwoViews:
-        """BYOL's two views at the model's (square) size; ``hflip`` as the data allows.
+        """BYOL's two views at the model's (square) size; flip and colour as the data allows.
 
-        Below 64 px the defaults are milder than BYOL's (crops of 60-100 % of the
-        image, no colour operations): on 16 px digits BYOL's 8 % crops and colour
-        kept the loss at chance for a whole short run (benchmarks/RESULTS.md).
+        Below 64 px the default crops are milder than BYOL's (60-100 % of the
+        image): on 16 px digits BYOL's 8 % crops and colour kept the loss at
+        chance for a whole short run (benchmarks/RESULTS.md).
         """
         height, width = size
         if height != width:
             raise VitsslError(f"moco-v3 makes square crops, not the non-square model.image_size "
                               f"[{height}, {width}]; use a square size")
-        hflip = self.crop["hflip"]
-        if hflip is None:
-            hflip = bool(getattr(data, "hflip", True))
         scale = self.crop["scale"] or ((0.6, 1.0) if height < SMALL_IMAGE else (0.08, 1.0))
-        return TwoViews(height, scale=scale, hflip=hflip,
-                        color=colour_by_default(self.crop["color"], height))
+        return TwoViews(height, scale=scale, hflip=data_allows(self.crop["hflip"], data, "hflip"),
+                        color=data_allows(self.crop["color"], data, "color"))
 
     def base_momentum(self, total_steps: int) -> float:
         """The schedule's start: ``momentum``, or the run-scaled default."""

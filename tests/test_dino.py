@@ -8,7 +8,8 @@ import pytest
 import torch
 from vitssl_plugins.dino import Dino, dino_loss, teacher_momentum
 
-from vitssl.config import ModelConfig
+from vitssl.config import DataConfig, ModelConfig
+from vitssl.data.augment import resolve_augmentation
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.train.optim import build_optimizer
@@ -254,23 +255,28 @@ def test_short_run_with_the_defaults_keeps_the_teacher_below_uniform(tmp_path):
     assert auto < math.log(k) - 0.05
 
 
-def _view_values(dino: Dino, size: int) -> set[int]:
+def _view_values(dino: Dino, data: DataConfig | None, size: int = 16) -> set[int]:
     """Every pixel value of 20 view sets of a uniform grey image at ``size``."""
     from PIL import Image
 
-    views = dino.views((size, size))
+    views = dino.views((size, size), data)
     torch.manual_seed(0)
     image = Image.new("L", (size, size), 100)
     return {int(v) for _ in range(20) for v in views(image)["global"].unique()}
 
 
-def test_auto_recipe_drops_colour_operations_below_64_px_and_the_paper_keeps_them():
+def test_auto_recipe_takes_colour_operations_from_the_data_and_the_paper_keeps_them():
     torch.manual_seed(0)
     encoder = build_encoder(ModelConfig(name="Ti/4", image_size=16, depth=1))
     auto = Dino(encoder, out_dim=32, hidden_dim=16, bottleneck_dim=8)
     assert auto.crop["global_scale"] == (0.6, 1.0)
-    assert _view_values(auto, 16) == {100}  # crops, flips and blur keep a uniform image
-    assert len(_view_values(auto, 64)) > 1  # from 64 px the colour operations are back
+    digits = resolve_augmentation(DataConfig(spec="builtin:digits"))
+    fashion = resolve_augmentation(DataConfig(spec="builtin:fashion-mnist"))
+    assert _view_values(auto, digits) == {100}  # crops, flips and blur keep a uniform image
+    assert len(_view_values(auto, fashion)) > 1  # the colour operations change it
+    assert len(_view_values(auto, None)) > 1  # data that declares nothing gets them
+    no_colour = resolve_augmentation(DataConfig(spec="builtin:fashion-mnist", color=False))
+    assert _view_values(auto, no_colour) == {100}  # data.color wins over the dataset
     paper = _dino()
     assert paper.crop["global_scale"] == (0.4, 1.0)
-    assert len(_view_values(paper, 16)) > 1
+    assert len(_view_values(paper, digits)) > 1  # the objective's color=true wins over both

@@ -10,7 +10,8 @@ from torch import nn
 from torchvision.transforms import v2
 from vitssl_plugins.moco_v3 import MocoV3, contrastive_loss, run_momentum
 
-from vitssl.config import ModelConfig
+from vitssl.config import DataConfig, ModelConfig
+from vitssl.data.augment import resolve_augmentation
 from vitssl.data.views import TwoViews
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
@@ -126,6 +127,21 @@ def test_views_are_byol_asymmetric_and_refuse_non_square_sizes():
         _moco().views((8, 16), None)
     with pytest.raises(VitsslError, match="pair"):
         _moco()({"image": torch.randn(2, 3, 8, 8)})
+
+
+@pytest.mark.parametrize("spec, option, changed", [
+    ("builtin:digits", None, False),  # digits declare no colour operations
+    ("builtin:fashion-mnist", None, True),  # Fashion-MNIST keeps them
+    ("builtin:digits", True, True),  # the objective's color option wins
+])
+def test_colour_operations_follow_the_data_unless_set(spec, option, changed):
+    from PIL import Image
+
+    views = _moco(color=option).views((16, 16), resolve_augmentation(DataConfig(spec=spec)))
+    torch.manual_seed(0)
+    image = Image.new("L", (16, 16), 100)
+    values = {int(v) for _ in range(20) for v in views(image)["pair"].unique()}
+    assert (values != {100}) == changed
 
 
 def test_heads_follow_the_reference_builder():

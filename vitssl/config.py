@@ -51,6 +51,7 @@ class DataConfig:
     on_error: str = "skip"  # "skip" | "raise"
     crop_ratio: tuple[float, float] | None = None  # aspect range of the random resized crop
     translate: float | None = None  # largest random shift after the crop, fraction of the side
+    color: bool | None = None  # colour operations in self-supervised views (vitssl.data.views)
     resampled: bool | None = None  # wds: draw shards with replacement (None: when world_size > 1)
     options: dict[str, Any] = field(default_factory=dict)  # to the source (builtin: factory)
 

@@ -71,7 +71,8 @@ class Objective(nn.Module):
         """A transform of one image into named views, or None for the loop's single view.
 
         ``size`` is the model's (height, width); ``data`` the resolved data config
-        (``data.hflip``: whether a flip keeps labels). The transform maps a PIL image
+        (``data.hflip`` and ``data.color``: whether a flip and colour operations suit
+        the data; :func:`vitssl.data.views.data_allows`). The transform maps a PIL image
         or uint8 (3, H, W) tensor to ``{name: (V, 3, h, w) uint8 tensor}``; it runs in
         the data workers, seeded per sample. Raise :class:`VitsslError` to refuse a
         size the views cannot be made at (e.g. a non-square one).

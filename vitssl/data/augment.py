@@ -6,8 +6,8 @@ class attribute ``augmentation`` (an :class:`Augmentation`), ``idx:`` data
 gets none (digits and letters change under a mirror), and other data
 (``folder:``, ``wds:``, ``vtab1k:``, a dataset without the attribute) gets
 the ImageNet-style recipe. ``data.augment``, ``data.hflip``,
-``data.crop_scale``, ``data.crop_ratio`` and ``data.translate`` left unset
-(``None``) take the source's values; a value given explicitly wins.
+``data.crop_scale``, ``data.crop_ratio``, ``data.translate`` and ``data.color``
+left unset (``None``) take the source's values; a value given explicitly wins.
 """
 
 from __future__ import annotations
@@ -19,19 +19,26 @@ from vitssl.config import DataConfig
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random resized crop (scale, aspect ratio), shift and horizontal flip, or none."""
+    """Random resized crop (scale, aspect ratio), shift and horizontal flip, or none.
+
+    ``color`` says whether the self-supervised objectives' colour operations (jitter,
+    greyscale, solarisation in :mod:`vitssl.data.views`) suit the data; the
+    pretraining transform itself has none.
+    """
 
     augment: bool = True
     hflip: bool = True
     crop_scale: tuple[float, float] = (0.35, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     translate: float = 0.0
+    color: bool = True
 
 
 IMAGENET_STYLE = Augmentation()
 
 
-NONE = Augmentation(augment=False, hflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+NONE = Augmentation(augment=False, hflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                    color=False)
 
 
 def declared(factory: object) -> Augmentation:

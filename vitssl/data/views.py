@@ -26,16 +26,21 @@ from torchvision.transforms import v2
 from vitssl.errors import VitsslError
 
 REFERENCE_SIZE = 224  # the crop size DINO's blur sigmas are given for
-SMALL_IMAGE = 64  # below this side the self-supervised objectives' default views are milder
+SMALL_IMAGE = 64  # below this side moco-v3's default crops are milder
 
 
-def colour_by_default(color: bool | None, size: int) -> bool:
-    """``color``, or where unset (None) the colour operations only from ``SMALL_IMAGE`` px.
+def data_allows(option: bool | None, data: Any, key: str) -> bool:
+    """``option`` where set, else what the run's data declares for ``key`` (True without).
 
-    On 16 px digits they kept MoCo v3 at chance and cost DINO 14 points 10-shot
-    (benchmarks/RESULTS.md).
+    ``key`` is ``"hflip"`` or ``"color"``: the :class:`~vitssl.config.DataConfig`
+    fields a dataset fills in (:mod:`vitssl.data.augment`). Digits declare no
+    colour, because the colour operations cost dino 14 points 10-shot on them;
+    Fashion-MNIST and ImageNet-style data keep them (benchmarks/RESULTS.md).
     """
-    return size >= SMALL_IMAGE if color is None else bool(color)
+    if option is not None:
+        return bool(option)
+    declared = getattr(data, key, None)
+    return True if declared is None else bool(declared)
 
 
 def _blur(size: int, p: float, sigma: tuple[float, float]) -> Callable:

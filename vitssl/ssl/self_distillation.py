@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import MultiCrop, colour_by_default
+from vitssl.data.views import MultiCrop, data_allows
 from vitssl.errors import VitsslError
 from vitssl.ssl.centering import sinkhorn_knopp
 from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
@@ -147,10 +147,8 @@ class SelfDistillation(vitssl.Objective):
         """Two global crops at the model's (square) size and ``num_local`` local crops.
 
         Local crops default to 3/7 of the global size (DINO's 96 / 224), rounded
-        to whole patches; ``hflip`` defaults to what the data allows; ``color=None``
-        (``recipe=auto``) is :func:`~vitssl.data.views.colour_by_default` (though on
-        28 px Fashion-MNIST the previous views were 3.6 points better,
-        benchmarks/RESULTS.md).
+        to whole patches; ``hflip`` and ``color`` (the colour operations) unset
+        (None) follow what the data declares (:func:`~vitssl.data.views.data_allows`).
         """
         height, width = size
         if height != width:
@@ -158,13 +156,11 @@ class SelfDistillation(vitssl.Objective):
                               f"model.image_size [{height}, {width}]; use a square size")
         patch = self.encoder.patch_size if isinstance(self.encoder.patch_size, int) else 1
         local = self.crop["local_size"] or max(patch, round(height * 3 / 7 / patch) * patch)
-        hflip = self.crop["hflip"]
-        if hflip is None:
-            hflip = bool(getattr(data, "hflip", True))
         return MultiCrop(height, int(local), self.crop["num_local"],
                          global_scale=self.crop["global_scale"],
-                         local_scale=self.crop["local_scale"], hflip=hflip,
-                         color=colour_by_default(self.crop["color"], height))
+                         local_scale=self.crop["local_scale"],
+                         hflip=data_allows(self.crop["hflip"], data, "hflip"),
+                         color=data_allows(self.crop["color"], data, "color"))
 
     def crops(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's global (B, 2, 3, S, S) and local (B, n, 3, s, s) crops, or an error."""
