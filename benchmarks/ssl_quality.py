@@ -16,6 +16,10 @@ included; evaluation pauses and the timing pass excluded). Every
 --curve-every-s training seconds a k-NN probe (k = 20) scores the encoder so
 far on a small subset; the curves are drawn one line per objective.
 
+``--steps N`` trains every objective for N steps instead (no timing pass, no
+budget stop): rows then compare the objectives at equal steps and do not
+depend on the machine's load, which a wall-clock budget does.
+
 Scoring, the same for every encoder (the exported one, the same architecture
 at random initialisation, and the raw pixels), on seeded, class-balanced
 subsets so a 60,000-image set stays affordable (sizes are flags):
@@ -35,6 +39,7 @@ Writes ``results.json``, ``results.md``, ``results.png`` (bar chart) and
 
     python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --budget-s 120
     python benchmarks/ssl_quality.py --data builtin:digits --objectives mae,dino
+    python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --steps 500
     python benchmarks/ssl_quality.py --quick               # a CI-sized smoke run
 """
 
@@ -176,9 +181,13 @@ def _replace_steps(cfg: Config, steps: int, out: str | None) -> Config:
 
 def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Namespace,
                      scorer: Scorer) -> tuple[nn.Module, dict[str, Any]]:
-    """Pretrain for ``args.budget_s`` training seconds; the encoder and the run's record."""
-    per_step = seconds_per_step(cfg, ctx, args.timing_steps)
-    planned = max(args.timing_steps, int(args.budget_s / per_step))
+    """Pretrain for ``args.budget_s`` training seconds (or ``args.steps`` steps); the
+    encoder and the run's record."""
+    if args.steps:
+        per_step, planned, budget = None, args.steps, float("inf")
+    else:
+        per_step = seconds_per_step(cfg, ctx, args.timing_steps)
+        planned, budget = max(args.timing_steps, int(args.budget_s / per_step)), args.budget_s
     cfg = _replace_steps(cfg, planned, cfg.out)
     run = build_run(cfg, ctx)
     curve = [(0.0, scorer.curve_point(exported_encoder(run)))]
@@ -188,7 +197,7 @@ def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Names
             train_step(run, step)
             if run.metrics.due(step + 1):
                 run.metrics.flush(run.log, cfg.train.batch_size)
-            over = run.train_time >= args.budget_s
+            over = run.train_time >= budget
             if run.train_time >= next_point or over or step + 1 == planned:
                 curve.append((run.train_time, scorer.curve_point(exported_encoder(run))))
                 run.objective.train()
@@ -207,7 +216,8 @@ def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Names
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     objectives = args.objectives.split(",") if args.objectives else default_objectives()
-    results: dict[str, Any] = {"budget_s": args.budget_s, "batch_size": args.batch_size,
+    results: dict[str, Any] = {"budget_s": None if args.steps else args.budget_s,
+                               "steps": args.steps or None, "batch_size": args.batch_size,
                                "tasks": {}}
     for spec in args.data.split(","):
         base = _config(objectives[0], spec, args, NEVER, str(out / "runs"))
@@ -244,8 +254,10 @@ def markdown(results: dict[str, Any]) -> str:
     for spec, entry in results["tasks"].items():
         rows = entry["rows"]
         metrics = [m for m in COLUMNS if any(m in row for row in rows.values())]
-        lines += [f"**{spec}** ({entry['model']}, {results['budget_s']:g} training s per "
-                  f"objective, batch {results['batch_size']}; top-1 %)", "",
+        per = (f"{results['steps']} steps" if results.get("steps")
+               else f"{results['budget_s']:g} training s")
+        lines += [f"**{spec}** ({entry['model']}, {per} per objective, batch "
+                  f"{results['batch_size']}; top-1 %)", "",
                   "| encoder | " + " | ".join(COLUMNS[m] for m in metrics)
                   + " | steps | train s |", "|---" * (len(metrics) + 3) + "|"]
         for name, row in rows.items():
@@ -255,7 +267,8 @@ def markdown(results: dict[str, Any]) -> str:
             train = f"{row['train_s']:.0f}" if "train_s" in row else "–"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {steps} | {train} |")
         lines.append("")
-    lines.append("steps: done / planned from the timing pass.")
+    lines.append("steps: done / planned" + ("." if results.get("steps")
+                                           else " from the timing pass."))
     return "\n".join(lines) + "\n"
 
 
@@ -324,6 +337,8 @@ def main() -> None:
                         help="labelled data specs, comma-separated (--tasks: the older name)")
     parser.add_argument("--budget-s", type=float, default=600.0,
                         help="training seconds per objective")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train every objective for this many steps instead of --budget-s")
     parser.add_argument("--curve-every-s", type=float, default=30.0,
                         help="training seconds between k-NN curve points")
     parser.add_argument("--model", help="variant/patch size, e.g. Ti/4 (default: the run's)")
@@ -351,6 +366,8 @@ def main() -> None:
         args.batch_size, args.timing_steps = min(args.batch_size, 8), min(args.timing_steps, 2)
         args.probe_train, args.linear_train, args.probe_test = 300, 200, 100
         args.curve_train, args.curve_test = 100, 100
+    if args.steps < 0:
+        parser.error(f"--steps must be >= 1 (or 0 for the --budget-s mode), got {args.steps}")
     torch.manual_seed(0)
     results = run(args)
     out = Path(args.out)
