@@ -52,7 +52,6 @@ from vitssl_plugins.dino import AUTO as DINO_AUTO
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.models.layers import DropPath
 from vitssl.ssl.distillation import DinoHead, cross_view_loss, prototypes
 from vitssl.ssl.masking import block_mask, draw_ratio, random_mask
 from vitssl.ssl.self_distillation import (
@@ -152,9 +151,6 @@ class Ibot(SelfDistillation):
             self.teacher_patch_last_layer.requires_grad_(False)
             self.ema_pairs.append(("teacher_patch_last_layer", "patch_last_layer"))
             self.last_layers.append("patch_last_layer")
-        for module in self.teacher_encoder.modules():
-            if isinstance(module, DropPath):
-                module.p = 0.0
         self.teacher_patch_temp = float(o["teacher_patch_temp"])
         self.warmup_teacher_patch_temp = float(o["warmup_teacher_patch_temp"])
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)

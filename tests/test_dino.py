@@ -280,3 +280,14 @@ def test_auto_recipe_takes_colour_operations_from_the_data_and_the_paper_keeps_t
     paper = _dino()
     assert paper.crop["global_scale"] == (0.4, 1.0)
     assert len(_view_values(paper, digits)) > 1  # the objective's color=true wins over both
+
+
+def test_teacher_runs_without_dropout_and_drop_path_while_the_student_keeps_them():
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelConfig(name="Ti/4", image_size=16, depth=2, drop_rate=0.2,
+                                        attn_drop_rate=0.2, drop_path_rate=0.5))
+    dino = Dino(encoder, out_dim=32, hidden_dim=16, bottleneck_dim=8).train()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(dino.teacher_encoder(x), dino.teacher_encoder(x))
+        assert not torch.equal(dino.encoder(x), dino.encoder(x))

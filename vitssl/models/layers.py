@@ -23,6 +23,16 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+def without_dropout(module: nn.Module) -> nn.Module:
+    """``module`` with every dropout, attention dropout and drop-path rate set to 0, in place."""
+    for m in module.modules():
+        if isinstance(m, (DropPath, nn.Dropout)):
+            m.p = 0.0
+        elif isinstance(m, Attention):
+            m.attn_drop = 0.0
+    return module
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over one packed qkv projection."""
 

@@ -35,6 +35,7 @@ from torch import nn
 import vitssl
 from vitssl.data.views import MultiCrop, data_allows
 from vitssl.errors import VitsslError
+from vitssl.models.layers import without_dropout
 from vitssl.ssl.centering import sinkhorn_knopp
 from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
 from vitssl.ssl.heads import freeze_last_norm_bias
@@ -111,7 +112,8 @@ class SelfDistillation(vitssl.Objective):
             freeze_last_norm_bias(encoder)  # the head's first BatchNorm removes it
         self.encoder = encoder
         self.head = head
-        self.teacher_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        # The teacher runs without dropout or drop-path, as DINO's and iBOT's are built.
+        self.teacher_encoder = without_dropout(copy.deepcopy(encoder)).requires_grad_(False)
         self.teacher_head = copy.deepcopy(head).requires_grad_(False)
         for centre, dim in centres.items():
             self.register_buffer(centre, torch.zeros(1, dim))
