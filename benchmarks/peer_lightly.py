@@ -53,8 +53,8 @@ Where the recipes differ (read the numbers with them in mind):
   1e-6 for the class token);
 - mae: lightly initialises the encoder's (learned) position embedding to 2-D
   sin-cos and re-initialises the ViT's linear layers xavier-uniform;
-  vitssl's encoder learns its own from a truncated normal unless
-  ``model.pos_embed=sincos`` (fixed table, MAE's choice), and keeps its own
+  vitssl's encoder keeps the fixed table (MAE's choice, mae's default;
+  ``model.pos_embed=learned`` learns one from a truncated normal), and keeps its own
   initialisation unless ``objective.options.encoder_init=xavier`` (MAE's,
   the peer's). Both decoders use
   fixed sin-cos. Mask draws: lightly one batch of uniform noise from the global
@@ -63,8 +63,8 @@ Where the recipes differ (read the numbers with them in mind):
   zeros (its only mode); vitssl's default recipe balances the teacher with
   Sinkhorn-Knopp (``--set objective.options.centering=ema --set
   objective.options.center_init=zeros`` gives vitssl the peer's centring).
-  lightly's head has no bias before its BatchNorms, vitssl's has; lightly's
-  ``cosine_schedule`` reaches 1 at step T-1, vitssl's at T;
+  neither head has a bias before its BatchNorms; lightly's
+  ``cosine_schedule reaches 1 at step T-1, vitssl's at T;
 - moco-v3: lightly 1.6 has no MoCo v3 loss; ``NTXentLoss`` (SimCLR's) counts
   the other queries of the same view as negatives too (2B-2 negatives per
   query), MoCo v3 only the B-1 other keys. lightly's projector ends in a

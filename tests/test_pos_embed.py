@@ -1,5 +1,5 @@
 """Fixed 2-D sin-cos position embeddings (``model.pos_embed=sincos``): the formula, any grid,
-never trained, carried through state dicts; the learned default is unchanged."""
+never trained, carried through state dicts; ``auto`` takes the objective's choice."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from vitssl.config import ModelConfig
+from vitssl.config import ModelConfig, load_config
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.models.pos_embed import sincos_pos_embed
+from vitssl.train.build import resolve_run_config
 from vitssl.train.optim import build_optimizer, param_groups
 
 
@@ -62,9 +63,16 @@ def test_bad_widths_and_names_are_refused():
         _encoder("rope")
 
 
-def test_the_default_stays_learned():
-    encoder = _encoder("learned")
-    assert ModelConfig().pos_embed == "learned"
+def test_auto_takes_the_objectives_choice_and_an_explicit_value_wins():
+    def resolved(objective: str, pos_embed: str = "auto") -> str:
+        cfg = load_config(None, [f"objective.name={objective}", f"model.pos_embed={pos_embed}"])
+        return resolve_run_config(cfg).model.pos_embed
+
+    assert ModelConfig().pos_embed == "auto"
+    assert resolved("mae") == "sincos"  # MAE's encoder uses the fixed table
+    assert resolved("masked-patch") == resolved("dino") == "learned"  # the ViT's
+    assert resolved("mae", "learned") == "learned" and resolved("dino", "sincos") == "sincos"
+    encoder = build_encoder(ModelConfig(name="Ti/4", image_size=16, depth=1))  # unresolved
     assert isinstance(encoder.pos_embed, nn.Parameter) and not encoder.fixed_pos_embed
 
 

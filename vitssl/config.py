@@ -32,7 +32,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     attention: str = "auto"  # "auto" | "triton" | "sdpa" | "reference"
     depth: int | None = None  # override the variant's layer count (small experiments)
-    pos_embed: str = "learned"  # "learned" | "sincos" (fixed 2-D sin-cos, as MAE's encoder)
+    # "auto" (the objective's own: sincos for mae, else learned) | "learned" | "sincos"
+    # (fixed 2-D sin-cos, as MAE's encoder)
+    pos_embed: str = "auto"
 
 
 @dataclass

@@ -59,6 +59,10 @@ class Objective(nn.Module):
     requires_labels: bool = False
     """The loop refuses unlabelled data for an objective that needs labels."""
 
+    pos_embed: str = "learned"
+    """The encoder's position embeddings under ``model.pos_embed=auto`` (the default):
+    ``"learned"`` (the ViT's) or ``"sincos"`` (a fixed 2-D sin-cos table, as MAE's)."""
+
     @classmethod
     def options_from_data(cls, data: DataInfo) -> dict[str, Any]:
         """Factory options the data supplies (e.g. ``{"num_classes": data.num_classes}``).

@@ -14,7 +14,11 @@ from vitssl.plugins import Registry, get_registry
 
 def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = None,
                   **overrides) -> VisionTransformer:
-    """A freshly initialised encoder; ``overrides`` replace fields of ``cfg``."""
+    """A freshly initialised encoder; ``overrides`` replace fields of ``cfg``.
+
+    ``pos_embed="auto"`` builds learned position embeddings: a run resolves it to
+    its objective's choice first (:func:`vitssl.train.build.resolve_run_config`).
+    """
     cfg = replace(cfg or ModelConfig(), **overrides)
     check_backend(cfg.attention)
     variant, patch = parse_model_name(cfg.name)
@@ -35,4 +39,5 @@ def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = No
         num_heads=variant.num_heads, mlp_dim=variant.mlp_dim, class_token=cfg.class_token,
         pool=cfg.pool, fc_norm=bool(cfg.fc_norm), drop_rate=cfg.drop_rate,
         attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=cfg.drop_path_rate,
-        attention=cfg.attention, pos_embed=cfg.pos_embed)
+        attention=cfg.attention,
+        pos_embed="learned" if cfg.pos_embed == "auto" else cfg.pos_embed)

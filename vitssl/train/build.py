@@ -75,6 +75,22 @@ class Run:
         return PRECISIONS[self.cfg.train.precision]
 
 
+def resolve_run_config(cfg: Config) -> Config:
+    """``cfg`` with what the data and the objective decide filled in.
+
+    Unset augmentation keys take the data's values
+    (:func:`~vitssl.data.augment.resolve_augmentation`) and
+    ``model.pos_embed="auto"`` the objective's ``pos_embed`` (``learned`` for a
+    factory that declares none), so ``config.yaml`` records what ran.
+    """
+    cfg = dataclasses.replace(cfg, data=resolve_augmentation(cfg.data))
+    if cfg.model.pos_embed != "auto":
+        return cfg
+    factory = get_registry().get("objectives", cfg.objective.name)
+    own = getattr(factory, "pos_embed", "learned")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pos_embed=own))
+
+
 def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
     """The saved summary of a run that ``--resume`` finds already complete, else None."""
     if not (resume and cfg.out):
@@ -83,8 +99,7 @@ def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
     done = Path(cfg.out) / "summary.json"
     if not found or found[-1][0] != cfg.train.steps or not done.is_file():
         return None
-    check_resumable(dataclasses.replace(cfg, data=resolve_augmentation(cfg.data)),
-                    Path(cfg.out))
+    check_resumable(resolve_run_config(cfg), Path(cfg.out))
     return json.loads(done.read_text())
 
 
@@ -93,7 +108,7 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
 
     ``cfg`` is not modified: the run holds a resolved copy.
     """
-    cfg = dataclasses.replace(cfg, data=resolve_augmentation(cfg.data))
+    cfg = resolve_run_config(cfg)
     micro = micro_batch_size(cfg, ctx.world_size)
     run_dir = _run_dir(cfg, ctx)
     cfg = dataclasses.replace(cfg, out=str(run_dir))
