@@ -64,7 +64,7 @@ Where the recipes differ (read the numbers with them in mind):
   Sinkhorn-Knopp (``--set objective.options.centering=ema --set
   objective.options.center_init=zeros`` gives vitssl the peer's centring).
   neither head has a bias before its BatchNorms; lightly's
-  ``cosine_schedule reaches 1 at step T-1, vitssl's at T;
+  ``cosine_schedule`` reaches 1 at step T-1, vitssl's at T;
 - moco-v3: lightly 1.6 has no MoCo v3 loss; ``NTXentLoss`` (SimCLR's) counts
   the other queries of the same view as negatives too (2B-2 negatives per
   query), MoCo v3 only the B-1 other keys. lightly's projector ends in a
