@@ -18,6 +18,7 @@ from vitssl.data.batches import StepBatches, loader_options
 from vitssl.data.decode import EncodedImage, decode_image, load_image
 from vitssl.data.pipeline import (
     PretrainBatches,
+    cgroup_cpu_limit,
     local_ranks,
     pretrain_batches,
     resolve_num_workers,
@@ -54,6 +55,32 @@ def test_cores_come_from_the_affinity_mask_and_ranks_from_torchrun(monkeypatch):
     assert local_ranks(4) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 of the 4 ranks share this machine
     assert local_ranks(4) == 2
+
+
+def _write(path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
+    root, own = tmp_path / "cgroup", tmp_path / "self-cgroup"
+    _write(own, "0::/job/step\n")
+    _write(root / "cpu.max", "max 100000\n")
+    _write(root / "job" / "cpu.max", "150000 100000\n")  # 1.5 CPUs: 2 usable
+    _write(root / "job" / "step" / "cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit(root, own) == 2
+    _write(root / "job" / "step" / "cpu.max", "50000 100000\n")  # the tighter one wins
+    assert cgroup_cpu_limit(root, own) == 1
+    v1 = tmp_path / "v1"
+    _write(v1 / "cpu" / "cpu.cfs_quota_us", "-1\n")
+    _write(v1 / "cpu" / "cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_limit(v1, tmp_path / "missing") is None  # unlimited
+    _write(v1 / "cpu" / "cpu.cfs_quota_us", "250000\n")
+    assert cgroup_cpu_limit(v1, tmp_path / "missing") == 3
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+        monkeypatch.setattr("vitssl.data.pipeline.cgroup_cpu_limit", lambda: 3)
+        assert usable_cores() == 3
 
 
 @pytest.mark.parametrize("value", [-1, "many", 2.5, True])
