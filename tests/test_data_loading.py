@@ -18,13 +18,13 @@ from vitssl.data.batches import StepBatches, loader_options
 from vitssl.data.decode import EncodedImage, decode_image, load_image
 from vitssl.data.pipeline import (
     PretrainBatches,
-    cgroup_cpu_limit,
     local_ranks,
     pretrain_batches,
     resolve_num_workers,
     usable_cores,
 )
 from vitssl.data.transforms import REDUCE_FROM, PretrainTransform, pretrain_transform
+from vitssl.devices import cgroup_cpu_limit, fit_cpu_threads
 from vitssl.errors import VitsslError
 
 # -- the "auto" rule ----------------------------------------------------------------------
@@ -79,8 +79,22 @@ def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
     assert cgroup_cpu_limit(v1, tmp_path / "missing") == 3
     if hasattr(os, "sched_getaffinity"):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-        monkeypatch.setattr("vitssl.data.pipeline.cgroup_cpu_limit", lambda: 3)
+        monkeypatch.setattr("vitssl.devices.cgroup_cpu_limit", lambda: 3)
         assert usable_cores() == 3
+
+
+def test_torch_threads_fit_the_ranks_share_unless_omp_num_threads_is_set(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        assert fit_cpu_threads(cores=2) == 4  # the user's setting stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert fit_cpu_threads(cores=6, ranks=2) == 3  # 3 cores per rank
+        assert fit_cpu_threads(cores=1) == 1
+        assert fit_cpu_threads(cores=8) == 1  # never raised above what is set
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("value", [-1, "many", 2.5, True])

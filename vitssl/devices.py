@@ -1,6 +1,10 @@
-"""Where to run: a ``--device auto|cpu|cuda`` name as a torch device."""
+"""Where to run: a ``--device auto|cpu|cuda`` name as a torch device, and the CPUs to use."""
 
 from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -20,3 +24,72 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
+                     own: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The CPU quota of this process's cgroup in whole CPUs (rounded up), or None if unlimited.
+
+    Containers (Docker ``--cpus``, Kubernetes limits) set it without changing the
+    affinity mask. cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max ...") of the
+    process's group and every group above it; v1: ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` of the ``cpu`` controller. The tightest limit counts.
+    """
+    def ratio(quota: str, period: str) -> int | None:
+        try:
+            q, t = int(quota), int(period)
+        except ValueError:  # "max": no quota
+            return None
+        return max(1, math.ceil(q / t)) if q > 0 and t > 0 else None
+
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        lines = []
+    groups = {c: path for _, cs, path in (ln.split(":", 2) for ln in lines if ln.count(":") >= 2)
+              for c in cs.split(",")}
+    limits: list[int] = []
+    v2 = root / groups.get("", "/").lstrip("/")
+    for folder in [v2, *v2.parents]:
+        if folder == root.parent:
+            break
+        try:
+            fields = (folder / "cpu.max").read_text().split()
+        except OSError:
+            continue
+        if len(fields) == 2 and (limit := ratio(*fields)) is not None:
+            limits.append(limit)
+    for name in ("cpu", "cpu,cpuacct"):
+        folder = root / name
+        try:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            continue
+        if (limit := ratio(quota, period)) is not None:
+            limits.append(limit)
+    return min(limits) if limits else None
+
+
+def usable_cores() -> int:
+    """CPUs this process may use: its affinity mask (else all), capped by a cgroup quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return min(cores, quota) if quota else cores
+
+
+def fit_cpu_threads(cores: int, ranks: int = 1) -> int:
+    """Cap torch's intra-op threads at this rank's share of ``cores``; the count in use.
+
+    torch starts one thread per core of the machine, which oversubscribes a
+    container limited by a cgroup quota or ranks sharing a machine. An explicit
+    ``OMP_NUM_THREADS`` is left as it is.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, cores // max(1, ranks))
+        if torch.get_num_threads() > share:
+            torch.set_num_threads(share)
+    return torch.get_num_threads()

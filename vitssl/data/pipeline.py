@@ -13,11 +13,9 @@ sources (``wds:``) continue from the position a checkpoint saved
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +28,7 @@ from vitssl.data.checks import check_num_workers
 from vitssl.data.spec import get_source, parse_spec
 from vitssl.data.streams import StreamBatches, stream_resume
 from vitssl.data.transforms import pretrain_transform
+from vitssl.devices import usable_cores
 from vitssl.objective import DataInfo
 
 __all__ = ["PretrainBatches", "StreamBatches", "data_info", "pretrain_batches",
@@ -41,61 +40,6 @@ IN_MEMORY_SOURCES = ("builtin", "idx")
 # The most workers "auto" starts per rank: past it each adds start-up time and memory
 # (a copy of the file list) for a rate one rank's step rarely needs.
 MAX_AUTO_WORKERS = 16
-
-
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
-                     own: Path = Path("/proc/self/cgroup")) -> int | None:
-    """The CPU quota of this process's cgroup in whole CPUs (rounded up), or None if unlimited.
-
-    Containers (Docker ``--cpus``, Kubernetes limits) set it without changing the
-    affinity mask. cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max ...") of the
-    process's group and every group above it; v1: ``cpu.cfs_quota_us`` /
-    ``cpu.cfs_period_us`` of the ``cpu`` controller. The tightest limit counts.
-    """
-    def ratio(quota: str, period: str) -> int | None:
-        try:
-            q, t = int(quota), int(period)
-        except ValueError:  # "max": no quota
-            return None
-        return max(1, math.ceil(q / t)) if q > 0 and t > 0 else None
-
-    try:
-        lines = own.read_text().splitlines()
-    except OSError:
-        lines = []
-    groups = {c: path for _, cs, path in (ln.split(":", 2) for ln in lines if ln.count(":") >= 2)
-              for c in cs.split(",")}
-    limits: list[int] = []
-    v2 = root / groups.get("", "/").lstrip("/")
-    for folder in [v2, *v2.parents]:
-        if folder == root.parent:
-            break
-        try:
-            fields = (folder / "cpu.max").read_text().split()
-        except OSError:
-            continue
-        if len(fields) == 2 and (limit := ratio(*fields)) is not None:
-            limits.append(limit)
-    for name in ("cpu", "cpu,cpuacct"):
-        folder = root / name
-        try:
-            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
-            period = (folder / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            continue
-        if (limit := ratio(quota, period)) is not None:
-            limits.append(limit)
-    return min(limits) if limits else None
-
-
-def usable_cores() -> int:
-    """CPUs this process may use: its affinity mask (else all), capped by a cgroup quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    quota = cgroup_cpu_limit()
-    return min(cores, quota) if quota else cores
 
 
 def local_ranks(world_size: int = 1) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vitssl.devices import resolve_device
+from vitssl.devices import fit_cpu_threads, resolve_device, usable_cores
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ def setup(device: str = "auto") -> Context:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank)
+    if where.type == "cpu":
+        fit_cpu_threads(usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     owns = False
     if world > 1 and not dist.is_initialized():
         if where.type == "cuda":
