@@ -81,6 +81,11 @@ def usable_cores() -> int:
     return min(cores, quota) if quota else cores
 
 
+def local_ranks(world_size: int = 1) -> int:
+    """Training processes sharing this machine: torchrun's ``LOCAL_WORLD_SIZE``, else all."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+
+
 def fit_cpu_threads(cores: int, ranks: int = 1) -> int:
     """Cap torch's intra-op threads at this rank's share of ``cores``; the count in use.
 

@@ -13,7 +13,6 @@ sources (``wds:``) continue from the position a checkpoint saved
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,7 +27,7 @@ from vitssl.data.checks import check_num_workers
 from vitssl.data.spec import get_source, parse_spec
 from vitssl.data.streams import StreamBatches, stream_resume
 from vitssl.data.transforms import pretrain_transform
-from vitssl.devices import usable_cores
+from vitssl.devices import local_ranks, usable_cores
 from vitssl.objective import DataInfo
 
 __all__ = ["PretrainBatches", "StreamBatches", "data_info", "pretrain_batches",
@@ -40,11 +39,6 @@ IN_MEMORY_SOURCES = ("builtin", "idx")
 # The most workers "auto" starts per rank: past it each adds start-up time and memory
 # (a copy of the file list) for a rate one rank's step rarely needs.
 MAX_AUTO_WORKERS = 16
-
-
-def local_ranks(world_size: int = 1) -> int:
-    """Training processes sharing this machine: torchrun's ``LOCAL_WORLD_SIZE``, else all."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
 
 
 def resolve_num_workers(setting: int | str, source: str, *, cores: int, ranks: int = 1) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vitssl.devices import fit_cpu_threads, resolve_device, usable_cores
+from vitssl.devices import fit_cpu_threads, local_ranks, resolve_device, usable_cores
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def setup(device: str = "auto") -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank)
     if where.type == "cpu":
-        fit_cpu_threads(usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        fit_cpu_threads(usable_cores(), local_ranks(world))
     owns = False
     if world > 1 and not dist.is_initialized():
         if where.type == "cuda":
