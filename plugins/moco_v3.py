@@ -44,10 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import SMALL_IMAGE, TwoViews, data_allows
+from vitssl.data.views import TwoViews, data_allows
 from vitssl.errors import VitsslError
 from vitssl.ssl.ema import cosine_momentum, ema_update
 from vitssl.ssl.heads import freeze_last_norm_bias, mlp
+
+SMALL_IMAGE = 64  # below this side the default crops are milder than BYOL's
 
 
 def _distributed() -> bool:

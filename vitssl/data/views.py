@@ -26,7 +26,6 @@ from torchvision.transforms import v2
 from vitssl.errors import VitsslError
 
 REFERENCE_SIZE = 224  # the crop size DINO's blur sigmas are given for
-SMALL_IMAGE = 64  # below this side moco-v3's default crops are milder
 
 
 def data_allows(option: bool | None, data: Any, key: str) -> bool:
