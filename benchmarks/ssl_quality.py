@@ -27,19 +27,24 @@ subsets so a 60,000-image set stays affordable (sizes are flags):
 - few-shot: closed-form ridge (few-shot evaluator), 10 and 25 per class drawn
   from --probe-train held-out training images, 3 seeds, on --probe-test images;
 - k-NN: weighted k-NN, k = 20 (knn evaluator), on --linear-train images;
-- linear: the ridge fitted on all --linear-train images (few-shot evaluator at
-  shots = images per class; ``--linear probe`` uses the SGD linear-probe
-  evaluator instead);
+- linear: the closed-form ridge on the --linear-train images, its λ chosen on a
+  20 % validation split of them (linear-probe evaluator, ``optimizer=ridge``: a
+  fixed λ would favour one feature width over another); ``--linear probe`` uses
+  the SGD linear-probe evaluator instead;
 - fine-tune: the run summary's ``finetune`` entry (10 labelled images per
   class, 3 draws; ``--set summary_eval.evaluators.finetune.steps=...``), and its
   gain over random initialisation (not defined for raw pixels).
 
 Writes ``results.json``, ``results.md``, ``results.png`` (bar chart) and
-``curve.png`` (k-NN top-1 against training seconds) under --out.
+``curve.png`` (k-NN top-1 against training seconds) under --out. ``--rescore``
+scores the runs an earlier invocation left under --out again (each one's newest
+checkpoint, training record and curve kept) without training: a changed probe
+costs minutes, not the budget again.
 
     python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --budget-s 120
     python benchmarks/ssl_quality.py --data builtin:digits --objectives mae,dino
     python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --steps 500
+    python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --rescore
     python benchmarks/ssl_quality.py --quick               # a CI-sized smoke run
 """
 
@@ -66,6 +71,7 @@ from vitssl.data.tasks import Task, load_task  # noqa: E402
 from vitssl.plugins import get_registry  # noqa: E402
 from vitssl.train import distributed  # noqa: E402
 from vitssl.train.build import build_run  # noqa: E402
+from vitssl.train.checkpoint import load_encoder  # noqa: E402
 from vitssl.train.run import close, exported_encoder, save  # noqa: E402
 from vitssl.train.step import train_step  # noqa: E402
 from vitssl.train.summary import (  # noqa: E402
@@ -122,7 +128,6 @@ class Scorer:
         self.probe = subset_task(task, args.probe_train // k, args.probe_test)
         self.linear = subset_task(task, args.linear_train // k, args.probe_test)
         self.curve = subset_task(task, args.curve_train // k, args.curve_test, seed=2)
-        self.linear_per_class = args.linear_train // k
         self.linear_kind = args.linear
         self.seeds = 1 if args.quick else 3
         self.finetune = {key: v for key, v in cfg.summary_eval.evaluators["finetune"].items()
@@ -140,13 +145,9 @@ class Scorer:
         scores = get("evaluators", "few-shot")(shots=[10, 25], seeds=self.seeds,
                                                progress=False).run(encoder, self.probe)
         scores.update(get("evaluators", "knn")(k=[20], progress=False).run(encoder, self.linear))
-        if self.linear_kind == "probe":
-            lin = get("evaluators", "linear-probe")(progress=False).run(encoder, self.linear)
-            scores["linear_top1"] = lin["linear_probe_top1"]
-        else:
-            ridge = get("evaluators", "few-shot")(shots=[self.linear_per_class], seeds=1,
-                                                  progress=False).run(encoder, self.linear)
-            scores["linear_top1"] = ridge[f"fewshot_{self.linear_per_class}shot_top1"]
+        optimizer = "sgd" if self.linear_kind == "probe" else "ridge"
+        scores["linear_top1"] = get("evaluators", "linear-probe")(
+            optimizer=optimizer, progress=False).run(encoder, self.linear)["linear_probe_top1"]
         if with_finetune:
             scores["finetune_top1"] = compare("finetune", self.finetune, {"e": encoder},
                                               self.probe)["e"]["finetune_top1"]
@@ -213,12 +214,36 @@ def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Names
     return exported_encoder(run).eval(), record
 
 
+def earlier_run(run_dir: Path, task: dict[str, Any] | None, objective: str,
+                cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    """The exported encoder of a run an earlier invocation trained, and its training record."""
+    if task is None or objective not in task["rows"] or not run_dir.is_dir():
+        raise SystemExit(f"--rescore: no earlier run of '{objective}' under {run_dir.parent}")
+    encoder, trained = load_encoder(run_dir)
+    if (trained.model.name, trained.model.image_size) != (cfg.model.name, cfg.model.image_size):
+        raise SystemExit(f"--rescore: {run_dir} trained {trained.model.name} at "
+                         f"{trained.model.image_size} px; pass the same --model / --image-size")
+    record = {key: value for key, value in task["rows"][objective].items()
+              if key not in COLUMNS}
+    return encoder, {**record, "curve": task["curves"][objective]}
+
+
+def earlier_objectives(results: dict[str, Any]) -> list[str]:
+    """The objectives an earlier invocation trained (its first task's rows)."""
+    rows = next(iter(results["tasks"].values()))["rows"]
+    return [name for name in rows if name not in ("random init", "raw pixels")]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
-    objectives = args.objectives.split(",") if args.objectives else default_objectives()
+    previous = json.loads((out / "results.json").read_text()) if args.rescore else {}
+    objectives = (args.objectives.split(",") if args.objectives
+                  else earlier_objectives(previous) if previous else default_objectives())
     results: dict[str, Any] = {"budget_s": None if args.steps else args.budget_s,
                                "steps": args.steps or None, "batch_size": args.batch_size,
                                "tasks": {}}
+    if previous:
+        results.update({key: previous[key] for key in ("budget_s", "steps", "batch_size")})
     for spec in args.data.split(","):
         base = _config(objectives[0], spec, args, NEVER, str(out / "runs"))
         ctx = distributed.setup(base.train.device)
@@ -229,10 +254,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             run_dir = out / "runs" / f"{spec.replace(':', '-').replace('/', '-')}-{objective}"
             cfg = _config(objective, spec, args, NEVER, str(run_dir))
             t0 = time.perf_counter()
-            encoder, record = train_for_budget(cfg, ctx, args, scorer)
+            if args.rescore:
+                encoder, record = earlier_run(run_dir, previous["tasks"].get(spec), objective,
+                                              cfg)
+            else:
+                encoder, record = train_for_budget(cfg, ctx, args, scorer)
+                record["wall_s"] = time.perf_counter() - t0
             curves[objective] = record.pop("curve")
-            rows[objective] = {**scorer.score(encoder, with_finetune=True), **record,
-                               "wall_s": time.perf_counter() - t0}
+            rows[objective] = {**scorer.score(encoder, with_finetune=True), **record}
             print(f"{spec} {objective}: {rows[objective]}", flush=True)
         random_init = random_init_encoder(base).eval()
         random = {**scorer.score(random_init, with_finetune=True),
@@ -354,7 +383,9 @@ def main() -> None:
     parser.add_argument("--curve-train", type=int, default=1000)
     parser.add_argument("--curve-test", type=int, default=1000)
     parser.add_argument("--linear", choices=("ridge", "probe"), default="ridge",
-                        help="ridge: closed form; probe: the linear-probe evaluator (SGD sweep)")
+                        help="ridge: closed form, λ chosen on validation; probe: SGD sweep")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the runs already under --out again, without training")
     parser.add_argument("--out", default="ssl-quality")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.depth=2")

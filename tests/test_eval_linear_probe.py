@@ -1,4 +1,4 @@
-"""linear-probe: on fixed features, close to scikit-learn's LogisticRegression."""
+"""linear-probe: close to scikit-learn's LogisticRegression (SGD, L-BFGS) and to float64 ridge."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from vitssl.data.digits import Digits
-from vitssl.eval.linear import split_train_val, train_sgd
+from vitssl.eval.linear import split_train_val, train_ridge, train_sgd
 from vitssl.plugins import get_registry
 
 
@@ -90,3 +90,39 @@ def test_sweep_picks_the_setting_that_wins_on_validation(digits_pixels):
         lr=0.5, weight_decay=0.0, epochs=5, progress=False).run(nn.Identity(), task)
     assert single["linear_probe_top1"] == metrics["linear_probe_top1"]  # same final fit
     assert "linear_probe_val_top1" not in single
+
+
+def _numpy_ridge_scores(x_fit, y_fit, x_eval, l2, num_classes):
+    """Class scores of float64 ridge on standardised features plus a bias column of 100."""
+    mean, std = x_fit.mean(0), np.sqrt(x_fit.var(0) + 1e-6)
+    design = lambda x: np.hstack([(x - mean) / std, np.full((len(x), 1), 100.0)])  # noqa: E731
+    a, targets = design(x_fit), 2.0 * np.eye(num_classes)[y_fit] - 1.0
+    w = np.linalg.solve(a.T @ a + l2 * np.eye(a.shape[1]), a.T @ targets)
+    return design(x_eval) @ w
+
+
+def test_ridge_equals_the_float64_normal_equations():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 7)) * [1, 2, 3, 4, 5, 6, 70], rng.integers(0, 3, 200)
+    probe = rng.normal(size=(50, 7))
+    fitted = train_ridge(torch.from_numpy(x), torch.from_numpy(y), 3, [0.1, 300.0])
+    for i, l2 in enumerate([0.1, 300.0]):
+        expected = _numpy_ridge_scores(x, y, probe, l2, 3)
+        got = fitted.logits(torch.from_numpy(probe))[i].double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ridge_sweep_picks_the_lambda_that_wins_on_validation(digits_pixels):
+    task, _ = digits_pixels
+    x, y = (t.numpy() for t in task.train.tensors)
+    xte, yte = (t.numpy() for t in task.test.tensors)
+    l2s = [1e-2, 1.0, 1e2, 1e4, 1e6]
+    fit, val = (i.numpy() for i in split_train_val(len(y), 0.2, seed=0))
+    val_top1 = [100 * np.mean(_numpy_ridge_scores(x[fit], y[fit], x[val], l2, 10).argmax(1)
+                              == y[val]) for l2 in l2s]
+    best = int(np.argmax(val_top1))
+    metrics = get_registry().get("evaluators", "linear-probe")(
+        optimizer="ridge", weight_decay=l2s, progress=False).run(nn.Identity(), task)
+    assert metrics["linear_probe_wd"] == l2s[best] and l2s[best] < 1e6  # 1e6: near chance
+    expected = 100 * np.mean(_numpy_ridge_scores(x, y, xte, l2s[best], 10).argmax(1) == yte)
+    assert abs(metrics["linear_probe_top1"] - expected) < 1e-6

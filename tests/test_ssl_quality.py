@@ -40,14 +40,21 @@ def test_quick_run_writes_table_chart_and_curve(tmp_path):
     assert (tmp_path / "curve.png").read_bytes()[:8] == PNG
 
 
-def test_steps_mode_trains_every_objective_for_the_same_steps(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--steps", "5",
-                           "--objectives", "mae", "--data", "builtin:digits", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _quick(out, *args):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data", "builtin:digits",
+                           "--out", str(out), *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())
+
+
+def test_steps_mode_trains_every_objective_for_the_same_steps_and_rescores(tmp_path):
+    results = _quick(tmp_path, "--steps", "5", "--objectives", "mae")
     row = results["tasks"]["builtin:digits"]["rows"]["mae"]
     assert results["steps"] == 5 and results["budget_s"] is None
     assert row["steps"] == row["planned_steps"] == 5 and row["timing_s_per_step"] is None
     assert "5 steps per objective" in (tmp_path / "results.md").read_text()
+    # --rescore scores the saved checkpoint: the exported encoder the first pass scored
+    rescored = _quick(tmp_path, "--rescore")
+    assert rescored["tasks"]["builtin:digits"]["rows"]["mae"] == row
+    assert rescored["steps"] == 5

@@ -9,7 +9,9 @@ throughout.
 
 A sweep of SGD settings trains side by side as one stacked model: the same
 batches, one (C, D, K) weight tensor for C settings, and an SGD-with-momentum
-update whose learning rate and weight decay differ per setting.
+update whose learning rate and weight decay differ per setting. The closed
+form (``train_ridge``) solves least squares on {-1, 1} targets for every λ
+from one eigendecomposition (:mod:`vitssl.eval.ridge`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vitssl.eval.ridge import BIAS_FEATURE, RidgeSolver, signed_onehot
+
 BN_EPS = 1e-6
 MOMENTUM = 0.9
-OPTIMIZERS = ("sgd", "lbfgs")
+OPTIMIZERS = ("sgd", "lbfgs", "ridge")
 
 
 def _one_thread(fn: Callable) -> Callable:
@@ -126,6 +130,23 @@ def train_lbfgs(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay
         weights.append(w.detach())
         biases.append(b.detach())
     return LinearClassifiers(mean, var, torch.stack(weights), torch.stack(biases))
+
+
+def train_ridge(x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                l2s: Sequence[float]) -> LinearClassifiers:
+    """Closed-form ridge on standardised features for each λ in ``l2s`` (float64 algebra).
+
+    As the few-shot evaluator's solver: targets in {-1, 1}^K and a constant bias
+    feature of 100, so the bias is almost unregularised.
+    """
+    x = x.double()
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    z = _standardise(x, mean, var)
+    design = torch.cat([z, z.new_full((len(z), 1), BIAS_FEATURE)], dim=1)
+    solver = RidgeSolver.fit(design, signed_onehot(y, num_classes))
+    weights = torch.stack([solver.weights(l2) for l2 in l2s]).float()  # (C, D + 1, K)
+    return LinearClassifiers(mean.float(), var.float(), weights[:, :-1],
+                             BIAS_FEATURE * weights[:, -1])
 
 
 def split_train_val(num: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
