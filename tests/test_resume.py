@@ -197,13 +197,37 @@ def test_resume_refuses_a_changed_config_and_keeps_a_finished_summary(tmp_path):
 
     first = pretrain(_run_cfg(tmp_path))
     saved = (tmp_path / "config.yaml").read_text()
-    with pytest.raises(VitsslError, match=r"changed config \(model.image_size: 8 -> 16\)"):
+    with pytest.raises(VitsslError, match=r"changed config \(model.image_size: 8 -> 16\); "
+                                          r"to resume it as it was pass --set "
+                                          r"model.image_size=8, or"):
         pretrain(_run_cfg(tmp_path, **{"model.image_size": 16, "train.steps": 3}), resume=True)
     assert (tmp_path / "config.yaml").read_text() == saved  # the run directory is untouched
     again = pretrain(_run_cfg(tmp_path), resume=True)  # already complete: nothing retrained
     assert again["images_per_s"] == first["images_per_s"] > 0
     longer = pretrain(_run_cfg(tmp_path, **{"train.steps": 3}), resume=True)
     assert longer["steps"] == 3 and len(list_checkpoints(tmp_path)) >= 1
+
+
+def test_resume_of_an_older_run_says_which_values_to_restore(tmp_path):
+    """A config.yaml written before a key was resolved from the data or the objective."""
+    import yaml
+
+    from vitssl.train.run import pretrain
+
+    # mae with learned position embeddings: an older default (today's is sin-cos)
+    pretrain(_run_cfg(tmp_path, **{"objective.name": "mae", "model.pos_embed": "learned"}))
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["data"]["color"] is False
+    del saved["data"]["color"]  # an older version did not record it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    longer = {"objective.name": "mae", "train.steps": 3}
+    with pytest.raises(VitsslError) as refused:
+        pretrain(_run_cfg(tmp_path, **longer), resume=True)
+    message = str(refused.value)
+    assert "pass --set model.pos_embed=learned and set data.color (not recorded" in message
+    resumed = pretrain(_run_cfg(tmp_path, **longer, **{"model.pos_embed": "learned",
+                                                        "data.color": "false"}), resume=True)
+    assert resumed["steps"] == 3
 
 
 def test_sharded_state_round_trips_and_refuses_what_it_would_unpickle(tmp_path):

@@ -99,7 +99,7 @@ def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
     done = Path(cfg.out) / "summary.json"
     if not found or found[-1][0] != cfg.train.steps or not done.is_file():
         return None
-    check_resumable(resolve_run_config(cfg), Path(cfg.out))
+    check_resumable(resolve_run_config(cfg), Path(cfg.out), cfg)
     return json.loads(done.read_text())
 
 
@@ -108,11 +108,11 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
 
     ``cfg`` is not modified: the run holds a resolved copy.
     """
-    cfg = resolve_run_config(cfg)
+    requested, cfg = cfg, resolve_run_config(cfg)
     micro = micro_batch_size(cfg, ctx.world_size)
     run_dir = _run_dir(cfg, ctx)
     cfg = dataclasses.replace(cfg, out=str(run_dir))
-    ckpt, state = _resume_point(cfg, run_dir, resume)
+    ckpt, state = _resume_point(cfg, run_dir, resume, requested)
     start = int(state["step"]) if state is not None else 0
     objective, options, batches = _objective_and_data(cfg, ctx, micro, start, state)
     optimizer, scheduler, scaler = _optimisation(cfg, ctx, objective, ckpt, state)
@@ -145,8 +145,8 @@ def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
     return Path(distributed.broadcast_text(f"runs/{cfg.objective.name}-{stamp}", ctx))
 
 
-def _resume_point(cfg: Config, run_dir: Path,
-                  resume: bool) -> tuple[Path | None, dict[str, Any] | None]:
+def _resume_point(cfg: Config, run_dir: Path, resume: bool,
+                  requested: Config) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint to resume from and its training state, or (None, None)."""
     if not resume:
         if list_checkpoints(run_dir):
@@ -160,7 +160,7 @@ def _resume_point(cfg: Config, run_dir: Path,
     if int(state["step"]) > cfg.train.steps:
         raise VitsslError(f"checkpoint {ckpt} is at step {state['step']}, past "
                           f"train.steps={cfg.train.steps}")
-    check_resumable(cfg, run_dir)
+    check_resumable(cfg, run_dir, requested)
     return ckpt, state
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -50,16 +51,39 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
 
 
 
-def check_resumable(cfg: Config, run_dir: Path) -> None:
-    """Refuse to resume a run with a config that changes what its checkpoints hold."""
+def _as_flag(value: object) -> str:
+    """``value`` as a ``--set`` value that parses back to it (no spaces, no needless quotes)."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def check_resumable(cfg: Config, run_dir: Path, requested: Config | None = None) -> None:
+    """Refuse to resume a run with a config that changes what its checkpoints hold.
+
+    ``requested``: the config as asked for, before the data and the objective
+    filled in its unset keys. A key the run's config.yaml does not record (a run
+    made before the key existed) matches only when ``requested`` sets it.
+    """
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
     before = flatten(to_dict(config_from_dict(yaml.safe_load(path.read_text()) or {})))
     now = flatten(to_dict(cfg))
-    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
-               for key in sorted(set(before) | set(now))
-               if before.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)]
-    if changed:
-        raise VitsslError(f"cannot resume {run_dir} with a changed config ({'; '.join(changed)});"
-                          f" drop those flags, or start a new run with another --out")
+    asked = flatten(to_dict(requested)) if requested is not None else {}
+    keys = [key for key in sorted(set(before) | set(now))
+            if before.get(key) != now.get(key) and not key.startswith(RESUMABLE_CHANGES)
+            and not (before.get(key) is None and asked.get(key) is not None)]
+    if keys:
+        changed = "; ".join(f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in keys)
+        # A run made by an older version can differ by defaults no flag asked for: say how
+        # to restore its values rather than only "drop those flags".
+        restore = " ".join(f"--set {key}={_as_flag(before[key])}" for key in keys
+                           if before.get(key) is not None)
+        unrecorded = ", ".join(key for key in keys if before.get(key) is None)
+        how = [f"pass {restore}"] if restore else []
+        if unrecorded:
+            how.append(f"set {unrecorded} (not recorded in its config.yaml) to what it ran with")
+        raise VitsslError(f"cannot resume {run_dir} with a changed config ({changed}); to "
+                          f"resume it as it was {' and '.join(how)}, or start a new run with "
+                          f"another --out")
