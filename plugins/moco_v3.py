@@ -25,6 +25,11 @@ length so that the mass is ``update_mass`` (10: e^-10 of the random
 initialisation is left in the keys' encoder): ``1 - 2 * update_mass / steps``,
 capped at the paper's 0.99 (reached by runs of 2,000 steps or more).
 
+Position embeddings: the reference's fixed 2-D sin-cos table (``pos_embed =
+"sincos"``, what ``model.pos_embed=auto`` picks; ``model.pos_embed=learned``
+keeps the ViT's). On Fashion-MNIST at 28 px, 300 steps, it is worth +3.1
+points 10-shot over learned ones (48.6 vs 45.5, benchmarks/RESULTS.md).
+
 The bias of the encoder's last norm is frozen: the projector's first BatchNorm
 removes the constant it adds, so the loss is invariant to it.
 ``freeze_patch_embed`` is the paper's "stop-grad conv1": the patch projection
@@ -82,6 +87,8 @@ def run_momentum(total_steps: int, update_mass: float = 10.0, cap: float = 0.99)
 
 class MocoV3(vitssl.Objective):
     """MoCo v3 around an encoder; ``forward(batch)`` reads ``batch["views"]["pair"]``."""
+
+    pos_embed = "sincos"
 
     def __init__(self, encoder: nn.Module, hidden_dim: int | None = None,
                  out_dim: int | None = None, temperature: float = 0.2,

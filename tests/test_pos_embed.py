@@ -69,7 +69,7 @@ def test_auto_takes_the_objectives_choice_and_an_explicit_value_wins():
         return resolve_run_config(cfg).model.pos_embed
 
     assert ModelConfig().pos_embed == "auto"
-    assert resolved("mae") == "sincos"  # MAE's encoder uses the fixed table
+    assert resolved("mae") == resolved("moco-v3") == "sincos"  # their encoders' fixed table
     assert resolved("masked-patch") == resolved("dino") == "learned"  # the ViT's
     assert resolved("mae", "learned") == "learned" and resolved("dino", "sincos") == "sincos"
     encoder = build_encoder(ModelConfig(name="Ti/4", image_size=16, depth=1))  # unresolved
