@@ -130,8 +130,9 @@ class Scorer:
         self.curve = subset_task(task, args.curve_train // k, args.curve_test, seed=2)
         self.linear_kind = args.linear
         self.seeds = 1 if args.quick else 3
-        self.finetune = {key: v for key, v in cfg.summary_eval.evaluators["finetune"].items()
-                         if key != "compare"}
+        finetune = cfg.summary_eval.evaluators.get("finetune")  # null: no fine-tune column
+        self.finetune = None if finetune is None else {
+            key: v for key, v in finetune.items() if key != "compare"}
         self.registry = get_registry()
 
     def curve_point(self, encoder: nn.Module) -> float:
@@ -148,7 +149,7 @@ class Scorer:
         optimizer = "sgd" if self.linear_kind == "probe" else "ridge"
         scores["linear_top1"] = get("evaluators", "linear-probe")(
             optimizer=optimizer, progress=False).run(encoder, self.linear)["linear_probe_top1"]
-        if with_finetune:
+        if with_finetune and self.finetune is not None:
             scores["finetune_top1"] = compare("finetune", self.finetune, {"e": encoder},
                                               self.probe)["e"]["finetune_top1"]
         return {k: float(v) for k, v in scores.items() if k in COLUMNS}
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         random_init = random_init_encoder(base).eval()
         random = {**scorer.score(random_init, with_finetune=True),
                   "curve_knn": scorer.curve_point(random_init)}
-        for name in objectives:
+        for name in objectives if "finetune_top1" in random else ():
             rows[name]["finetune_gain"] = rows[name]["finetune_top1"] - random["finetune_top1"]
         rows["random init"] = random
         rows["raw pixels"] = {**scorer.score(RawPixels(), with_finetune=False),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torchvision.transforms import v2
-from vitssl_plugins.moco_v3 import MocoV3, contrastive_loss, run_momentum
+from vitssl_plugins.moco_v3 import MocoV3, contrastive_loss
 
 from vitssl.config import DataConfig, ModelConfig
 from vitssl.data.augment import resolve_augmentation
@@ -97,12 +97,13 @@ def test_momentum_encoder_is_the_ema_in_closed_form_and_gets_no_gradient():
 
 def test_default_momentum_scales_with_the_run_and_caps_at_the_papers_value():
     moco = _moco()
-    assert moco.base_momentum(500) == pytest.approx(0.96)  # update mass 10 over 500 steps
+    assert moco.base_momentum(500) == pytest.approx(0.68)  # update mass 80 over 500 steps
     assert moco.base_momentum(100_000) == pytest.approx(0.99)
+    assert moco.base_momentum(100) == 0.0  # a mass beyond the run's reach: from 0
     assert _moco(momentum=0.995).base_momentum(500) == 0.995
-    base = run_momentum(500)
+    base = moco.base_momentum(500)
     mass = sum(1 - cosine_momentum(base, s, 500) for s in range(500))
-    assert mass == pytest.approx(10.0, rel=0.01)
+    assert mass == pytest.approx(80.0, rel=0.01)
 
 
 def test_views_are_byol_asymmetric_and_refuse_non_square_sizes():
@@ -179,3 +180,4 @@ def test_exports_the_base_encoder_and_refuses_bad_options():
         _moco(temperature=0.0)
     with pytest.raises(VitsslError, match="momentum"):
         _moco(momentum=1.5)
+
