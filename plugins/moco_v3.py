@@ -25,7 +25,7 @@ length so that the mass is ``update_mass``: ``1 - 2 * update_mass / steps``
 (at least 0), capped at the paper's 0.99 (reached by runs of 16,000 steps or
 more). The default mass, 80 (base 0.68 for 500 steps), is still below the
 paper's 470, and was measured against 10 (0.96), 30 and 200: at the default
-run's size 10-shot 82.8 vs 69.3 on digits, and k-NN 67.3 vs 62.1 on
+run's size 10-shot 82.8 vs 79.2 on digits, and k-NN 67.3 vs 62.1 on
 Fashion-MNIST at 300 steps (benchmarks/RESULTS.md). A key encoder that stays
 close to the base one learns faster in short runs.
 
