@@ -14,8 +14,10 @@ global crops of 40-100 % with colour operations; ``configs/dino-s16.yaml``),
 which collapses to a uniform teacher on short runs of small models, or
 ``"auto"`` (default, ``AUTO``), measured on the default run
 (benchmarks/RESULTS.md, "DINO on short runs"): its base momentum gives the
-teacher a total update mass Σ(1 − m) of ``update_mass`` whatever the run's
-length (:func:`run_scaled_momentum`; long runs reach the paper's 0.996);
+teacher a total update mass Σ(1 − m) of ``update_mass`` (80) whatever the
+run's length (:func:`run_scaled_momentum`: 0.68 for 500 steps; runs of 40,000
+steps or more reach the paper's 0.996), a teacher that keeps close to the
+student (80 against 2: 10-shot 79.4 vs 69.7 on digits over two seeds);
 global crops of 60-100 %, colour operations where the data declares them
 (``data.color``: not on digits, on Fashion-MNIST and ImageNet-style data).
 
@@ -61,7 +63,7 @@ PAPER: dict[str, Any] = dict(
     global_scale=(0.4, 1.0))
 AUTO: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.02,
-    warmup_teacher_temp=0.02, teacher_temp_warmup=0.0, momentum=None, update_mass=2.0,
+    warmup_teacher_temp=0.02, teacher_temp_warmup=0.0, momentum=None, update_mass=80.0,
     centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0,
     color=None, global_scale=(0.6, 1.0))
 RECIPES = {"paper": PAPER, "auto": AUTO}

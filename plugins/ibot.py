@@ -33,7 +33,7 @@ temperatures 0.04 -> 0.07 over 30 of 800 epochs, shared head, 8192 prototypes,
 main_ibot.py's defaults: momentum 0.996, EMA centres, last layer frozen for one
 epoch; ``configs/ibot-vit-s16.yaml``). ``recipe="auto"`` (default, ``AUTO``)
 takes DINO's measured short-run choices for both heads (Sinkhorn–Knopp,
-temperature 0.02, head BatchNorm, KoLeo 0.1, update mass 2, no local crops,
+temperature 0.02, head BatchNorm, KoLeo 0.1, update mass 80, no local crops,
 global scale (0.6, 1), colour operations as the data declares) and keeps the
 paper's masking. The teacher (built without drop-path, as in iBOT) is the
 exported encoder.
