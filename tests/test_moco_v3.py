@@ -180,4 +180,3 @@ def test_exports_the_base_encoder_and_refuses_bad_options():
         _moco(temperature=0.0)
     with pytest.raises(VitsslError, match="momentum"):
         _moco(momentum=1.5)
-
