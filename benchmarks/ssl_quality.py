@@ -267,8 +267,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         random_init = random_init_encoder(base).eval()
         random = {**scorer.score(random_init, with_finetune=True),
                   "curve_knn": scorer.curve_point(random_init)}
-        for name in objectives if "finetune_top1" in random else ():
-            rows[name]["finetune_gain"] = rows[name]["finetune_top1"] - random["finetune_top1"]
+        if scorer.finetune is not None:
+            for name in objectives:
+                rows[name]["finetune_gain"] = (rows[name]["finetune_top1"]
+                                               - random["finetune_top1"])
         rows["random init"] = random
         rows["raw pixels"] = {**scorer.score(RawPixels(), with_finetune=False),
                               "curve_knn": scorer.curve_point(RawPixels())}
