@@ -12,8 +12,9 @@ view (:func:`cross_view_loss`). The teacher is the exported encoder.
 momentum 0.996 -> 1, EMA centre from zero, last-layer norm fixed, no KoLeo,
 global crops of 40-100 % with colour operations; ``configs/dino-s16.yaml``),
 which collapses to a uniform teacher on short runs of small models, or
-``"auto"`` (default, ``AUTO``), measured on the default run
-(benchmarks/RESULTS.md, "DINO on short runs"): its base momentum gives the
+``"auto"`` (default), measured on the default run
+(benchmarks/RESULTS.md, "DINO on short runs"; ``SHORT_RUN`` in
+:mod:`vitssl.ssl.self_distillation`): its base momentum gives the
 teacher a total update mass Σ(1 − m) of ``update_mass`` (80) whatever the
 run's length (:func:`run_scaled_momentum`: 0.68 for 500 steps; runs of 40,000
 steps or more reach the paper's 0.996), a teacher that keeps close to the
@@ -42,31 +43,22 @@ import torch
 from torch import nn
 
 import vitssl
-from vitssl.ssl.distillation import DinoHead, cross_view_loss, dino_loss
-from vitssl.ssl.ema import cosine_momentum
+from vitssl.ssl.batch import progress
+from vitssl.ssl.distillation import DinoHead, cross_view_loss
 from vitssl.ssl.self_distillation import (
-    CENTERINGS,
+    SHORT_RUN,
     SelfDistillation,
     head_dims,
     resolve_options,
     teacher_stats,
 )
 
-__all__ = ["AUTO", "CENTERINGS", "PAPER", "Dino", "DinoHead", "dino_loss", "teacher_momentum"]
-
-teacher_momentum = cosine_momentum  # the name this module's schedule had
-
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=True, use_bn=False, teacher_temp=0.07,
     warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996, update_mass=2.0,
     centering="ema", center_init="zeros", koleo_weight=0.0, num_local=4, color=True,
     global_scale=(0.4, 1.0))
-AUTO: dict[str, Any] = dict(
-    small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.02,
-    warmup_teacher_temp=0.02, teacher_temp_warmup=0.0, momentum=None, update_mass=80.0,
-    centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0,
-    color=None, global_scale=(0.6, 1.0))
-RECIPES = {"paper": PAPER, "auto": AUTO}
+RECIPES = {"paper": PAPER, "auto": SHORT_RUN}
 
 
 class Dino(SelfDistillation):
@@ -106,7 +98,7 @@ class Dino(SelfDistillation):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         globals_, local = self.crops(batch)
-        step, total = int(batch.get("step", 0)), int(batch.get("total_steps", 1))
+        step, total = progress(batch)
         b, g = globals_.shape[:2]
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_encoder(globals_.flatten(0, 1)))

@@ -1,6 +1,6 @@
 """``ibot``: masked image modelling with an online tokenizer (Zhou et al. 2022, bytedance/ibot).
 
-DINO's self-distillation (:mod:`vitssl_plugins.dino`) on the pooled output, plus
+DINO's self-distillation (``dino``) on the pooled output, plus
 self-distillation of masked patches. The student sees its two global crops
 with block-wise masked patches (:mod:`vitssl.ssl.masking`): their patch
 embeddings become a learnable ``mask_token`` before the position embeddings
@@ -41,20 +41,21 @@ exported encoder.
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from vitssl_plugins.dino import AUTO as DINO_AUTO
 
 import vitssl
 from vitssl.errors import VitsslError
+from vitssl.ssl.batch import batch_seeds, progress
 from vitssl.ssl.distillation import DinoHead, cross_view_loss, prototypes
+from vitssl.ssl.ema import teacher_copy
 from vitssl.ssl.masking import block_mask, draw_ratio, random_mask
 from vitssl.ssl.self_distillation import (
+    SHORT_RUN,
     SelfDistillation,
     head_dims,
     resolve_options,
@@ -70,8 +71,8 @@ PAPER: dict[str, Any] = dict(
     local_scale=(0.05, 0.25), freeze_last_layer=1 / 800, pred_ratio=(0.0, 0.3),
     pred_ratio_var=(0.0, 0.2), color=True)
 AUTO: dict[str, Any] = {
-    **PAPER, **DINO_AUTO, "teacher_patch_temp": DINO_AUTO["teacher_temp"],
-    "warmup_teacher_patch_temp": DINO_AUTO["warmup_teacher_temp"],
+    **PAPER, **SHORT_RUN, "teacher_patch_temp": SHORT_RUN["teacher_temp"],
+    "warmup_teacher_patch_temp": SHORT_RUN["warmup_teacher_temp"],
     "local_scale": (0.05, 0.4), "freeze_last_layer": 0.01}
 RECIPES = {"paper": PAPER, "auto": AUTO}
 SHAPES = ("block", "rand")
@@ -147,8 +148,7 @@ class Ibot(SelfDistillation):
         if not self.shared_head:
             self.patch_last_layer = prototypes(bottleneck_dim, patch_dim,
                                                bool(o["norm_last_layer"]))
-            self.teacher_patch_last_layer = copy.deepcopy(self.patch_last_layer)
-            self.teacher_patch_last_layer.requires_grad_(False)
+            self.teacher_patch_last_layer = teacher_copy(self.patch_last_layer)
             self.ema_pairs.append(("teacher_patch_last_layer", "patch_last_layer"))
             self.last_layers.append("patch_last_layer")
         self.teacher_patch_temp = float(o["teacher_patch_temp"])
@@ -159,16 +159,16 @@ class Ibot(SelfDistillation):
 
     # -- masks and schedules -----------------------------------------------------------------
     def masks(self, batch_size: int, views: int, grid: tuple[int, int],
-              sample_seed: torch.Tensor | None = None, step: int = 0,
+              seeds: list[int] | None = None, step: int = 0,
               total_steps: int = 1) -> torch.Tensor:
-        """(B, views, N) bool masks, one generator per sample (global RNG without seeds)."""
+        """(B, views, N) bool masks, one generator per sample seed (fresh seeds without)."""
         n = grid[0] * grid[1]
         out = np.zeros((batch_size, views, n), dtype=bool)
         if step < self.pred_start * total_steps:
             return torch.from_numpy(out)
-        if sample_seed is None:
-            sample_seed = torch.randint(0, 2 ** 62, (batch_size,))
-        for i, seed in enumerate(sample_seed.tolist()):
+        if seeds is None:
+            seeds = torch.randint(0, 2 ** 62, (batch_size,)).tolist()
+        for i, seed in enumerate(seeds):
             rng = random.Random(f"ibot-mask:{seed}")
             for v in range(views):
                 count = draw_ratio(self.pred_ratio, self.pred_ratio_var, rng) * n
@@ -202,12 +202,12 @@ class Ibot(SelfDistillation):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         globals_, local = self.crops(batch)
-        step, total = int(batch.get("step", 0)), int(batch.get("total_steps", 1))
+        step, total = progress(batch)
         b, g = globals_.shape[:2]
         images = globals_.flatten(0, 1)  # (B G, 3, S, S), b-major
         grid = self.encoder.grid_for(images.shape[-2], images.shape[-1])
-        mask = self.masks(b, g, grid, batch.get("sample_seed"), step, total)
-        mask = mask.flatten(0, 1).to(images.device)  # (B G, N)
+        mask = self.masks(b, g, grid, batch_seeds(batch), step, total)
+        mask = mask.flatten(0, 1).to(images.device, non_blocking=True)  # (B G, N)
         with torch.no_grad():
             _, teacher_cls, teacher_patch = self.project(
                 self.teacher_encoder.forward_features(images), teacher=True)

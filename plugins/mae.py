@@ -34,13 +34,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from vitssl_plugins.masked_patch import patchify, per_sample_uniform
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.models.layers import Block
-from vitssl.models.pos_embed import sincos_pos_embed
 from vitssl.models.vit import xavier_patch_projection
+from vitssl.ssl import Block, sincos_pos_embed
+from vitssl.ssl.batch import batch_seeds, patchify
+from vitssl.ssl.masking import random_masking
 
 ENCODER_INITS = ("keep", "xavier")
 
@@ -57,15 +57,6 @@ def xavier_init(encoder: nn.Module) -> None:
     xavier_patch_projection(encoder.patch_embed)
     if getattr(encoder, "cls_token", None) is not None:
         nn.init.normal_(encoder.cls_token, std=0.02)
-
-
-def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.device,
-                   sample_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids_keep (B, keep), ids_restore (B, N)) from argsort of uniform noise."""
-    noise = per_sample_uniform(batch_size, (num_patches,), device, sample_seed)
-    ids_shuffle = noise.argsort(dim=1)
-    ids_restore = ids_shuffle.argsort(dim=1)
-    return ids_shuffle[:, :keep], ids_restore
 
 
 class MaskedAutoencoder(vitssl.Objective):
@@ -154,7 +145,7 @@ class MaskedAutoencoder(vitssl.Objective):
         tokens = encoder.embed_patches(images)  # (B, N, D)
         b, n, d = tokens.shape
         ids_keep, ids_restore = random_masking(b, n, self.num_keep(n), tokens.device,
-                                               batch.get("sample_seed"))
+                                               batch_seeds(batch))
         visible = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
         features = encoder.encode(visible, positions=ids_keep, grid=grid)
         pred = self.decode(features, ids_restore, grid).float()

@@ -14,8 +14,9 @@ cells quantised the same way (16 predictions of 512 classes); ``pixels`` - L2
 regression on the patch of the normalised image.
 
 Randomness: when the batch carries ``"sample_seed"`` (B,) the draws of sample
-``i`` come from a generator seeded with it, so a sample is corrupted the same
-way whichever rank or batch it lands in; otherwise the global torch RNG is used.
+``i`` come from a generator seeded with it (:func:`vitssl.ssl.batch.per_sample_uniform`),
+so a sample is corrupted the same way whichever rank or batch it lands in; otherwise
+the global torch RNG is used.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 import vitssl
 from vitssl.errors import VitsslError
+from vitssl.ssl.batch import batch_seeds, patchify, per_sample_uniform
 
 TARGETS = ("mean-color", "downsampled-4x4", "pixels")
 
@@ -37,32 +39,10 @@ class Corruption:
     """Per image and patch (B, N): which patches were corrupted and how."""
 
     corrupted: torch.Tensor  # bool, exactly k True per row
+    positions: torch.Tensor  # long (B, k): the corrupted patches of each row, ascending
     masked: torch.Tensor  # bool, replaced by the [mask] embedding
     swapped: torch.Tensor  # bool, replaced by another patch's embedding
     other: torch.Tensor  # long, the source patch for swapped positions (never itself)
-
-
-def patchify(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, C, ph, pw) with N = grid rows * cols, row-major."""
-    b, c, h, w = images.shape
-    gh, gw = grid
-    ph, pw = h // gh, w // gw
-    x = images[:, :, :gh * ph, :gw * pw].reshape(b, c, gh, ph, gw, pw)
-    # "b c (h p) (w q) -> b (h w) c p q"
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, ph, pw)
-
-
-def per_sample_uniform(batch_size: int, shape: tuple[int, ...], device: torch.device,
-                       sample_seed: torch.Tensor | None = None) -> torch.Tensor:
-    """Uniform draws (B, *shape), one seeded generator per sample when seeds are given.
-
-    Sample ``i``'s draws come from ``sample_seed[i]`` (the same whichever rank or
-    batch it lands in); without seeds, from the global torch RNG.
-    """
-    if sample_seed is None:
-        return torch.rand(batch_size, *shape, device=device)
-    return torch.stack([torch.rand(*shape, generator=torch.Generator().manual_seed(int(s)))
-                        for s in sample_seed.tolist()]).to(device)
 
 
 def quantise_colour(values: torch.Tensor, bits: int = 3) -> torch.Tensor:
@@ -128,9 +108,9 @@ class MaskedPatchPrediction(vitssl.Objective):
         return k
 
     def draw(self, batch_size: int, num_patches: int, device: torch.device,
-             sample_seed: torch.Tensor | None = None) -> Corruption:
+             seeds: list[int] | None = None) -> Corruption:
         """Draw which patches to corrupt and how (uniform (B, 3, N) draws per sample)."""
-        u = per_sample_uniform(batch_size, (3, num_patches), device, sample_seed)
+        u = per_sample_uniform(batch_size, (3, num_patches), device, seeds)
         n, k = num_patches, self.num_corrupted(num_patches)
         order = u[:, 0].argsort(dim=1)
         corrupted = torch.zeros(batch_size, n, dtype=torch.bool, device=device)
@@ -144,7 +124,8 @@ class MaskedPatchPrediction(vitssl.Objective):
         # A uniform index over the N - 1 other patches: skip over the patch itself.
         other = (u[:, 2] * (n - 1)).long().clamp_(max=max(n - 2, 0))
         other = other + (other >= torch.arange(n, device=device)).long()
-        return Corruption(corrupted, masked, swapped, other.clamp_(max=n - 1))
+        return Corruption(corrupted, order[:, :k].sort(dim=1).values, masked, swapped,
+                          other.clamp_(max=n - 1))
 
     def corrupt(self, tokens: torch.Tensor, plan: Corruption) -> torch.Tensor:
         """Apply a corruption plan to patch embeddings (B, N, D)."""
@@ -177,11 +158,13 @@ class MaskedPatchPrediction(vitssl.Objective):
         grid = encoder.grid_for(images.shape[-2], images.shape[-1])
         tokens = encoder.embed_patches(images)  # (B, N, D), no position embeddings yet
         b, n, _ = tokens.shape
-        plan = self.draw(b, n, tokens.device, batch.get("sample_seed"))
+        plan = self.draw(b, n, tokens.device, batch_seeds(batch))
         features = encoder.encode(self.corrupt(tokens, plan), grid=grid)
-        out = features[:, encoder.num_prefix_tokens:][plan.corrupted]  # (B k, D)
+        # Gathered at the corrupted positions (row-major, as boolean indexing would select
+        # them, without reading the mask on the host).
+        out = _rows(features[:, encoder.num_prefix_tokens:], plan.positions)  # (B k, D)
         pred = self.head(out).float()
-        target = self.targets(batch, grid)[plan.corrupted]
+        target = _rows(self.targets(batch, grid), plan.positions)
         if self.target == "pixels":
             loss = F.mse_loss(pred, target)
             return {"loss": loss, "mse": loss.detach()}
@@ -190,6 +173,13 @@ class MaskedPatchPrediction(vitssl.Objective):
         loss = F.cross_entropy(pred.reshape(-1, self.num_classes), target.reshape(-1))
         accuracy = (pred.detach().argmax(-1) == target).float().mean()
         return {"loss": loss, "accuracy": accuracy}
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, N, ...) at ``index`` (B, k) of each row, flattened to (B k, ...)."""
+    picked = x.gather(1, index.view(*index.shape, *[1] * (x.ndim - 2)).expand(
+        -1, -1, *x.shape[2:]))
+    return picked.flatten(0, 1)
 
 
 @vitssl.hookimpl

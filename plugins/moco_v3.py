@@ -44,36 +44,22 @@ and evaluated: the reference's linear probe and fine-tuning load
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import TwoViews, data_allows
 from vitssl.errors import VitsslError
-from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
+from vitssl.ssl.batch import progress, square_side, views
+from vitssl.ssl.distributed import gather_rows
+from vitssl.ssl.ema import ema_update, teacher_copy, teacher_momentum
 from vitssl.ssl.heads import freeze_last_norm_bias, mlp
+from vitssl.ssl.views import TwoViews, data_allows
 
 SMALL_IMAGE = 64  # below this side the default crops are milder than BYOL's
 PAPER_MOMENTUM = 0.99  # the reference's base momentum: the cap of the run-scaled default
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-@torch.no_grad()
-def gather_keys(keys: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Every rank's keys concatenated in rank order (no gradient), and this rank's offset."""
-    if not _distributed():
-        return keys, 0
-    parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, keys.contiguous())
-    return torch.cat(parts), dist.get_rank() * keys.shape[0]
 
 
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float,
@@ -118,8 +104,8 @@ class MocoV3(vitssl.Objective):
         self.encoder = encoder
         self.projector = mlp(encoder.embed_dim, hidden_dim, out_dim, layers=3)
         self.predictor = mlp(out_dim, hidden_dim, out_dim, layers=2, last_bn=False)
-        self.momentum_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.momentum_encoder = teacher_copy(encoder)
+        self.momentum_projector = teacher_copy(self.projector)
         self.temperature = float(temperature)
         self.momentum = None if momentum is None else float(momentum)
         self.update_mass = float(update_mass)
@@ -137,26 +123,18 @@ class MocoV3(vitssl.Objective):
         image): on 16 px digits BYOL's 8 % crops and colour kept the loss at
         chance for a whole short run (benchmarks/RESULTS.md).
         """
-        height, width = size
-        if height != width:
-            raise VitsslError(f"moco-v3 makes square crops, not the non-square model.image_size "
-                              f"[{height}, {width}]; use a square size")
+        height = square_side("moco-v3", size)
         scale = self.crop["scale"] or ((0.6, 1.0) if height < SMALL_IMAGE else (0.08, 1.0))
         return TwoViews(height, scale=scale, hflip=data_allows(self.crop["hflip"], data, "hflip"),
                         color=data_allows(self.crop["color"], data, "color"))
 
-    def base_momentum(self, total_steps: int) -> float:
-        """The schedule's start: ``momentum``, or the run-scaled default."""
-        if self.momentum is not None:
-            return self.momentum
-        return run_scaled_momentum(total_steps, self.update_mass, cap=PAPER_MOMENTUM)
+    def key_momentum(self, step: int, total_steps: int) -> float:
+        """Cosine to 1 from ``momentum``, or from the run-scaled base when it is unset."""
+        return teacher_momentum(step, total_steps, self.momentum, self.update_mass,
+                                PAPER_MOMENTUM)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        views = batch.get("views")
-        if not views or "pair" not in views:
-            raise VitsslError("moco-v3 needs its two views in the batch (batch['views']"
-                              "['pair']); run it through vitssl pretrain")
-        pair = views["pair"]  # (B, 2, 3, S, S)
+        pair = views(batch, "pair", "moco-v3")  # (B, 2, 3, S, S)
         b = pair.shape[0]
         x = pair.transpose(0, 1).flatten(0, 1)  # (2B, ...): view 1 of every image, then view 2
         # Each view's batch goes through the heads on its own, as in the reference: the
@@ -166,24 +144,21 @@ class MocoV3(vitssl.Objective):
         with torch.no_grad():
             keys = self.momentum_encoder(x)
             k1, k2 = (self.momentum_projector(f) for f in keys.split(b))
-            (k1_all, offset), (k2_all, _) = gather_keys(k1), gather_keys(k2)
+            (k1_all, offset), (k2_all, _) = gather_rows(k1), gather_rows(k2)
         loss = contrastive_loss(q1, k2_all, self.temperature, offset) + \
             contrastive_loss(q2, k1_all, self.temperature, offset)
         with torch.no_grad():
             labels = torch.arange(b, device=q1.device) + offset
             hits = (F.normalize(q1.float(), dim=1) @ F.normalize(k2_all.float(), dim=1).T
                     ).argmax(dim=1) == labels
-        step, total = int(batch.get("step", 0)), int(batch.get("total_steps", 1))
         return {"loss": loss, "contrastive_acc": hits.float().mean(),
-                "momentum": cosine_momentum(self.base_momentum(total), step, total)}
+                "momentum": self.key_momentum(*progress(batch))}
 
-    @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """EMA update of the momentum encoder and projector."""
-        m = cosine_momentum(self.base_momentum(total_steps), step, total_steps)
-        ema_update(list(self.momentum_encoder.parameters()) +
-                   list(self.momentum_projector.parameters()),
-                   list(self.encoder.parameters()) + list(self.projector.parameters()), m)
+        ema_update([(self.momentum_encoder, self.encoder),
+                    (self.momentum_projector, self.projector)],
+                   self.key_momentum(step, total_steps))
 
 
 @vitssl.hookimpl

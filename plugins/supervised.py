@@ -74,19 +74,27 @@ class Supervised(vitssl.Objective):
         """Images (B, 3, H, W) -> class logits (B, num_classes)."""
         return self.head(self.pre_logits(self.encoder(images)))
 
-    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
-        """Dense (B, C) targets: one-hot of class indices, or the given multi-hot rows."""
+    def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Labels are class indices in range (B,) or multi-hot rows (B, num_classes)."""
+        labels = batch.get("label")
+        if labels is None:
+            raise VitsslError("the supervised objective needs labelled data; the batch has no "
+                              "'label'")
         if labels.ndim == 1:
             if labels.numel() and (int(labels.min()) < 0 or
                                    int(labels.max()) >= self.num_classes):
                 raise VitsslError(f"labels must lie in [0, {self.num_classes}); got values from "
                                   f"{int(labels.min())} to {int(labels.max())} - check "
                                   f"objective.options.num_classes")
+        elif labels.ndim != 2 or labels.shape[1] != self.num_classes:
+            raise VitsslError(f"labels must be class indices (B,) or multi-hot (B, "
+                              f"{self.num_classes}); got shape {tuple(labels.shape)}")
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Dense (B, C) targets: one-hot of class indices, or the given multi-hot rows."""
+        if labels.ndim == 1:
             return F.one_hot(labels, self.num_classes).float()
-        if labels.ndim == 2 and labels.shape[1] == self.num_classes:
-            return labels.float()
-        raise VitsslError(f"labels must be class indices (B,) or multi-hot (B, "
-                          f"{self.num_classes}); got shape {tuple(labels.shape)}")
+        return labels.float()
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.label_smoothing:
@@ -99,11 +107,7 @@ class Supervised(vitssl.Objective):
         return F.cross_entropy(logits, targets)  # soft targets: -sum(t * log_softmax)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
-        labels = batch.get("label")
-        if labels is None:
-            raise VitsslError("the supervised objective needs labelled data; the batch has no "
-                              "'label'")
-        targets = self._targets(labels)
+        targets = self._targets(batch["label"])
         logits = self.logits(batch["image"])
         out: dict[str, torch.Tensor | float] = {"loss": self.loss(logits, targets)}
         with torch.no_grad():

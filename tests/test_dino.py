@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
-from vitssl_plugins.dino import Dino, dino_loss, teacher_momentum
+from vitssl_plugins.dino import Dino
 
 from vitssl.config import DataConfig, ModelConfig
 from vitssl.data.augment import resolve_augmentation
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
+from vitssl.ssl.distillation import dino_loss
+from vitssl.ssl.ema import cosine_momentum as teacher_momentum
 from vitssl.train.optim import build_optimizer
 
 

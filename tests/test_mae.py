@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vitssl_plugins.mae import MaskedAutoencoder, random_masking
+from vitssl_plugins.mae import MaskedAutoencoder
 
 from vitssl.config import ModelConfig
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.models.pos_embed import sincos_pos_embed
+from vitssl.ssl.masking import random_masking
 from vitssl.train.optim import build_optimizer, param_groups
 
 
@@ -24,7 +25,7 @@ def _mae(**options) -> MaskedAutoencoder:
 def test_masking_keeps_exactly_int_n_one_minus_r(n, ratio):
     keep = int(n * (1 - ratio))
     seeds = torch.arange(5)
-    ids_keep, ids_restore = random_masking(5, n, keep, torch.device("cpu"), seeds)
+    ids_keep, ids_restore = random_masking(5, n, keep, torch.device("cpu"), seeds.tolist())
     assert ids_keep.shape == (5, keep)
     for row in ids_keep:
         assert len(set(row.tolist())) == keep  # distinct patches
@@ -48,7 +49,7 @@ def test_predictions_at_visible_positions_do_not_change_the_loss():
     mae = _mae()
     batch = {"image": torch.randn(2, 3, 16, 16), "sample_seed": torch.tensor([3, 4])}
     base = mae(batch)["loss"].item()
-    ids_keep, _ = random_masking(2, 16, 4, torch.device("cpu"), batch["sample_seed"])
+    ids_keep, _ = random_masking(2, 16, 4, torch.device("cpu"), batch["sample_seed"].tolist())
     decode = mae.decode
 
     def perturbed(*args):
@@ -65,7 +66,7 @@ def test_loss_is_mse_on_masked_patches_against_normalised_pixels():
     mae = _mae(norm_pix_loss=True)
     images = torch.randn(2, 3, 16, 16)
     batch = {"image": images, "sample_seed": torch.tensor([5, 6])}
-    ids_keep, ids_restore = random_masking(2, 16, 4, torch.device("cpu"), batch["sample_seed"])
+    ids_keep, ids_restore = random_masking(2, 16, 4, torch.device("cpu"), [5, 6])
     tokens = mae.encoder.embed_patches(images)
     visible = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
     pred = mae.decode(mae.encoder.encode(visible, positions=ids_keep), ids_restore, (4, 4))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vitssl_plugins.masked_patch import MaskedPatchPrediction, patchify, quantise_colour
+from vitssl_plugins.masked_patch import MaskedPatchPrediction, quantise_colour
 
 from vitssl.config import ModelConfig
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
+from vitssl.ssl.batch import patchify
 
 
 def _objective(image_size: int = 16, patch: int = 4, **options) -> MaskedPatchPrediction:
@@ -78,9 +79,8 @@ def test_corrupt_replaces_with_mask_token_or_another_patch():
 
 def test_sample_seeds_make_draws_independent_of_batch_composition():
     obj = _objective()
-    seeds = torch.tensor([11, 22, 33])
-    a = obj.draw(3, 16, torch.device("cpu"), seeds)
-    b = obj.draw(2, 16, torch.device("cpu"), seeds[[2, 0]])
+    a = obj.draw(3, 16, torch.device("cpu"), [11, 22, 33])
+    b = obj.draw(2, 16, torch.device("cpu"), [33, 11])
     assert torch.equal(a.corrupted[[2, 0]], b.corrupted)
     assert torch.equal(a.masked[[2, 0]], b.masked) and torch.equal(a.other[[2, 0]], b.other)
 
@@ -145,7 +145,7 @@ def test_uncorrupted_positions_carry_no_loss(target):
     handle.remove()
     out["loss"].backward()
     grad = captured["out"].grad[:, obj.encoder.num_prefix_tokens:]  # (B, N, D)
-    plan = obj.draw(3, 16, torch.device("cpu"), seeds)
+    plan = obj.draw(3, 16, torch.device("cpu"), seeds.tolist())
     assert plan.corrupted.sum() == 3 * 8
     assert (grad[~plan.corrupted] == 0).all()
     assert (grad[plan.corrupted].abs().sum(-1) > 0).all()

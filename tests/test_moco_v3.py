@@ -12,11 +12,11 @@ from vitssl_plugins.moco_v3 import MocoV3, contrastive_loss
 
 from vitssl.config import DataConfig, ModelConfig
 from vitssl.data.augment import resolve_augmentation
-from vitssl.data.views import TwoViews
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.ssl.ema import cosine_momentum
 from vitssl.ssl.heads import GlobalBatchNorm1d, mlp
+from vitssl.ssl.views import TwoViews
 from vitssl.train.optim import build_optimizer
 
 
@@ -97,11 +97,11 @@ def test_momentum_encoder_is_the_ema_in_closed_form_and_gets_no_gradient():
 
 def test_default_momentum_scales_with_the_run_and_caps_at_the_papers_value():
     moco = _moco()
-    assert moco.base_momentum(500) == pytest.approx(0.68)  # update mass 80 over 500 steps
-    assert moco.base_momentum(100_000) == pytest.approx(0.99)
-    assert moco.base_momentum(100) == 0.0  # a mass beyond the run's reach: from 0
-    assert _moco(momentum=0.995).base_momentum(500) == 0.995
-    base = moco.base_momentum(500)
+    assert moco.key_momentum(0, 500) == pytest.approx(0.68)  # update mass 80 over 500 steps
+    assert moco.key_momentum(0, 100_000) == pytest.approx(0.99)
+    assert moco.key_momentum(0, 100) == 0.0  # a mass beyond the run's reach: from 0
+    assert _moco(momentum=0.995).key_momentum(0, 500) == 0.995
+    base = moco.key_momentum(0, 500)
     mass = sum(1 - cosine_momentum(base, s, 500) for s in range(500))
     assert mass == pytest.approx(80.0, rel=0.01)
 

@@ -1,4 +1,4 @@
-"""vitssl.Objective: defaults, options the data supplies, and older plain-module objectives."""
+"""vitssl.Objective: defaults, options the data supplies, options a factory refuses."""
 
 from __future__ import annotations
 
@@ -30,24 +30,6 @@ class _Classify(vitssl.Objective):
         return {"loss": self.head(self.encoder(batch["image"])).logsumexp(-1).mean()}
 
 
-class _Plain(nn.Module):  # the older attribute contract
-    export_encoder = "ema"
-
-    def __init__(self, encoder, num_classes: int = 0):
-        super().__init__()
-        self.encoder, self.ema, self.num_classes = encoder, nn.Linear(2, 2), num_classes
-        self.register_buffer("calls", torch.zeros(1))
-
-    def views(self, image_size, data):
-        return ("square", image_size)
-
-    def after_optimizer_step(self, step, total_steps):
-        self.calls += 1
-
-    def forward(self, batch):
-        return {"loss": torch.zeros(())}
-
-
 def _encoder():
     return build_encoder(ModelConfig(image_size=8, depth=1))
 
@@ -56,6 +38,7 @@ def test_the_base_class_defaults_do_nothing():
     objective = _Classify(_encoder(), num_classes=3)
     assert objective.views((8, 8), None) is None
     assert objective.exports() == {"encoder": "encoder"}
+    objective.check_batch({"image": torch.zeros(1)})
     objective.before_optimizer_step(0, 1)
     objective.after_optimizer_step(0, 1)
 
@@ -71,16 +54,3 @@ def test_unknown_options_are_refused_before_the_factory_runs():
     with pytest.raises(vitssl.VitsslError,
                        match="does not accept options .*unexpected keyword argument 'colour'"):
         build_objective("c", _Classify, _encoder(), {"num_classes": 3, "colour": 1})
-
-
-def test_a_plain_module_keeps_its_keys_and_its_older_contract():
-    options = objective_options("p", _Plain, {}, DIGITS)
-    assert options == {"num_classes": 10}  # a factory taking num_classes gets it
-    objective = build_objective("p", _Plain, _encoder(), options)
-    assert isinstance(objective, vitssl.Objective) and isinstance(objective, _Plain)
-    assert "calls" in objective.state_dict() and "ema.weight" in objective.state_dict()
-    assert objective.views((8, 8), None) == ("square", 8)  # an int for square sizes
-    assert objective.views((8, 12), None) == ("square", (8, 12))
-    objective.after_optimizer_step(0, 1)
-    assert objective.calls.item() == 1
-    assert objective.exports() == {"encoder": "ema"}

@@ -104,9 +104,11 @@ def test_user_errors_are_clear():
         factory(encoder=encoder, num_classes=3, loss="hinge")
     objective = factory(encoder=encoder, num_classes=3)
     with pytest.raises(VitsslError, match="needs labelled data"):
-        objective({"image": torch.randn(2, 3, 8, 8)})
+        objective.check_batch({"image": torch.randn(2, 3, 8, 8)})
     with pytest.raises(VitsslError, match=r"labels must lie in \[0, 3\)"):
-        objective({"image": torch.randn(2, 3, 8, 8), "label": torch.tensor([0, 3])})
+        objective.check_batch({"image": torch.randn(2, 3, 8, 8), "label": torch.tensor([0, 3])})
+    with pytest.raises(VitsslError, match=r"multi-hot \(B, 3\)"):
+        objective.check_batch({"label": torch.ones(2, 4)})
 
 
 def _test_accuracy(objective, image_size):

@@ -6,7 +6,7 @@ import torch
 
 from vitssl.config import DataConfig
 from vitssl.data.pipeline import pretrain_batches
-from vitssl.data.views import MultiCrop
+from vitssl.ssl.views import MultiCrop
 
 
 def _batches(views, *, rank: int = 0, world_size: int = 1, workers: int = 0, seed: int = 1):

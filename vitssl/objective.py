@@ -1,25 +1,28 @@
 """``vitssl.Objective``: the whole objective contract, as one base class.
 
-An objective is an ``nn.Module`` built by its factory as
-``factory(encoder=encoder, **options)``; ``forward(batch)`` returns
-``{"loss": scalar tensor, **metrics}``. Everything else is optional and has a
-no-op default here; the pretraining loop reads objectives only through these
-methods (:func:`as_objective` adapts plain ``nn.Module`` objectives written
-against the attribute contract that came before this class, in place).
+An objective is a subclass of :class:`Objective` (checked when its plugin
+registers it), built by the loop as ``Cls(encoder=encoder, **options)``;
+``forward(batch)`` returns ``{"loss": scalar tensor, **metrics}``. Everything
+else is optional and has a no-op default here; the loop reads objectives only
+through these methods. The encoder it gets is described by :class:`Encoder`;
+the pieces objectives share (per-sample randomness, patches, masks, an EMA
+teacher, collectives) live in :mod:`vitssl.ssl`.
 
-The batch (a dict) holds ``"image"`` (B, 3, H, W) normalised and ``"pixels"``
+The batch (a dict) holds ``"image"`` (B, C, H, W) normalised and ``"pixels"``
 (the same in [0, 1]), ``"label"`` (B,) for labelled data, ``"sample_seed"``
 (B,) a seed per sample fixed by its position in the run's sample stream
-(whatever the rank or accumulation), and ``"step"`` / ``"total_steps"`` (the
+(whatever the rank or accumulation; a CPU tensor, read it on the host with
+:func:`vitssl.ssl.batch.batch_seeds`), and ``"step"`` / ``"total_steps"`` (the
 optimiser step being taken, from 0, and the run's length), so schedules are
 pure functions of progress. With :meth:`Objective.views` it holds ``"views"``
-(name -> (B, V, 3, h, w) normalised) and ``"view_pixels"`` instead of
+(name -> (B, V, C, h, w) normalised) and ``"view_pixels"`` instead of
 ``"image"`` / ``"pixels"``.
 
 Metrics are 0-d tensors (left on the device, read once per logging step) or
-plain Python numbers computed on the host (a schedule's value). Never call
-``.item()`` / ``float()`` on a device tensor in ``forward``: it waits for the
-device on every step.
+plain Python numbers computed on the host (a schedule's value). Never read a
+device tensor on the host in ``forward`` (``.item()``, ``.tolist()``,
+``int()``, ``float()``, ``bool()``, boolean-mask indexing): each waits for the
+device on every step. Checks that need values go in :meth:`Objective.check_batch`.
 
 State a resumed run needs (an EMA teacher, a centre, counters) lives in
 parameters or registered buffers, so checkpoints hold it. Parameters with
@@ -35,8 +38,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from vitssl.errors import VitsslError
@@ -51,6 +55,44 @@ class DataInfo:
     spec: str
     labelled: bool
     num_classes: int | None = None
+
+
+class Encoder(Protocol):
+    """What an objective may use of the encoder it is built around (a ViT, any stem).
+
+    Token sequences are (B, T, D) with T = ``num_prefix_tokens`` + patches, patches
+    row-major over the grid.
+    """
+
+    embed_dim: int  # D
+    num_heads: int
+    patch_size: int | tuple[int, int]  # an int for square patches
+    grid_size: tuple[int, int]  # (rows, cols) at the configured image size
+    num_prefix_tokens: int  # 1 with a class token, else 0
+    patch_embed: nn.Module  # the stem: images -> patch tokens
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> pooled features (B, D)."""
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid of an image of this size."""
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> patch tokens (B, N, D), before position embeddings."""
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+               grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Patch tokens (B, n, D) -> final-norm features (B, prefix + n, D).
+
+        ``positions`` (B, n): the grid index of each token, for a subset of the
+        patches (MAE's visible ones); ``grid``: the patch grid of the image.
+        """
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> final-norm features (B, T, D)."""
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, D) -> (B, D): the class token or the patch mean, per config."""
 
 
 class Objective(nn.Module):
@@ -76,12 +118,18 @@ class Objective(nn.Module):
 
         ``size`` is the model's (height, width); ``data`` the resolved data config
         (``data.hflip`` and ``data.color``: whether a flip and colour operations suit
-        the data; :func:`vitssl.data.views.data_allows`). The transform maps a PIL image
-        or uint8 (3, H, W) tensor to ``{name: (V, 3, h, w) uint8 tensor}``; it runs in
+        the data; :func:`vitssl.ssl.views.data_allows`). The transform maps a PIL image
+        or uint8 (C, H, W) tensor to ``{name: (V, C, h, w) uint8 tensor}``; it runs in
         the data workers, seeded per sample. Raise :class:`VitsslError` to refuse a
-        size the views cannot be made at (e.g. a non-square one).
+        size the views cannot be made at (:func:`vitssl.ssl.batch.square_side`).
         """
         return None
+
+    def check_batch(self, batch: dict[str, Any]) -> None:
+        """Check a batch on the host, before it moves to the device (raise :class:`VitsslError`).
+
+        The place for checks that read values (label ranges): ``forward`` must not.
+        """
 
     def before_optimizer_step(self, step: int, total_steps: int) -> None:
         """After gradients are all-reduced, unscaled and clipped; once per optimiser step."""
@@ -101,100 +149,31 @@ class Objective(nn.Module):
         return {"encoder": "encoder"}
 
 
-class LegacyObjective(Objective):
-    """The older attribute contract of a plain ``nn.Module`` objective, read through the base.
-
-    :func:`build_objective` mixes it into such an objective's class, so the
-    module keeps its state-dict keys and its own ``forward``.
-    """
-
-    _legacy_class: type = nn.Module
-
-    def _own(self, name: str) -> Any:
-        return getattr(self._legacy_class, name, None)
-
-    def views(self, size: tuple[int, int], data: Any) -> Views | None:
-        declared = self._own("views")
-        if not callable(declared):
-            return None
-        height, width = size  # the older contract passed an int for square sizes
-        return declared(self, height if height == width else size, data)
-
-    def before_optimizer_step(self, step: int, total_steps: int) -> None:
-        hook = self._own("before_optimizer_step")
-        if callable(hook):
-            hook(self, step, total_steps)
-
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        hook = self._own("after_optimizer_step")
-        if callable(hook):
-            hook(self, step, total_steps)
-
-    def exports(self) -> dict[str, str]:
-        out = {"encoder": str(getattr(self, "export_encoder", "encoder"))}
-        pre_logits = getattr(self, "export_pre_logits", None)
-        if pre_logits:
-            out["pre_logits"] = str(pre_logits)
-        return out
-
-
-_adapted: dict[type, type] = {}
-
-
-def as_objective(module: nn.Module) -> Objective:
-    """``module`` itself, as an :class:`Objective` (older plain modules are adapted in place)."""
-    if isinstance(module, Objective):
-        return module
-    cls = type(module)
-    if cls not in _adapted:
-        _adapted[cls] = type(cls.__name__, (LegacyObjective, cls), {
-            "_legacy_class": cls, "__module__": cls.__module__,
-            "requires_labels": bool(getattr(cls, "requires_labels", False))})
-    module.__class__ = _adapted[cls]
-    return module
-
-
-def _legacy_options(factory: Callable[..., Any], data: DataInfo) -> dict[str, Any]:
-    """The older contract's data options: ``num_classes`` to factories that take it."""
-    try:
-        accepts = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"num_classes": data.num_classes} if "num_classes" in accepts and \
-        data.num_classes else {}
-
-
-def _is_objective_class(factory: Any) -> bool:
+def is_objective_class(factory: Any) -> bool:
+    """Whether ``factory`` is an :class:`Objective` subclass (what registration accepts)."""
     return isinstance(factory, type) and issubclass(factory, Objective)
 
 
-def objective_options(name: str, factory: Callable[..., Any], options: Mapping[str, Any],
+def objective_options(name: str, factory: type[Objective], options: Mapping[str, Any],
                       data: DataInfo) -> dict[str, Any]:
     """The options ``factory`` is built with: what the data supplies, then the user's.
 
     Refuses, in one line, unlabelled data for an objective that needs labels.
     """
-    native = _is_objective_class(factory)
-    needs_labels = factory.requires_labels if native else \
-        bool(getattr(factory, "requires_labels", False))
-    if needs_labels and not data.labelled:
+    if factory.requires_labels and not data.labelled:
         raise VitsslError(f"objective '{name}' needs labels but '{data.spec}' is unlabelled; "
                           f"use a labelled spec such as builtin:digits")
-    supplied = factory.options_from_data(data) if native else _legacy_options(factory, data)
+    supplied = factory.options_from_data(data)
     return {**{k: v for k, v in supplied.items() if v is not None}, **options}
 
 
-def build_objective(name: str, factory: Callable[..., Any], encoder: nn.Module,
+def build_objective(name: str, factory: type[Objective], encoder: nn.Module,
                     options: Mapping[str, Any]) -> Objective:
-    """``factory(encoder=encoder, **options)`` as an :class:`Objective`.
-
-    Options the factory does not take are refused in one line, before it runs.
-    """
+    """``factory(encoder=encoder, **options)``; options it does not take are refused in one
+    line, before it runs."""
     try:
         inspect.signature(factory).bind(encoder=encoder, **options)
     except TypeError as exc:
         raise VitsslError(f"objective '{name}' does not accept options {dict(options)}: "
                           f"{exc}") from None
-    except ValueError:  # no signature to check (a builtin or C callable)
-        pass
-    return as_objective(factory(encoder=encoder, **options))
+    return factory(encoder=encoder, **options)

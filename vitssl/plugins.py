@@ -22,6 +22,7 @@ import pluggy
 
 from vitssl import hookspecs
 from vitssl.errors import VitsslError
+from vitssl.objective import is_objective_class
 
 GROUP = "vitssl"
 KINDS = ("objectives", "stems", "evaluators", "datasets", "sources")
@@ -134,6 +135,11 @@ def build_registry() -> Registry:
 
             def register(name: str, factory: Callable[..., Any], *, _kind=kind,
                          _plugin=plugin, _dist=dist) -> None:
+                if _kind == "objectives" and not is_objective_class(factory):
+                    registry.failures.append(PluginFailure(
+                        _plugin, _dist, f"objective '{name}' is not a vitssl.Objective "
+                                        f"subclass ({factory!r})"))
+                    return
                 taken = registry.entries[_kind].get(name)
                 if taken is not None:
                     registry.failures.append(PluginFailure(

@@ -19,21 +19,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+from vitssl.ssl.distributed import all_reduce_
 
 
 def _global_logsumexp_over_batch(log_q: torch.Tensor) -> torch.Tensor:
     """log of each column's sum over the (global) batch: (B, K) -> (1, K)."""
     peak = log_q.amax(dim=0, keepdim=True).detach()
-    if _distributed():
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    sums = (log_q - peak).exp().sum(dim=0, keepdim=True)
-    if _distributed():
-        dist.all_reduce(sums)
+    all_reduce_(peak, "max")
+    sums = all_reduce_((log_q - peak).exp().sum(dim=0, keepdim=True))
     return peak + sums.log()
 
 
@@ -48,9 +42,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> to
     if iterations < 1:
         raise ValueError(f"sinkhorn_knopp needs iterations >= 1, got {iterations}")
     log_q = logits.float() / temp
-    batch = torch.tensor(float(log_q.shape[0]), device=log_q.device)
-    if _distributed():
-        dist.all_reduce(batch)
+    batch = all_reduce_(torch.tensor(float(log_q.shape[0]), device=log_q.device))
     log_col_target = batch.log() - math.log(log_q.shape[1])
     for _ in range(iterations):
         log_q = log_q - _global_logsumexp_over_batch(log_q) + log_col_target

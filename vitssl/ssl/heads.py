@@ -8,42 +8,16 @@ in the reference, the predictor's last one included).
 
 :class:`GlobalBatchNorm1d` is ``nn.BatchNorm1d`` whose training statistics
 are taken over the global batch under ``torch.distributed`` (what
-``nn.SyncBatchNorm`` does on GPUs, here on any backend, gloo included): the
-sums are all-reduced with a differentiable all-reduce, so 2 ranks compute the
-activations and gradients of one process holding their joint batch. It keeps
-``BatchNorm1d``'s state-dict keys.
+``nn.SyncBatchNorm`` does on GPUs, here on any backend, gloo included), through
+:func:`~vitssl.ssl.distributed.global_sum`. It keeps ``BatchNorm1d``'s state-dict keys.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-def global_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over ranks (differentiably); ``x`` itself in one process."""
-    return _AllReduceSum.apply(x) if _distributed() else x
+from vitssl.ssl.distributed import global_sum
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):

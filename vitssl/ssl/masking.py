@@ -1,4 +1,4 @@
-"""Which patches a masked student sees as mask tokens: BEiT's block-wise masking and random.
+"""Which patches a masked student hides: MAE's random masking, BEiT's block-wise masking.
 
 :func:`block_boxes` (painted by :func:`block_mask`) is the algorithm of BEiT
 (Bao et al. 2022, microsoft/unilm ``beit/masking_generator.py``) as iBOT's
@@ -23,6 +23,9 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+from vitssl.ssl.batch import per_sample_uniform
 
 
 def draw_ratio(ratios: Sequence[float], variances: Sequence[float],
@@ -80,3 +83,13 @@ def random_mask(grid: tuple[int, int], num_masked: float, rng: random.Random) ->
     mask = np.zeros(height * width, dtype=bool)
     mask[rng.sample(range(height * width), int(num_masked))] = True
     return mask.reshape(height, width)
+
+
+def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.device,
+                   seeds: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAE's masking: (ids_keep (B, keep), ids_restore (B, N)) from argsort of uniform noise,
+    one draw per sample seed (:func:`~vitssl.ssl.batch.per_sample_uniform`)."""
+    noise = per_sample_uniform(batch_size, (num_patches,), device, seeds)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    return ids_shuffle[:, :keep], ids_restore

@@ -23,28 +23,34 @@ It holds:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 import vitssl
-from vitssl.data.views import MultiCrop, data_allows
 from vitssl.errors import VitsslError
-from vitssl.models.layers import without_dropout
+from vitssl.ssl.batch import square_side, views
 from vitssl.ssl.centering import sinkhorn_knopp
-from vitssl.ssl.ema import cosine_momentum, ema_update, run_scaled_momentum
+from vitssl.ssl.distributed import all_reduce_
+from vitssl.ssl.ema import ema_update, teacher_copy, teacher_momentum
 from vitssl.ssl.heads import freeze_last_norm_bias
 from vitssl.ssl.koleo import koleo_loss
+from vitssl.ssl.views import MultiCrop, data_allows
 
 CENTERINGS = ("ema", "sinkhorn-knopp")
 POSITIVE = ("student_temp", "teacher_temp", "warmup_teacher_temp", "teacher_patch_temp",
             "warmup_teacher_patch_temp", "update_mass")
 UNIT = ("momentum", "center_momentum", "teacher_temp_warmup", "freeze_last_layer")
+PAPER_MOMENTUM = 0.996  # DINO's and iBOT's base momentum: the cap of the run-scaled one
+SHORT_RUN: dict[str, Any] = dict(
+    small_out_dim=1024, norm_last_layer=False, use_bn=True, teacher_temp=0.02,
+    warmup_teacher_temp=0.02, teacher_temp_warmup=0.0, momentum=None, update_mass=80.0,
+    centering="sinkhorn-knopp", center_init="first-batch", koleo_weight=0.1, num_local=0,
+    color=None, global_scale=(0.6, 1.0))
+"""The choices measured on short runs of small models (dino's and ibot's ``recipe=auto``)."""
 
 
 def resolve_options(name: str, recipe: str, recipes: Mapping[str, Mapping[str, Any]],
@@ -113,8 +119,8 @@ class SelfDistillation(vitssl.Objective):
         self.encoder = encoder
         self.head = head
         # The teacher runs without dropout or drop-path, as DINO's and iBOT's are built.
-        self.teacher_encoder = without_dropout(copy.deepcopy(encoder)).requires_grad_(False)
-        self.teacher_head = copy.deepcopy(head).requires_grad_(False)
+        self.teacher_encoder = teacher_copy(encoder)
+        self.teacher_head = teacher_copy(head)
         for centre, dim in centres.items():
             self.register_buffer(centre, torch.zeros(1, dim))
             # 1 once the centre holds a mean; "first-batch" starts it at the first one.
@@ -150,12 +156,9 @@ class SelfDistillation(vitssl.Objective):
 
         Local crops default to 3/7 of the global size (DINO's 96 / 224), rounded
         to whole patches; ``hflip`` and ``color`` (the colour operations) unset
-        (None) follow what the data declares (:func:`~vitssl.data.views.data_allows`).
+        (None) follow what the data declares (:func:`~vitssl.ssl.views.data_allows`).
         """
-        height, width = size
-        if height != width:
-            raise VitsslError(f"{self.name} makes square crops, not the non-square "
-                              f"model.image_size [{height}, {width}]; use a square size")
+        height = square_side(self.name, size)
         patch = self.encoder.patch_size if isinstance(self.encoder.patch_size, int) else 1
         local = self.crop["local_size"] or max(patch, round(height * 3 / 7 / patch) * patch)
         return MultiCrop(height, int(local), self.crop["num_local"],
@@ -166,11 +169,7 @@ class SelfDistillation(vitssl.Objective):
 
     def crops(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's global (B, 2, 3, S, S) and local (B, n, 3, s, s) crops, or an error."""
-        views = batch.get("views")
-        if not views or "global" not in views:
-            raise VitsslError(f"{self.name} needs the multi-crop views in the batch "
-                              f"(batch['views']['global']); run it through vitssl pretrain")
-        return views["global"], views.get("local")
+        return views(batch, "global", self.name), (batch.get("views") or {}).get("local")
 
     # -- schedules ---------------------------------------------------------------------------
     def teacher_temperature(self, step: int, total_steps: int) -> float:
@@ -179,10 +178,8 @@ class SelfDistillation(vitssl.Objective):
 
     def teacher_momentum(self, step: int, total_steps: int) -> float:
         """Cosine to 1 from ``momentum``, or from the run-scaled base when it is unset."""
-        base = self.momentum
-        if base is None:
-            base = run_scaled_momentum(total_steps, self.update_mass)
-        return cosine_momentum(base, step, total_steps)
+        return teacher_momentum(step, total_steps, self.momentum, self.update_mass,
+                                PAPER_MOMENTUM)
 
     def with_koleo(self, loss: torch.Tensor, out: dict[str, Any],
                    features: torch.Tensor) -> torch.Tensor:
@@ -209,9 +206,7 @@ class SelfDistillation(vitssl.Objective):
 
     @torch.no_grad()
     def _move_centre(self, centre: str, total: torch.Tensor, count: int) -> None:
-        stats = torch.cat([total.flatten(), total.new_tensor([count])])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
+        stats = all_reduce_(torch.cat([total.flatten(), total.new_tensor([count])]))
         buffer, ready = getattr(self, centre), getattr(self, f"{centre}_ready")
         momentum = self.center_momentum * ready  # 0 on a first-batch start
         buffer.mul_(momentum).add_((stats[:-1] / stats[-1]).view_as(buffer) * (1.0 - momentum))
@@ -228,12 +223,8 @@ class SelfDistillation(vitssl.Objective):
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """EMA update of the teacher; centre updates from this step's teacher outputs."""
-        teacher: list[torch.Tensor] = []
-        student: list[torch.Tensor] = []
-        for t, s in self.ema_pairs:
-            teacher += list(self.get_submodule(t).parameters())
-            student += list(self.get_submodule(s).parameters())
-        ema_update(teacher, student, self.teacher_momentum(step, total_steps))
+        ema_update([(self.get_submodule(t), self.get_submodule(s)) for t, s in self.ema_pairs],
+                   self.teacher_momentum(step, total_steps))
         for centre, (total, count) in self._centre_sums.items():
             self._move_centre(centre, total, count)
         self._centre_sums = {}

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from vitssl.config import Config, config_from_dict, to_dict
 from vitssl.errors import VitsslError
 from vitssl.models import VisionTransformer, build_encoder
-from vitssl.objective import LegacyObjective, Objective, build_objective
+from vitssl.objective import Objective, build_objective
 from vitssl.plugins import get_registry
 
 WEIGHTS = "model.safetensors"
@@ -125,9 +125,8 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
 
 
 def exports_of(module: torch.nn.Module) -> dict[str, str]:
-    """What an objective exports; a plain module by the older attributes (or its encoder)."""
-    return module.exports() if isinstance(module, Objective) else \
-        LegacyObjective.exports(module)
+    """What an objective exports; a plain module holding an ``encoder`` exports that."""
+    return module.exports() if isinstance(module, Objective) else {"encoder": "encoder"}
 
 
 def remove_partial(run_dir: str | Path) -> None:
