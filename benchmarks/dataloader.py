@@ -14,7 +14,7 @@ on the same batch size, to compare with the loader.
 
 ``--pipeline`` instead measures the default run's pipeline (``pretrain_batches``
 with the source's default augmentation, batch 64) against the default run's
-training step (``train_step`` of ``--objective`` on Ti/4 cut to 4 blocks, via
+training step (a step of ``--objective`` on Ti/4 cut to 4 blocks, via
 ``loop_step.py``), on a ``folder:`` tree of ``--pngs`` grey ~300 px PNGs cut from
 the bundled photographs (at 32 px) and on ``builtin:digits`` and
 ``builtin:fashion-mnist`` (at 28 px), for each ``--workers`` setting (counts or
@@ -180,18 +180,17 @@ def time_step(step, steps: int) -> float:
 
 def time_loop(run, spec: str, workers: int | str, size: int, steps: int) -> float:
     """Images/s of the training step fed by the pipeline (after one step of warm-up)."""
-    from vitssl.train.step import train_step
+    from vitssl.train.run import run_steps
 
     data = pretrain_batches(DataConfig(spec=spec, num_workers=workers), image_size=size,
                             batch_size=PIPELINE_BATCH, seed=0, num_steps=steps + 1)
     fixed, run.data = run.data, iter(data)
     try:
-        train_step(run, 0)
-        run.metrics.pending.clear()
+        taken = run_steps(run, 0, steps + 1)
+        next(taken)
         t0 = time.perf_counter()
-        for step in range(1, steps + 1):
-            train_step(run, step)
-            run.metrics.pending.clear()
+        for _ in taken:
+            pass
         return steps * PIPELINE_BATCH / (time.perf_counter() - t0)
     finally:
         run.data = fixed  # the step alone goes back to its batch in memory

@@ -1,6 +1,6 @@
 """One ViT-B/16 supervised training step on a CUDA GPU: vitssl (Triton, and SDPA) vs timm.
 
-vitssl's step is the library's own ``train_step`` (``benchmarks/loop_step.py``:
+vitssl's step is the library's own training step (``benchmarks/loop_step.py``:
 the run ``vitssl pretrain --objective supervised`` builds, bf16 autocast,
 gradient clipping at 1.0, AdamW) on one batch of random 224 px images held on
 the device; timm's is the same step written out around its

@@ -2,9 +2,10 @@
 
 ``loop_step`` builds a :class:`vitssl.train.build.Run` exactly as
 ``vitssl pretrain`` does (in a temporary run directory, nothing logged or
-saved) and returns a function that calls :func:`vitssl.train.step.train_step`
-on a batch held in memory, so a benchmark times the real step - micro-batches,
-backward, clipping, the objective's hooks, the optimiser - without data loading.
+saved) and returns a function that takes the next step of
+:func:`vitssl.train.run.run_steps` on a batch held in memory, so a benchmark
+times the real step - micro-batches, backward, clipping, the objective's
+hooks, the optimiser - without data loading.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vitssl.data.transforms import normalize
 from vitssl.objective import Objective
 from vitssl.train import distributed
 from vitssl.train.build import Run, build_run
-from vitssl.train.step import train_step
+from vitssl.train.run import run_steps
 
 NEVER = 10 ** 9  # steps between logging and checkpoint reads: never, in a benchmark
 
@@ -42,7 +43,7 @@ def random_batch(objective: Objective, batch_size: int, image_size: int,
 
 def loop_step(objective: str, overrides: list[str], batch_size: int,
               device: str = "cpu") -> tuple[Callable[[], None], Run]:
-    """One call = one ``train_step`` of ``objective`` on a fixed random batch."""
+    """One call = one step of ``objective`` on a fixed random batch (its metrics never read)."""
     out = tempfile.mkdtemp(prefix="vitssl-bench-")
     cfg = load_config(None, [f"objective.name={objective}", f"train.batch_size={batch_size}",
                              f"train.steps={NEVER}", f"train.log_every={NEVER}",
@@ -53,10 +54,9 @@ def loop_step(objective: str, overrides: list[str], batch_size: int,
         cfg.model.image_size[0]
     batch = random_batch(run.objective, batch_size, size, cfg.data.mean, cfg.data.std)
     run.data = itertools.repeat(batch)
-    steps = itertools.count()
+    steps = run_steps(run, 0, NEVER)
 
     def step() -> None:
-        train_step(run, next(steps))
-        run.metrics.pending.clear()  # never read: keep the device queue free of syncs
+        next(steps)
 
     return step, run

@@ -8,7 +8,7 @@
    ``train.strategy=fsdp`` does), trained one AdamW step, and each rank's
    parameter, gradient and optimizer-state bytes are counted from its real
    (sharded) tensors; the count is checked against the sharding rule
-   (vitssl.train.memory) on both ranks. Larger variants and 1/4/8 ranks use the
+   (``rule_bytes`` below) on both ranks. Larger variants and 1/4/8 ranks use the
    rule on the model's real parameter shapes (built on the meta device).
 2. Activation memory of one ViT-B/16 block (197 tokens x 768) for a batch of
    ``--batch`` images, with and without activation checkpointing, measured on
@@ -21,19 +21,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from vitssl.config import ModelConfig
 from vitssl.models import build_encoder
-from vitssl.train.memory import KINDS, measured_bytes, parameter_shapes, rule_bytes
+
+KINDS = ("params", "grads", "optimizer")
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.numel() * local.element_size()
+
+
+def measured_bytes(module: nn.Module, optimizer: torch.optim.Optimizer | None = None
+                   ) -> dict[str, int]:
+    """This rank's bytes of parameters, gradients and optimizer state tensors.
+
+    The elements this rank's tensors hold (a DTensor's local shard) times their
+    element size; padding FSDP adds to uneven shards is not counted.
+    """
+    params = [p for p in module.parameters()]
+    state = optimizer.state.values() if optimizer is not None else []
+    return {
+        "params": sum(_local_bytes(p) for p in params),
+        "grads": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
+        "optimizer": sum(_local_bytes(v) for entry in state for v in entry.values()
+                         if isinstance(v, torch.Tensor) and v.ndim > 0),
+    }
+
+
+def shard_rows(rows: int, world_size: int, rank: int) -> int:
+    """Rows of a ``rows``-row parameter that FSDP's dim-0 sharding gives ``rank``."""
+    chunk = math.ceil(rows / world_size)
+    return max(0, min(rows, (rank + 1) * chunk) - rank * chunk)
+
+
+def rule_bytes(shapes: Iterable[tuple[tuple[int, ...], bool]], strategy: str, world_size: int,
+               rank: int = 0, bytes_per_element: int = 4, moments: int = 2) -> dict[str, int]:
+    """Bytes rank ``rank`` holds by the sharding rule: DDP holds every tensor whole; FSDP
+    gives rank ``r`` chunk ``r`` of ``ceil(rows / world_size)`` rows of each parameter's
+    dim 0, and its gradient and AdamW moments follow the parameter's shard.
+
+    ``shapes``: (parameter shape, trained) pairs; frozen parameters have no
+    gradient or optimizer state. ``moments``: AdamW keeps two per parameter.
+    """
+    out = dict.fromkeys(KINDS, 0)
+    for shape, trained in shapes:
+        rows, rest = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
+        if strategy == "fsdp":
+            rows = shard_rows(rows, world_size, rank)
+        elif strategy != "ddp":
+            raise ValueError(f"unknown strategy {strategy!r}")
+        size = rows * rest * bytes_per_element
+        out["params"] += size
+        if trained:
+            out["grads"] += size
+            out["optimizer"] += moments * size
+    return out
+
+
+def parameter_shapes(module: nn.Module) -> list[tuple[tuple[int, ...], bool]]:
+    """(global shape, requires_grad) of every parameter of an unsharded or sharded module."""
+    return [(tuple(p.shape), p.requires_grad) for p in module.parameters()]
+
 
 RANKS = (1, 2, 4, 8)
 GB = 1e9
@@ -99,14 +162,13 @@ def _rss() -> int:
 
 
 def _activation_worker(batch: int, checkpointed: bool) -> None:
-    from torch.utils.checkpoint import checkpoint
-
     torch.set_num_threads(1)
     block = build_encoder(ModelConfig(name="B/16", image_size=224, depth=1,
                                       attention="sdpa")).blocks[0]
+    block.grad_checkpointing = checkpointed
     x = torch.randn(batch, 197, 768, requires_grad=True)
     before = _rss()
-    y = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+    y = block(x)
     held = _rss() - before
     y.sum().backward()
     print(held)

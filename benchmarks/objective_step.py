@@ -1,7 +1,7 @@
 """Training-step throughput of each objective on the same encoder, measured side by side.
 
 Every objective wraps an encoder built from the same configuration and takes
-the same batch; one training step is the library's own ``train_step`` (forward,
+the same batch; one training step is the library's own (``run_steps``: forward,
 backward, clipping, the objective's hooks and the AdamW step), data loading aside.
 Timed steps alternate between the objectives (interleaved) and the table
 reports the median images/s of each and its ratio to ``--baseline``
@@ -38,7 +38,7 @@ from loop_step import loop_step  # noqa: E402
 
 def step_fn(name: str, model: str, size: int, depth: str, batch_size: int,
             extra: list[str] = ()) -> Callable[[], None]:
-    """The library's own train_step of objective ``name`` on one fixed batch, or with
+    """The library's own training step of objective ``name`` on one fixed batch, or with
     ``lightly:NAME`` the lightly peer's step of NAME on that batch."""
     sets = [f"model.name={model}", f"model.image_size={size}", "data.augment=false",
             f"model.depth={depth or 'null'}", *extra]

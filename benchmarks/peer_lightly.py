@@ -112,9 +112,8 @@ from vitssl.ssl.ema import run_scaled_momentum  # noqa: E402
 from vitssl.train import distributed  # noqa: E402
 from vitssl.train.build import Run, build_run  # noqa: E402
 from vitssl.train.optim import param_groups  # noqa: E402
-from vitssl.train.run import close, exported_encoder  # noqa: E402
+from vitssl.train.run import exported_encoder, run_steps  # noqa: E402
 from vitssl.train.schedule import build_scheduler  # noqa: E402
-from vitssl.train.step import train_step  # noqa: E402
 from vitssl.train.summary import low_data_split  # noqa: E402
 
 NEVER = 10 ** 9
@@ -397,17 +396,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     peer = Peer(run)
     curves: dict[str, list[tuple[float, float]]] = {
         "vitssl": [(0.0, score(exported_encoder(run)))], "lightly": [(0.0, score(peer.encoder))]}
-    done = 0
     try:
-        while done < args.steps:
-            chunk = range(done, min(args.steps, done + args.chunk))
-            for step in chunk:
-                train_step(run, step)
-                if run.metrics.due(step + 1):
-                    run.metrics.flush(run.log, cfg.train.batch_size)
-            for _ in chunk:
+        for done in run_steps(run, 0, args.steps):
+            if done % args.chunk and done != args.steps:
+                continue
+            for _ in range(done - peer.done):  # the peer takes the same steps in turn
                 peer.step()
-            done = chunk[-1] + 1
             if done % args.probe_every == 0 or done == args.steps:
                 curves["vitssl"].append((run.train_time, score(exported_encoder(run))))
                 run.objective.train()
@@ -416,7 +410,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"step {done}: vitssl {curves['vitssl'][-1]}, lightly "
                       f"{curves['lightly'][-1]}", flush=True)
     finally:
-        close(run)
+        run.log.close()
     times = {"vitssl": run.train_time, "lightly": peer.train_time}
     equal = min(times.values())
     result: dict[str, Any] = {

@@ -6,8 +6,8 @@ blocks with mean pooling, unless --model / --image-size / --set say otherwise)
 on each labelled spec's training images for the same number of training
 seconds (--budget-s), with its own defaults otherwise.
 
-How the budget is kept: a throwaway timing pass runs a few steps of the
-objective's real ``train_step`` and takes the median seconds per step; the run is then
+How the budget is kept: a throwaway timing pass runs a few of the objective's
+real training steps and takes the median seconds per step; the run is then
 built with ``train.steps = budget / seconds-per-step`` (so its warm-up and
 cosine schedule finish at the budget, as a user who planned the run would set
 it) and is also stopped when its training seconds reach the budget, whichever
@@ -32,7 +32,7 @@ subsets so a 60,000-image set stays affordable (sizes are flags):
   fixed λ would favour one feature width over another); ``--linear probe`` uses
   the SGD linear-probe evaluator instead;
 - fine-tune: the run summary's ``finetune`` entry (10 labelled images per
-  class, 3 draws; ``--set summary_eval.evaluators.finetune.steps=...``), and its
+  class, 3 draws; ``--set summary_eval.evaluators.finetune.options.steps=...``), and its
   gain over random initialisation (not defined for raw pixels).
 
 Writes ``results.json``, ``results.md``, ``results.png`` (bar chart) and
@@ -72,8 +72,7 @@ from vitssl.plugins import get_registry  # noqa: E402
 from vitssl.train import distributed  # noqa: E402
 from vitssl.train.build import build_run  # noqa: E402
 from vitssl.train.checkpoint import load_encoder  # noqa: E402
-from vitssl.train.run import close, exported_encoder, save  # noqa: E402
-from vitssl.train.step import train_step  # noqa: E402
+from vitssl.train.run import exported_encoder, run_steps, save_run_checkpoint  # noqa: E402
 from vitssl.train.summary import (  # noqa: E402
     RawPixels,
     compare,
@@ -103,7 +102,7 @@ def _config(objective: str, spec: str, args: argparse.Namespace, steps: int,
     if args.image_size:
         sets.append(f"model.image_size={args.image_size}")
     if args.quick:
-        sets += ["model.depth=1", "summary_eval.evaluators.finetune.steps=3",
+        sets += ["model.depth=1", "summary_eval.evaluators.finetune.options.steps=3",
                  "summary_eval.evaluators.finetune.draws=1"]
     return load_config(None, sets + list(args.set))
 
@@ -130,9 +129,7 @@ class Scorer:
         self.curve = subset_task(task, args.curve_train // k, args.curve_test, seed=2)
         self.linear_kind = args.linear
         self.seeds = 1 if args.quick else 3
-        finetune = cfg.summary_eval.evaluators.get("finetune")  # null: no fine-tune column
-        self.finetune = None if finetune is None else {
-            key: v for key, v in finetune.items() if key != "compare"}
+        self.finetune = cfg.summary_eval.evaluators.get("finetune")  # null: no fine-tune column
         self.registry = get_registry()
 
     def curve_point(self, encoder: nn.Module) -> float:
@@ -156,24 +153,21 @@ class Scorer:
 
 
 def seconds_per_step(cfg: Config, ctx: distributed.Context, steps: int) -> float:
-    """Median seconds of the objective's ``train_step`` after two warm-up steps (throwaway run).
+    """Median seconds of the objective's training step after two warm-up steps (throwaway run).
 
     The median, not the mean: on shared cores one slow step would shorten the plan.
     """
     with tempfile.TemporaryDirectory(prefix="vitssl-timing-") as out:
         run = build_run(_replace_steps(cfg, NEVER, out), ctx)
         try:
-            for step in range(2):
-                train_step(run, step)
-            times = []
-            for step in range(2, 2 + steps):
-                start = run.train_time
-                train_step(run, step)
-                run.metrics.pending.clear()
-                times.append(run.train_time - start)
+            times, before = [], 0.0
+            for done in run_steps(run, 0, 2 + steps):
+                if done > 2:
+                    times.append(run.train_time - before)
+                before = run.train_time
             return float(np.median(times))
         finally:
-            close(run)
+            run.log.close()
 
 
 def _replace_steps(cfg: Config, steps: int, out: str | None) -> Config:
@@ -193,24 +187,22 @@ def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Names
     cfg = _replace_steps(cfg, planned, cfg.out)
     run = build_run(cfg, ctx)
     curve = [(0.0, scorer.curve_point(exported_encoder(run)))]
-    next_point, step = args.curve_every_s, 0
+    next_point, done = args.curve_every_s, 0
     try:
-        for step in range(planned):
-            train_step(run, step)
-            if run.metrics.due(step + 1):
-                run.metrics.flush(run.log, cfg.train.batch_size)
+        for done in run_steps(run, 0, planned):
             over = run.train_time >= budget
-            if run.train_time >= next_point or over or step + 1 == planned:
+            if run.train_time >= next_point or over or done == planned:
                 curve.append((run.train_time, scorer.curve_point(exported_encoder(run))))
                 run.objective.train()
                 while next_point <= run.train_time:
                     next_point += args.curve_every_s
             if over:
                 break
-        save(run, step + 1)
+        if not run.cadence.saves(done):  # stopped by the budget
+            save_run_checkpoint(run, done)
     finally:
-        close(run)
-    record = {"planned_steps": planned, "steps": step + 1, "timing_s_per_step": per_step,
+        run.log.close()
+    record = {"planned_steps": planned, "steps": done, "timing_s_per_step": per_step,
               "train_s": run.train_time, "curve": curve}
     return exported_encoder(run).eval(), record
 

@@ -5,16 +5,11 @@
         [--image-size N] [--output results.json] [--resume] [--device auto|cpu|cuda]
         [--set KEY=VALUE ...]
 
-Every task runs through the ``vtab`` evaluator (sweep on train800 -> val200,
-retrain on train800val200, test top-1). With ``--data-root``, folders named
-after VTAB tasks run in their VTAB groups and any other folder in the vtab-1k
-layout runs as a custom task in an "other" group, outside the VTAB means (its
-class count inferred from its lists, or given as ``--tasks NAME:classes=N``).
-The table (per task, group means, the
-plain mean over tasks and the mean of group means, reference rows from
-PAPER.md) is printed and written to ``--output`` (JSON) and its ``.md`` twin
-after every task. Default protocol: ``paper`` with ``--data-root``, ``quick``
-(CPU-sized) on the embedded tasks. Exit status 1 when a task failed.
+Every task runs through the ``vtab`` evaluator. With ``--data-root``, folders named after
+VTAB tasks run in their groups and other vtab-1k folders as custom tasks in an "other" group,
+outside the VTAB means (``--tasks NAME:classes=N`` gives a class count). The table (per task,
+group means, both overall means, PAPER.md's reference rows) is printed and written to
+``--output`` (JSON) and its ``.md`` twin after every task. Exit status 1 when a task failed.
 """
 
 from __future__ import annotations
@@ -27,12 +22,7 @@ from vitssl.devices import resolve_device
 from vitssl.errors import VitsslError
 from vitssl.eval.vtab_protocol import ADAPTATIONS, PROTOCOLS
 from vitssl.eval.vtab_report import format_text
-from vitssl.eval.vtab_suite import (
-    default_output,
-    encoder_at,
-    run_suite,
-    select_tasks,
-)
+from vitssl.eval.vtab_suite import default_output, encoder_at, run_suite, select_tasks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    "custom task may give its class count as NAME:classes=N")
     p.add_argument("--protocol", choices=PROTOCOLS,
                    help="default: paper with --data-root, quick on the embedded tasks")
-    p.add_argument("--adapt", choices=tuple(ADAPTATIONS), default="finetune")
+    p.add_argument("--adapt", choices=ADAPTATIONS, default="finetune")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's resolution")
     p.add_argument("--output", help="results JSON (default: RUN/vtab-PROTOCOL-ADAPT.json)")
     p.add_argument("--resume", action="store_true", help="skip tasks already in --output")

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import vitssl
-from vitssl.data.augment import Augmentation, declared
-from vitssl.data.source import Source
+from vitssl.data.source import IMAGENET_STYLE, Augmentation, Source
 from vitssl.errors import VitsslError
 from vitssl.plugins import get_registry
 
@@ -23,9 +22,11 @@ class BuiltinSource(Source):
     """Embedded or installed datasets by name (no download): builtin:NAME."""
 
     example = "builtin:NAME"
+    in_memory = True
 
     def augmentation(self, target: str) -> Augmentation:
-        return declared(get_registry().get("datasets", target))
+        own = getattr(get_registry().get("datasets", target), "augmentation", None)
+        return own if isinstance(own, Augmentation) else IMAGENET_STYLE
 
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
         classes = getattr(get_registry().get("datasets", target), "num_classes", _UNSET)
@@ -33,13 +34,20 @@ class BuiltinSource(Source):
             return super().info(target, split, options)
         return bool(classes), classes
 
+    def native_splits(self, target: str) -> bool:
+        try:
+            self.open(target, "val200", {})
+        except VitsslError:
+            return False
+        return True
+
     def open(self, target: str, split: str, options: Mapping[str, Any]):
         factory = get_registry().get("datasets", target)
-        if not options:
-            return factory(split=split)
         try:
             return factory(split=split, **options)
         except TypeError as exc:
+            if not options:
+                raise
             raise VitsslError(f"builtin:{target}: bad options {dict(options)}: {exc}") from None
 
 

@@ -15,10 +15,7 @@ sun397 or caltech101 needs. Each shot count with such classes also reports
 ``fewshot_{s}shot_short_classes`` (how many classes had fewer than ``s``) and
 says so on stderr.
 
-``features``: which feature of each image is used (see
-:mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
-``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
-concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
+``features``: which feature of each image is used (:mod:`vitssl.eval.features`).
 """
 
 from __future__ import annotations
@@ -32,20 +29,9 @@ import torch
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import parse_features, task_features
+from vitssl.eval.features import numbers, parse_features, task_features
 from vitssl.eval.metrics import top1
 from vitssl.eval.ridge import DEFAULT_L2, FewShotRidge
-
-
-def _as_ints(value: Any, name: str) -> tuple[int, ...]:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        out = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise VitsslError(f"few-shot option '{name}' needs integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise VitsslError(f"few-shot option '{name}' needs positive integers, got {value!r}")
-    return out
 
 
 def class_orders(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
@@ -66,8 +52,8 @@ class FewShot:
                  l2_reg: float = DEFAULT_L2, l2_sweep: Sequence[float] | None = None,
                  batch_size: int = 256, progress: bool = True, features: str = "pooled") -> None:
         self.features = parse_features(features)
-        self.shots = tuple(sorted(set(_as_ints(shots, "shots"))))
-        self.seeds = _as_ints(seeds, "seeds")[0]
+        self.shots = tuple(sorted(set(numbers(shots, "few-shot option 'shots'"))))
+        self.seeds = numbers(seeds, "few-shot option 'seeds'")[0]
         self.l2_reg = float(l2_reg)
         self.l2_sweep = tuple(float(v) for v in (l2_sweep or ()))
         if self.l2_reg <= 0 or any(v <= 0 for v in self.l2_sweep):
@@ -82,8 +68,7 @@ class FewShot:
         if len(labels) == 0:
             raise VitsslError(f"few-shot: task {task.name} has no training examples")
         counts = np.bincount(labels, minlength=task.num_classes)
-        shots = list(self.shots)
-        short = {s: int((counts < s).sum()) for s in shots}
+        short = {s: int((counts < s).sum()) for s in self.shots}
         if any(short.values()):
             empty = int((counts == 0).sum())
             per_shot = ", ".join(f"{s}-shot {n}" for s, n in short.items() if n)
@@ -94,21 +79,16 @@ class FewShot:
         scores: dict[tuple[int, float], list[float]] = {}
         for seed in range(self.seeds):
             orders = class_orders(labels, task.num_classes, seed)
-            for s in shots:
+            for s in self.shots:
                 idx = torch.from_numpy(fewshot_indices(orders, s))
                 model = FewShotRidge.fit(train.x[idx], train.y[idx], task.num_classes)
                 for l2 in l2s:
                     scores.setdefault((s, l2), []).append(top1(model.predict(test.x, l2), test.y))
-        metrics: dict[str, float] = {}
-        for s in shots:
-            metrics[f"fewshot_{s}shot_top1"] = float(np.mean(scores[(s, self.l2_reg)]))
-        for s in shots:
-            for l2 in self.l2_sweep:
-                metrics[f"fewshot_{s}shot_top1_l2_{l2:g}"] = float(np.mean(scores[(s, l2)]))
-        for s in shots:
-            if short[s]:
-                metrics[f"fewshot_{s}shot_short_classes"] = float(short[s])
-        return metrics
+        mean = {key: float(np.mean(values)) for key, values in scores.items()}
+        return {**{f"fewshot_{s}shot_top1": mean[(s, self.l2_reg)] for s in self.shots},
+                **{f"fewshot_{s}shot_top1_l2_{l2:g}": mean[(s, l2)]
+                   for s in self.shots for l2 in self.l2_sweep},
+                **{f"fewshot_{s}shot_short_classes": float(n) for s, n in short.items() if n}}
 
 
 @vitssl.hookimpl

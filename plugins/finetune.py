@@ -10,12 +10,9 @@ AdamW convention of the PyTorch VTAB-1k community (lr 1e-3, weight decay 1e-4,
 (percent): ``finetune_top1``, and the mean training loss of the last steps as
 ``finetune_train_loss``. Defaults are CPU-sized (200 steps of 64).
 
-Gradient accumulation: ``accum_steps`` splits each batch of ``batch_size``
-into that many micro-batches of ``batch_size // accum_steps`` (it must
-divide), or ``micro_batch`` caps the images per forward pass (it must divide
-``batch_size``; a value >= ``batch_size`` means one pass). Each micro-batch
-loss is weighted by its share of the batch, so an optimizer step equals one
-step on the whole batch (the ViT has no BatchNorm) up to float rounding.
+Gradient accumulation: ``accum_steps`` micro-batches per batch, or ``micro_batch`` images
+per forward pass at most (either must divide ``batch_size``). Each micro-batch loss is
+weighted by its share, so a step equals one on the whole batch up to float rounding.
 """
 
 from __future__ import annotations
@@ -99,21 +96,18 @@ def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator:
 
 def _accum_steps(batch_size: int, accum_steps: int, micro_batch: int | None) -> int:
     """Micro-batches per optimizer step, from ``accum_steps`` or a ``micro_batch`` cap."""
-    if micro_batch is not None:
-        if accum_steps != 1:
-            raise VitsslError("finetune: give 'accum_steps' or 'micro_batch', not both")
-        if int(micro_batch) < 1:
-            raise VitsslError(f"finetune option 'micro_batch' must be >= 1, got {micro_batch!r}")
-        if int(micro_batch) >= batch_size:
-            return 1
-        if batch_size % int(micro_batch):
-            raise VitsslError(f"finetune option 'micro_batch' ({micro_batch}) must divide "
-                              f"'batch_size' ({batch_size}) or be at least as large")
-        return batch_size // int(micro_batch)
-    if accum_steps < 1 or batch_size % accum_steps:
-        raise VitsslError(f"finetune option 'accum_steps' must be >= 1 and divide "
-                          f"'batch_size' ({batch_size}), got {accum_steps}")
-    return accum_steps
+    if micro_batch is None:
+        if accum_steps < 1 or batch_size % accum_steps:
+            raise VitsslError(f"finetune option 'accum_steps' must be >= 1 and divide "
+                              f"'batch_size' ({batch_size}), got {accum_steps}")
+        return accum_steps
+    if accum_steps != 1:
+        raise VitsslError("finetune: give 'accum_steps' or 'micro_batch', not both")
+    micro = int(micro_batch)
+    if micro < 1 or (micro < batch_size and batch_size % micro):
+        raise VitsslError(f"finetune option 'micro_batch' ({micro_batch}) must be >= 1 and "
+                          f"divide 'batch_size' ({batch_size}) or be at least as large")
+    return max(1, batch_size // micro)
 
 
 class Finetune:
@@ -161,12 +155,6 @@ class Finetune:
             group["params"].append(param)
         return list(groups.values())
 
-    def _optimizer(self, model: _Classifier) -> torch.optim.Optimizer:
-        groups = self.param_groups(model)
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=self.lr)
-        return torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
-
     @torch.no_grad()
     def _score(self, model: nn.Module, dataset: Dataset, device: torch.device) -> float:
         model.eval()
@@ -186,8 +174,10 @@ class Finetune:
         if self.image_size is not None:
             set_resolution(copied, self.image_size)
         model = _Classifier(copied, task.num_classes).to(device).train()
-        optimizer = self._optimizer(model)
-        params = [p for p in model.parameters()]
+        groups = self.param_groups(model)
+        optimizer = (torch.optim.AdamW(groups, lr=self.lr) if self.optimizer == "adamw"
+                     else torch.optim.SGD(groups, lr=self.lr, momentum=0.9))
+        params = list(model.parameters())
         batches = _batches(task.train, self.batch_size, self.seed)
         losses: list[float] = []
         for step in progress(range(self.steps), self.steps, f"finetune {task.name}",

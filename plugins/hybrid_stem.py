@@ -12,14 +12,8 @@ Parameter names follow timm's ``HybridEmbed`` over ``ResNetV2`` (``preact`` as h
 (``backbone.stem.conv``, ``backbone.stages.i.blocks.j.conv1`` ..., ``proj``), so
 timm hybrid weights map one-to-one (see :func:`vitssl.interop.from_timm`).
 
-Registered stems (``patch_size`` = pixels per token = the stem's total
-down-sampling times the projection's kernel):
-
-- ``resnet50-hybrid``      ResNet-50 stages (3, 4, 9), 16x down (R50+ViT-B/16)
-- ``resnet50-hybrid-s32``  ResNet-50 stages (3, 4, 6, 3), 32x down
-- ``resnet26-hybrid``      ResNet-26 stages (2, 2, 2, 2), 32x down (R26+ViT-S/32)
-- ``resnet-tiny-hybrid``   16-channel stem + one stage of 2 blocks, 4x down (32 px tests)
-- ``resnet-hybrid``        any layout through options (``layers``, ``channels``, ...)
+The registered stems are the ``LAYOUTS`` below; for each, ``patch_size`` (pixels
+per token) is the backbone's down-sampling times the projection's kernel.
 """
 
 from __future__ import annotations
@@ -34,6 +28,7 @@ from torch import nn
 
 import vitssl
 from vitssl.errors import VitsslError
+from vitssl.models.patch_embed import token_grid
 from vitssl.models.sizes import to_pair
 
 RESNET_CHANNELS = (256, 512, 1024, 2048)
@@ -80,12 +75,8 @@ class StdConv2dSame(nn.Conv2d):
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
 
-class MaxPool2dSame(nn.Module):
+class MaxPool2dSame(nn.MaxPool2d):
     """Max pooling with "SAME" padding (padded cells never win)."""
-
-    def __init__(self, kernel_size: int = 3, stride: int = 2) -> None:
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_same(x, self.kernel_size, self.stride, value=-math.inf)
@@ -107,17 +98,13 @@ class GroupNormAct(nn.GroupNorm):
         return F.relu(x) if self.act else x
 
 
-class Downsample(nn.Module):
-    """Projection shortcut: a strided 1x1 convolution and a GroupNorm."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int, num_groups: int,
-                 eps: float) -> None:
-        super().__init__()
-        self.conv = StdConv2dSame(in_chs, out_chs, 1, stride, eps)
-        self.norm = GroupNormAct(out_chs, num_groups, act=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
+def projection(in_chs: int, out_chs: int, stride: int, eps: float,
+               num_groups: int | None = None) -> nn.Sequential:
+    """The projection shortcut: a strided 1x1 convolution, then a GroupNorm unless pre-act."""
+    layers = OrderedDict(conv=StdConv2dSame(in_chs, out_chs, 1, stride, eps))
+    if num_groups is not None:
+        layers["norm"] = GroupNormAct(out_chs, num_groups, act=False)
+    return nn.Sequential(layers)
 
 
 class Bottleneck(nn.Module):
@@ -127,8 +114,7 @@ class Bottleneck(nn.Module):
                  eps: float = 1e-8, project: bool = False) -> None:
         super().__init__()
         mid = out_chs // 4
-        self.downsample = (Downsample(in_chs, out_chs, stride, num_groups, eps)
-                           if project else None)
+        self.downsample = projection(in_chs, out_chs, stride, eps, num_groups) if project else None
         self.conv1 = StdConv2dSame(in_chs, mid, 1, eps=eps)
         self.norm1 = GroupNormAct(mid, num_groups)
         self.conv2 = StdConv2dSame(mid, mid, 3, stride, eps=eps)
@@ -151,7 +137,7 @@ class PreActBottleneck(nn.Module):
                  eps: float = 1e-8, project: bool = False) -> None:
         super().__init__()
         mid = out_chs // 4
-        self.downsample = (ProjectionConv(in_chs, out_chs, stride, eps) if project else None)
+        self.downsample = projection(in_chs, out_chs, stride, eps) if project else None
         self.norm1 = GroupNormAct(in_chs, num_groups)
         self.conv1 = StdConv2dSame(in_chs, mid, 1, eps=eps)
         self.norm2 = GroupNormAct(mid, num_groups)
@@ -168,30 +154,13 @@ class PreActBottleneck(nn.Module):
         return x + shortcut
 
 
-class ProjectionConv(nn.Module):
-    """Pre-activation projection shortcut: a strided 1x1 convolution (its input is normed)."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float) -> None:
-        super().__init__()
-        self.conv = StdConv2dSame(in_chs, out_chs, 1, stride, eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class ResNetStage(nn.Module):
-    """``depth`` bottlenecks; the first projects the shortcut and carries the stride."""
-
-    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int,
-                 block: type[nn.Module] = Bottleneck, **options) -> None:
-        super().__init__()
-        self.blocks = nn.Sequential(*[
-            block(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1,
-                  project=i == 0, **options)
-            for i in range(depth)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+def resnet_stage(in_chs: int, out_chs: int, depth: int, stride: int,
+                 block: type[nn.Module] = Bottleneck, **options) -> nn.Sequential:
+    """``depth`` bottlenecks (as ``blocks``); the first projects the shortcut and strides."""
+    return nn.Sequential(OrderedDict(blocks=nn.Sequential(*[
+        block(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1,
+              project=i == 0, **options)
+        for i in range(depth)])))
 
 
 class ResNetBackbone(nn.Module):
@@ -219,8 +188,8 @@ class ResNetBackbone(nn.Module):
         block = PreActBottleneck if preact else Bottleneck
         stages, prev = [], stem_width
         for i, (depth, width) in enumerate(zip(layers, channels[:len(layers)], strict=True)):
-            stages.append(ResNetStage(prev, width, depth, 1 if i == 0 else 2, block,
-                                      num_groups=num_groups, eps=eps))
+            stages.append(resnet_stage(prev, width, depth, 1 if i == 0 else 2, block,
+                                       num_groups=num_groups, eps=eps))
             prev = width
         self.stages = nn.Sequential(*stages)
         self.norm = GroupNormAct(prev, num_groups) if preact else nn.Identity()
@@ -276,51 +245,39 @@ class HybridStem(nn.Module):
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """The token grid produced for an input of this size."""
-        ph, pw = self.patch_size
-        if height % ph or width % pw:
-            raise VitsslError(f"input {height}x{width} is not a multiple of the hybrid stem's "
-                              f"{ph}x{pw} pixels per token")
-        return height // ph, width // pw
+        return token_grid(height, width, self.patch_size, "the hybrid stem's pixels per token")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.grid_for(images.shape[-2], images.shape[-1])
-        x = self.proj(self.backbone(images))
-        return x.flatten(2).transpose(1, 2)  # "b d h w -> b (h w) d"
+        return self.proj(self.backbone(images)).flatten(2).transpose(1, 2)  # "b d h w -> b (h w) d"
 
 
-LAYOUTS = {
-    "resnet50-hybrid": dict(layers=(3, 4, 9)),
-    "resnet50-hybrid-s32": dict(layers=(3, 4, 6, 3)),
-    "resnet26-hybrid": dict(layers=(2, 2, 2, 2)),
-    "resnet-tiny-hybrid": dict(layers=(2,), channels=(64,), stem_width=16, num_groups=8),
-}
-
-_DOCS = {
-    "resnet50-hybrid": "ResNet-50 stages (3, 4, 9), 16x down: the paper's R50+ViT-B/16 stem",
-    "resnet50-hybrid-s32": "ResNet-50 stages (3, 4, 6, 3), 32x down",
-    "resnet26-hybrid": "ResNet-26 stages (2, 2, 2, 2), 32x down (R26+ViT-S/32)",
-    "resnet-tiny-hybrid": "A tiny GN/WS ResNet stem, 4x down, for 32 px images and tests",
+LAYOUTS = {  # name -> (description, HybridStem options)
+    "resnet50-hybrid": ("ResNet-50 stages (3, 4, 9), 16x down: the paper's R50+ViT-B/16 stem",
+                        dict(layers=(3, 4, 9))),
+    "resnet50-hybrid-s32": ("ResNet-50 stages (3, 4, 6, 3), 32x down",
+                            dict(layers=(3, 4, 6, 3))),
+    "resnet26-hybrid": ("ResNet-26 stages (2, 2, 2, 2), 32x down (R26+ViT-S/32)",
+                        dict(layers=(2, 2, 2, 2))),
+    "resnet-tiny-hybrid": ("A tiny GN/WS ResNet stem, 4x down, for 32 px images and tests",
+                           dict(layers=(2,), channels=(64,), stem_width=16, num_groups=8)),
+    "resnet-hybrid": ("A GN/WS ResNet hybrid stem of any layout (options: layers, channels, "
+                      "width_factor, ...)", {}),
 }
 
 
 def _preset(name: str):
-    defaults = LAYOUTS[name]
+    doc, defaults = LAYOUTS[name]
 
     def factory(**kwargs) -> HybridStem:
         return HybridStem(**{**defaults, **kwargs})
 
     factory.__name__ = name.replace("-", "_")
-    factory.__doc__ = _DOCS[name]
+    factory.__doc__ = doc
     return factory
-
-
-def resnet_hybrid(**kwargs) -> HybridStem:
-    """A GN/WS ResNet hybrid stem of any layout (options: layers, channels, width_factor, ...)"""
-    return HybridStem(**kwargs)
 
 
 @vitssl.hookimpl
 def register_stems(register):
     for name in LAYOUTS:
         register(name, _preset(name))
-    register("resnet-hybrid", resnet_hybrid)

@@ -193,7 +193,7 @@ class Ibot(SelfDistillation):
         head = self.teacher_head if teacher else self.head
         layer = head.last_layer if self.shared_head else \
             (self.teacher_patch_last_layer if teacher else self.patch_last_layer)
-        pooled, patches = encoder.pool(features), features[:, encoder.num_prefix_tokens:]
+        pooled, patches = encoder.forward_head(features), features[:, encoder.num_prefix_tokens:]
         b, n = patches.shape[:2]
         # Pooled rows and patch rows go through the head separately, so that with
         # ``use_bn`` each kind is normalised by its own batch statistics.

@@ -19,6 +19,7 @@ class IdxSource(Source):
     """MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) in a folder: idx:PATH."""
 
     example = "idx:PATH"
+    in_memory = True
 
     def augmentation(self, target: str) -> Augmentation:
         return NONE

@@ -7,10 +7,7 @@ of Wu et al. (2018) used by DINO. Reported: top-1 (percent) per k, as
 the metric is named by the k actually used (k = 200 on 150 training examples
 reports ``knn_k150_top1``), with a line on stderr saying so.
 
-``features``: which feature of each image is used (see
-:mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
-``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
-concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
+``features``: which feature of each image is used (:mod:`vitssl.eval.features`).
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import torch.nn.functional as F
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import parse_features, task_features
+from vitssl.eval.features import numbers, parse_features, task_features
 from vitssl.eval.metrics import top1
 
 
@@ -54,12 +51,9 @@ class KNN:
     def __init__(self, k: Sequence[int] | int = (20, 200), temperature: float = 0.07,
                  batch_size: int = 256, progress: bool = True, features: str = "pooled") -> None:
         self.features = parse_features(features)
-        ks = k if isinstance(k, (list, tuple)) else [k]
-        if not ks or any(not isinstance(v, int) or v < 1 for v in ks):
-            raise VitsslError(f"knn option 'k' needs positive integers, got {k!r}")
         if not float(temperature) > 0:
             raise VitsslError(f"knn option 'temperature' must be > 0, got {temperature!r}")
-        self.ks = tuple(sorted(set(ks)))
+        self.ks = tuple(sorted(set(numbers(k, "knn option 'k'"))))
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
         self.progress = bool(progress)

@@ -1,23 +1,14 @@
 """``linear-probe``: a linear classifier on frozen features, settings chosen on validation.
 
-A validation split is carved from the training set; every (learning rate,
-weight decay) pair of the sweep is trained on the rest and scored on it; the
-best pair is retrained on the whole training set and scored once on the test
-split. The classifier is BatchNorm without affine parameters followed by a
-linear layer (as MAE), trained on cached features with SGD (momentum 0.9,
-cosine schedule) or full-batch L-BFGS, or solved in closed form
-(``optimizer=ridge``: least squares on {-1, 1} targets, ``weight_decay`` is the
-ridge λ, swept over 2⁻⁶ … 2¹⁴ by default; seconds where SGD takes minutes).
-A fixed λ favours some feature widths over others (the few-shot evaluator's
-2¹⁰ suits 784 raw pixels but over-regularises 192 features), so a probe that
-compares encoders chooses it on validation. Reported (percent): ``linear_probe_top1``
-on test and, when there was a sweep, ``linear_probe_val_top1``; with the chosen
-``linear_probe_lr`` and ``linear_probe_wd``.
+Every (learning rate, weight decay) pair of the sweep trains on the training set less a
+validation split and is scored on it; the best is retrained on the whole training set and
+scored once on test. The classifier is BatchNorm without affine then a linear layer (as MAE),
+trained with SGD (momentum 0.9, cosine) or full-batch L-BFGS, or solved in closed form
+(``optimizer=ridge``: ``weight_decay`` is the λ, swept over 2⁻⁶ … 2¹⁴; a fixed λ such as
+few-shot's 2¹⁰ favours some feature widths). Reported (percent): ``linear_probe_top1`` and,
+after a sweep, ``linear_probe_val_top1``; the chosen ``linear_probe_lr`` / ``linear_probe_wd``.
 
-``features``: which feature of each image is used (see
-:mod:`vitssl.eval.features`): ``pooled`` (default), ``cls``, ``mean``,
-``cls+mean``, ``blocks:K`` (the last K blocks' mean-pooled tokens,
-concatenated) or ``pre-logits`` (checkpoints of the supervised objective).
+``features``: which feature of each image is used (:mod:`vitssl.eval.features`).
 """
 
 from __future__ import annotations
@@ -29,7 +20,7 @@ import torch
 
 import vitssl
 from vitssl.errors import VitsslError
-from vitssl.eval.features import parse_features, task_features
+from vitssl.eval.features import numbers, parse_features, task_features
 from vitssl.eval.linear import (
     OPTIMIZERS,
     LinearClassifiers,
@@ -43,18 +34,6 @@ from vitssl.eval.metrics import top1
 # optimizer -> the default weight-decay sweep (for ridge: the λ of its penalty λ‖W‖²)
 WEIGHT_DECAYS = {"sgd": (0.0, 1e-4, 1e-3), "lbfgs": (0.0, 1e-4, 1e-3),
                  "ridge": tuple(2.0**k for k in range(-6, 15, 2))}
-
-
-def _floats(value: Any, name: str) -> tuple[float, ...]:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise VitsslError(f"linear-probe option '{name}' needs numbers, got {value!r}") from None
-    if not out or min(out) < 0:
-        raise VitsslError(f"linear-probe option '{name}' needs non-negative numbers, "
-                          f"got {value!r}")
-    return out
 
 
 class LinearProbe:
@@ -74,9 +53,10 @@ class LinearProbe:
                               f"got {val_fraction!r}")
         self.optimizer = optimizer
         # L-BFGS runs a line search and ridge has none: no learning rate to sweep.
-        self.lrs = _floats(lr, "lr") if optimizer == "sgd" else (1.0,)
+        option = "linear-probe option '{}'".format
+        self.lrs = numbers(lr, option("lr"), float) if optimizer == "sgd" else (1.0,)
         self.wds = (WEIGHT_DECAYS[optimizer] if weight_decay is None
-                    else _floats(weight_decay, "weight_decay"))
+                    else numbers(weight_decay, option("weight_decay"), float))
         self.epochs, self.batch_size = int(epochs), int(batch_size)
         self.lbfgs_iters, self.val_fraction = int(lbfgs_iters), float(val_fraction)
         self.seed, self.feature_batch_size = int(seed), int(feature_batch_size)

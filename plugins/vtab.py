@@ -1,16 +1,10 @@
-"""``vtab``: the VTAB-1k protocol on one task, delegating each training to another evaluator.
+"""``vtab``: the VTAB-1k protocol on one task (:mod:`vitssl.eval.vtab_protocol`).
 
-For every candidate setting of the protocol (``paper``, ``petl``, ``quick``;
-see :mod:`vitssl.eval.vtab_protocol`) it trains on train800 and scores
-val200, keeps the best, retrains on train800val200 and reports test top-1.
-Each training is a run of the ``finetune`` evaluator (which trains its own
-copy of the encoder) or, with ``adapt="linear-probe"``, of ``linear-probe``
-(frozen features, cached across the sweep); the encoder handed in is never
-changed. Protocol settings are translated to the delegate's options: epochs
-become optimizer steps of full batches (``finetune`` drops the last partial
-batch), steps become epochs for ``linear-probe``. Splits: see
-:mod:`vitssl.eval.vtab_splits` (``vtab1k:`` lists as shipped; a task with
-only train/test gets 800/200 carved from train).
+Each training is a run of ``finetune`` (on its own copy of the encoder) or, with
+``adapt="linear-probe"``, of ``linear-probe`` (frozen features, cached across the sweep); the
+encoder handed in is never changed. Protocol epochs become ``finetune`` steps of full batches
+and steps become ``linear-probe`` epochs. Splits: :mod:`vitssl.eval.vtab_splits` (``vtab1k:``
+lists as shipped; a task with only train/test gets 800/200 carved from train).
 
 Options: ``protocol``, ``adapt``, ``image_size`` (``vitssl eval`` builds the
 task at this size; ``finetune`` resamples its copy's position embeddings),
@@ -46,26 +40,21 @@ from vitssl.eval.vtab_splits import as_vtab_task
 from vitssl.plugins import get_registry
 
 
-def _steps_to_epochs(options: dict[str, Any], train_size: int) -> int:
-    """Epochs giving the setting's optimizer steps (full batches only, as linear-probe trains)."""
-    if "epochs" in options:
-        return int(options["epochs"])
-    batch = min(int(options["batch_size"]), train_size)
-    return max(1, math.ceil(int(options["steps"]) / max(1, train_size // batch)))
-
-
 def linear_probe_options(options: dict[str, Any], train_size: int) -> dict[str, Any]:
-    """A protocol setting as ``linear-probe`` options (SGD momentum 0.9, cosine, one lr / wd)."""
+    """A protocol setting as ``linear-probe`` options (SGD momentum 0.9, cosine, one lr / wd);
+    steps become epochs of full batches, as linear-probe trains."""
+    batch = int(options["batch_size"])
+    epochs = (int(options["epochs"]) if "epochs" in options else max(1, math.ceil(
+        int(options["steps"]) / max(1, train_size // min(batch, train_size)))))
     return {"optimizer": "sgd", "lr": float(options["lr"]),
-            "weight_decay": float(options.get("weight_decay", 0.0)),
-            "epochs": _steps_to_epochs(options, train_size),
-            "batch_size": int(options["batch_size"])}
+            "weight_decay": float(options.get("weight_decay", 0.0)), "epochs": epochs,
+            "batch_size": batch}
 
 
 def finetune_options(options: dict[str, Any], train_size: int) -> dict[str, Any]:
     """A protocol setting as ``finetune`` options; epochs become steps of full batches."""
     batch = int(options["batch_size"])
-    per_epoch = max(1, train_size // batch) if train_size >= batch else 1
+    per_epoch = max(1, train_size // batch)
     steps = (int(options["steps"]) if "steps" in options
              else int(options["epochs"]) * per_epoch)
     warmup = (int(options["warmup_steps"]) if "warmup_steps" in options
@@ -109,12 +98,11 @@ class Vtab:
         self.progress = bool(progress)
 
     def _train_and_score(self, encoder: nn.Module, task: Any, setting: Setting) -> float:
-        name = ADAPTATIONS[self.adapt]
-        factory = get_registry().get("evaluators", name)
-        options = TRANSLATE[name](setting.options, len(task.train))
+        factory = get_registry().get("evaluators", self.adapt)
+        options = TRANSLATE[self.adapt](setting.options, len(task.train))
         evaluator = factory(**{**options, "seed": self.seed, "progress": self.progress,
                                **self.extra})
-        return pick_top1(evaluator.run(encoder, task), name)
+        return pick_top1(evaluator.run(encoder, task), self.adapt)
 
     def _log(self, message: str) -> None:
         if self.progress:

@@ -19,6 +19,9 @@ class Vtab1kSource(Source):
     def open(self, target: str, split: str, options: Mapping[str, Any]):
         return Vtab1kTask(target, split, **check_options("vtab1k", options, ("num_classes",)))
 
+    def native_splits(self, target: str) -> bool:
+        return True  # train800, val200, train800val200 and test are its list files
+
 
 @vitssl.hookimpl
 def register_sources(register):

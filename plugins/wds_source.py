@@ -2,18 +2,30 @@
 
 The text after ``wds:`` is the shard pattern as it is (URLs hold colons, so no
 ``:SPLIT``). Labelled when the first readable sample has a ``cls`` member;
-the class count is unknown without reading every shard. Takes no
-``data.options``; see :mod:`vitssl.data.wds` for the stream itself.
+the class count is unknown without reading every shard. ``data.options``:
+``shuffle_buffer`` (samples held to shuffle, default 1000; 0 or 1: none) and
+``resampled`` (draw shards with replacement; default: when training on more
+than one rank). See :mod:`vitssl.data.wds` and :mod:`vitssl.data.wds_stream`.
 """
 
 from collections.abc import Mapping
 from typing import Any
 
 import vitssl
-from vitssl.data.source import Source, check_options
-from vitssl.data.streams import open_stream
-from vitssl.data.wds import expand_urls, is_labelled
+from vitssl.data.source import Source, StreamRequest, check_options
+from vitssl.data.streams import StreamBatches, open_stream
+from vitssl.data.wds import expand_urls, is_labelled, readable_samples
 from vitssl.errors import VitsslError
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``data.options`` of a stream, checked."""
+    out = check_options("wds", options, ("shuffle_buffer", "resampled"))
+    buffer, resampled = out.get("shuffle_buffer", 0), out.get("resampled")
+    if type(buffer) is not int or buffer < 0 or resampled not in (None, True, False):
+        raise VitsslError(f"wds: data.options.shuffle_buffer must be a whole number >= 0 and "
+                          f"resampled true, false or null; got {out}")
+    return out
 
 
 class WdsSource(Source):
@@ -26,7 +38,7 @@ class WdsSource(Source):
         return rest, None
 
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
-        check_options("wds", options)
+        _options(options)
         return is_labelled(expand_urls(target)), None
 
     def open(self, target: str, split: str, options: Mapping[str, Any]):
@@ -34,9 +46,11 @@ class WdsSource(Source):
                           f"dataset; use it for pretraining, or use builtin:, idx:, folder: or "
                           f"vtab1k: here")
 
-    def stream(self, target: str, **request: Any):
-        check_options("wds", request["data"].options)
-        return open_stream(target, **request)
+    def stream(self, target: str, request: StreamRequest) -> StreamBatches:
+        return open_stream(target, request, **_options(request.data.options))
+
+    def samples(self, target: str, skips):
+        return readable_samples(target, skips)
 
 
 @vitssl.hookimpl

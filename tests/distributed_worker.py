@@ -22,9 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 from vitssl.config import Config, ModelConfig, load_config
 from vitssl.models import build_encoder
 from vitssl.train import fsdp
-from vitssl.train.memory import measured_bytes, parameter_shapes, rule_bytes
 from vitssl.train.optim import build_optimizer
 from vitssl.train.run import pretrain
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from memory import measured_bytes, parameter_shapes, rule_bytes  # noqa: E402
 
 BASE = ["model.depth=1", "model.image_size=16", "train.batch_size=16", "train.steps=4",
         "train.warmup_steps=2", "train.log_every=1", "train.device=cpu", "data.augment=false",

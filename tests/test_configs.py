@@ -83,7 +83,7 @@ def test_pretraining_recipes_validate_against_the_typed_config(name):
 @pytest.mark.parametrize("name", PRETRAIN)
 def test_an_unknown_key_in_a_recipe_fails(name, tmp_path):
     data = yaml.safe_load(_recipe(name).path.read_text())
-    data["train"]["learning_rate"] = 0.1
+    data.setdefault("train", {})["learning_rate"] = 0.1
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(VitsslError, match="unknown config key 'train.learning_rate'"):
@@ -111,8 +111,11 @@ def test_evaluation_recipes_validate_against_the_evaluators_options(name, tmp_pa
         load_evaluation(read_recipe(tmp_path / "bad.yaml"))
 
 
-def test_the_default_recipe_is_the_quick_start_run():
-    assert load_pretrain(_recipe("default")) == Config()
+def test_the_default_recipe_is_the_run_without_a_config_and_only_scales_the_encoder():
+    demo = load_pretrain(_recipe("default"))
+    assert load_config() == demo  # `vitssl pretrain` without --config
+    small = dict(depth=4, image_size=16, pool="mean", fc_norm=True)
+    assert demo == dataclasses.replace(Config(), model=dataclasses.replace(Config().model, **small))
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
@@ -123,7 +126,7 @@ def test_paper_recipes_hold_the_papers_pretraining_values(name):
     assert {k: getattr(tc, k) for k in PAPER_PRETRAIN} == PAPER_PRETRAIN
     assert tc.weight_decay == weight_decay
     assert (cfg.model.name, cfg.model.stem, cfg.model.image_size) == (model, stem, 224)
-    assert cfg.model.depth is None  # the variant's own depth
+    assert (cfg.model.depth, cfg.model.pool) == (None, "token")  # the paper's encoder
     assert tc.batch_size % tc.accum_steps == 0
     if cfg.objective.name == "masked-patch":
         assert {k: cfg.objective.options[k] for k in MASKED_PATCH} == MASKED_PATCH

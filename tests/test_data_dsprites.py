@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vitssl.data import dsprites
-from vitssl.data.sources import open_dataset
+from vitssl.data.source import open_dataset
 from vitssl.data.tasks import load_task
 from vitssl.errors import VitsslError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitssl.data.sources import open_dataset
+from vitssl.data.source import open_dataset
 from vitssl.data.tasks import load_task
 from vitssl.errors import VitsslError
 

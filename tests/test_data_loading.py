@@ -23,6 +23,7 @@ from vitssl.data.pipeline import (
     resolve_num_workers,
     usable_cores,
 )
+from vitssl.data.source import get_source, source_kinds
 from vitssl.data.transforms import REDUCE_FROM, PretrainTransform, pretrain_transform
 from vitssl.devices import cgroup_cpu_limit, fit_cpu_threads
 from vitssl.errors import VitsslError
@@ -37,14 +38,16 @@ from vitssl.errors import VitsslError
     ("auto", "folder", 128, 1, 16),     # capped
     ("auto", "folder", 1, 1, 0),        # a single core: the main process
     ("auto", "wds", 8, 8, 0),
-    ("auto", "my-plugin", 4, 1, 3),     # a third-party source is taken to decode
+    ("auto", "my-plugin", 4, 1, 3),     # a source is taken to decode unless it says otherwise
     ("auto", "builtin", 64, 1, 0),      # in memory: no workers
     ("auto", "idx", 64, 1, 0),
     (0, "folder", 64, 1, 0),            # a count is used as it is
     (3, "builtin", 2, 1, 3),
 ])
 def test_auto_rule_from_cores_ranks_and_source(setting, source, cores, ranks, expected):
-    assert resolve_num_workers(setting, source, cores=cores, ranks=ranks) == expected
+    in_memory = source in source_kinds() and get_source(source).in_memory
+    assert resolve_num_workers(setting, in_memory=in_memory, cores=cores,
+                               ranks=ranks) == expected
 
 
 def test_cores_come_from_the_affinity_mask_and_ranks_from_torchrun(monkeypatch):
@@ -102,7 +105,7 @@ def test_invalid_num_workers_is_one_line(tmp_path, capsys, value):
     from vitssl.cli import main
 
     with pytest.raises(VitsslError, match="data.num_workers must be 'auto' or a whole number"):
-        resolve_num_workers(value, "folder", cores=2)
+        resolve_num_workers(value, in_memory=False, cores=2)
     code = main(["pretrain", "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu",
                  "--set", f"data.num_workers={json.dumps(value)}"])
     err = capsys.readouterr().err.strip()
@@ -240,7 +243,8 @@ def test_a_stream_resumed_with_auto_keeps_its_saved_worker_count(tmp_path, monke
                 tar.write({"__key__": f"{s}-{i}", "png": png, "cls": str(6 * s + i).encode()})
     monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)  # auto would give 1 worker
     kw = dict(image_size=8, batch_size=3, seed=0, num_steps=6)
-    cfg = DataConfig(spec=f"wds:{tmp_path}/s-{{0..3}}.tar", num_workers=2, shuffle_buffer=4)
+    cfg = DataConfig(spec=f"wds:{tmp_path}/s-{{0..3}}.tar", num_workers=2,
+                     options={"shuffle_buffer": 4})
     whole = pretrain_batches(cfg, **kw)
     labels = []
     for batch in whole:

@@ -10,7 +10,7 @@ from PIL import Image
 from vitssl.config import DataConfig, load_config
 from vitssl.data import photos
 from vitssl.data.pipeline import pretrain_batches
-from vitssl.data.sources import open_dataset
+from vitssl.data.source import open_dataset
 from vitssl.errors import VitsslError
 
 
@@ -91,11 +91,11 @@ def test_photos_are_bundled_files_read_without_network(monkeypatch):
 
 
 def test_data_config_fields_from_overrides():
-    cfg = load_config(overrides=["data.on_error=raise", "data.resampled=true",
+    cfg = load_config(overrides=["data.on_error=raise", "data.options.resampled=true",
                                  "data.crop_ratio=[1.0, 1.0]"])
-    assert (cfg.data.on_error, cfg.data.resampled, cfg.data.crop_ratio) == ("raise", True,
-                                                                            (1.0, 1.0))
-    assert load_config().data.resampled is None
+    assert (cfg.data.on_error, cfg.data.options, cfg.data.crop_ratio) == (
+        "raise", {"resampled": True}, (1.0, 1.0))
+    assert load_config().data.options == {}
 
 
 def _corrupt_shard(path, count=12, bad=2):
@@ -119,15 +119,15 @@ def test_pretraining_runs_from_wds_and_folder_specs(tmp_path, kind):
 
     if kind == "wds":
         _corrupt_shard(tmp_path / "s-0.tar")
-        spec, skipped = f"wds:{tmp_path}/s-0.tar", 1
+        spec, skipped, options = f"wds:{tmp_path}/s-0.tar", 1, ["data.options.shuffle_buffer=1"]
     else:
         _folder(tmp_path / "imgs")
-        spec, skipped = f"folder:{tmp_path / 'imgs'}", 0
+        spec, skipped, options = f"folder:{tmp_path / 'imgs'}", 0, []
     out = tmp_path / "run"
     code = main(["pretrain", "--objective", "masked-patch", "--data", spec, "--steps", "2",
                  "--batch-size", "4", "--image-size", "16", "--out", str(out),
                  "--set", "model.depth=1", "--set", "summary_eval.enabled=false",
-                 "--set", "data.shuffle_buffer=1", "--device", "cpu"])
+                 *[a for o in options for a in ("--set", o)], "--device", "cpu"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped"] == skipped

@@ -14,7 +14,7 @@ from vitssl.data import shard as shard_module
 from vitssl.data.decode import decode_image
 from vitssl.data.shard import write_shards
 from vitssl.data.skips import SkipLog
-from vitssl.data.sources import open_dataset
+from vitssl.data.source import open_dataset
 from vitssl.data.wds import expand_urls, shard_samples
 from vitssl.errors import VitsslError
 

@@ -45,8 +45,10 @@ def _batches(spec: str, *, steps: int, batch: int, start_step: int = 0, rank: in
              world_size: int = 1, stream_state: dict | None = None,
              save_after: int | None = None, **data) -> tuple[list[dict], object]:
     """All batches; with ``save_after=k`` the stream also keeps ``saved``, its position
-    after k batches as a checkpoint holds it."""
-    cfg = DataConfig(spec=spec, **data)
+    after k batches as a checkpoint holds it; ``shuffle_buffer`` and ``resampled`` go to
+    ``data.options``."""
+    options = {k: data.pop(k) for k in ("shuffle_buffer", "resampled") if k in data}
+    cfg = DataConfig(spec=spec, options=options, **data)
     stream = pretrain_batches(cfg, image_size=8, batch_size=batch, seed=3, num_steps=steps,
                               start_step=start_step, rank=rank, world_size=world_size,
                               stream_state=stream_state)

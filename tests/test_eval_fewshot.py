@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from vitssl_plugins.few_shot import class_orders, fewshot_indices
 
-from vitssl.eval.ridge import FewShotRidge, augment, ridge_weights, signed_onehot
+from vitssl.eval.ridge import FewShotRidge, RidgeSolver, augment, signed_onehot
 from vitssl.plugins import get_registry
 
 LAMBDAS = (2.0**-3, 1.0, 2.0**10, 2.0**16)
@@ -26,7 +26,7 @@ def _augmented(n, d, k, seed):
 def test_ridge_equals_linear_solve(n, d):
     xa, t = _augmented(n, d, 7, seed=n)
     xn, tn = xa.numpy(), t.numpy()
-    for lam, w in zip(LAMBDAS, ridge_weights(xa, t, LAMBDAS), strict=True):
+    for lam, w in zip(LAMBDAS, map(RidgeSolver.fit(xa, t).weights, LAMBDAS), strict=True):
         primal = np.linalg.solve(xn.T @ xn + lam * np.eye(d + 1), xn.T @ tn)
         np.testing.assert_allclose(w.numpy(), primal, rtol=1e-6, atol=1e-6 * np.abs(primal).max())
         dual = xn.T @ np.linalg.solve(xn @ xn.T + lam * np.eye(n), tn)
@@ -36,7 +36,7 @@ def test_ridge_equals_linear_solve(n, d):
 @pytest.mark.parametrize("n,d", [(150, 24), (30, 80)], ids=["primal", "dual"])
 def test_ridge_matches_sklearn(n, d):
     xa, t = _augmented(n, d, 5, seed=d)
-    for lam, w in zip(LAMBDAS, ridge_weights(xa, t, LAMBDAS), strict=True):
+    for lam, w in zip(LAMBDAS, map(RidgeSolver.fit(xa, t).weights, LAMBDAS), strict=True):
         ref = Ridge(alpha=lam, fit_intercept=False, solver="svd").fit(xa.numpy(), t.numpy())
         np.testing.assert_allclose(w.numpy(), ref.coef_.T, rtol=1e-6,
                                    atol=1e-6 * np.abs(ref.coef_).max())

@@ -57,7 +57,7 @@ def _assert_same_features(model, encoder, config):
     with torch.no_grad():
         ours = encoder.forward_features(images)
         torch.testing.assert_close(model.forward_features(images), ours, atol=1e-5, rtol=0)
-        torch.testing.assert_close(model(images), encoder.pool(ours), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(images), encoder.forward_head(ours), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["mean", "token-nonsquare", "hybrid"])

@@ -97,12 +97,12 @@ def test_forward_masks_the_student_and_sums_the_cls_and_patch_terms():
         tokens[mask] = ibot.mask_token[0, 0]
         features = enc.encode(tokens)
         student_patch = ibot.head(features[:, 1:])
-        student_cls = torch.cat([ibot.head(enc.pool(features)).view(3, 2, -1),
+        student_cls = torch.cat([ibot.head(enc.forward_head(features)).view(3, 2, -1),
                                  ibot.head(enc(batch["views"]["local"].flatten(0, 1)))
                                  .view(3, 1, -1)], dim=1)
         teacher = ibot.teacher_encoder.forward_features(images)
         teacher_patch = ibot.teacher_head(teacher[:, 1:])
-        teacher_cls = ibot.teacher_head(ibot.teacher_encoder.pool(teacher)).view(3, 2, -1)
+        teacher_cls = ibot.teacher_head(ibot.teacher_encoder.forward_head(teacher)).view(3, 2, -1)
     patch = _patch_loss64(student_patch, F.softmax(teacher_patch / 0.04, dim=-1), mask, 0.1)
     assert float(out["loss_patch"]) == pytest.approx(patch, rel=1e-5)
     cls = dino_loss(student_cls, teacher_cls, torch.zeros(1, 32), 0.1, 0.04)

@@ -12,7 +12,7 @@ import torch
 from vitssl.config import DataConfig, load_config
 from vitssl.data import mnist
 from vitssl.data.pipeline import data_info, pretrain_batches
-from vitssl.data.sources import open_dataset
+from vitssl.data.source import open_dataset
 from vitssl.data.tasks import load_task
 from vitssl.errors import VitsslError
 

@@ -26,7 +26,7 @@ def test_from_timm_matches_forward_features(name, kwargs, size):
         theirs = model.forward_features(x)
         ours = encoder.forward_features(x)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-        torch.testing.assert_close(encoder.pool(ours),
+        torch.testing.assert_close(encoder.forward_head(ours),
                                    model.forward_head(theirs, pre_logits=True), atol=1e-5, rtol=0)
 
 

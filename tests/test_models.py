@@ -47,10 +47,13 @@ def test_encoder_contract_shapes_and_pooling():
     feats = enc.forward_features(x)
     assert feats.shape == (3, 1 + 64, 192) and enc.grid_size == (8, 8) and enc.patch_size == 4
     assert torch.equal(enc.pool(feats), feats[:, 0])
-    mean = _tiny(pool="mean", class_token=False).eval()
+    mean = _tiny(pool="mean", class_token=False, fc_norm=True).eval()
     feats = mean.forward_features(x)
     assert feats.shape == (3, 64, 192)
-    torch.testing.assert_close(mean.pool(feats), feats.mean(1))
+    torch.testing.assert_close(mean.pool(feats), feats.mean(1))  # pool only pools
+    expected = F.layer_norm(feats.mean(1), (192,), mean.fc_norm.weight, mean.fc_norm.bias, 1e-6)
+    torch.testing.assert_close(mean.forward_head(feats), expected)
+    torch.testing.assert_close(mean(x), expected)
 
 
 def test_encode_with_a_subset_of_patches_equals_encoding_only_those_patches():

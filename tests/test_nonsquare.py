@@ -60,7 +60,7 @@ def test_pretrain_at_height_width_and_evaluate_at_another_size(tmp_path, objecti
     assert native.shape[1] == 1 + 24 and square.shape[1] == 1 + 64
     task = load_task("builtin:digits", image_size=32)
     image, _ = task.train[0]
-    assert encoder.pool(encoder.forward_features(image[None])).shape == (1, encoder.embed_dim)
+    assert encoder(image[None]).shape == (1, encoder.embed_dim)
 
 
 def test_targets_follow_a_non_square_grid():

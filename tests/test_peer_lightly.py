@@ -64,7 +64,6 @@ def test_peer_starts_with_its_teacher_equal_to_the_student(method, tmp_path):
     from vitssl.config import load_config
     from vitssl.train import distributed
     from vitssl.train.build import build_run
-    from vitssl.train.run import close
 
     peer_lightly = _module()
     cfg = load_config(None, [f"objective.name={method}", "model.depth=1", "model.image_size=16",
@@ -74,7 +73,7 @@ def test_peer_starts_with_its_teacher_equal_to_the_student(method, tmp_path):
     try:
         model = peer_lightly.Peer(run).model
     finally:
-        close(run)
+        run.log.close()
     pairs = {"dino": [("student", "teacher"), ("student_head", "teacher_head")],
              "moco-v3": [("backbone", "momentum_backbone"),
                          ("projector", "momentum_projector")]}[method]

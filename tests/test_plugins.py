@@ -6,21 +6,23 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
 
 from vitssl.plugins import build_registry
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 PLUGIN_MODULE = '''
 """A third-party vitssl plugin."""
-import copy
-
 import torch
 import vitssl
 
+from .readme import PairEma
 
-class MeanFeatureObjective(torch.nn.Module):
+
+class MeanFeatureObjective(vitssl.Objective):
     """Pull the pooled features towards zero (a toy objective)."""
 
     def __init__(self, encoder, weight=1.0):
@@ -32,63 +34,47 @@ class MeanFeatureObjective(torch.nn.Module):
         return {"loss": self.weight * pooled.pow(2).mean()}
 
 
-class PairView:
-    """Two random crops of each image (picklable, for DataLoader workers)."""
-
-    def __init__(self, size):
-        from torchvision.transforms import v2
-
-        self.crop = v2.Compose([v2.ToImage(), v2.RGB(),
-                                v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)])
-
-    def __call__(self, image):
-        return {"pair": torch.stack([self.crop(image), self.crop(image)])}
-
-
-class PairEmaObjective(torch.nn.Module):
-    """Pull two crops' features together; an EMA copy of the encoder is the exported one."""
-
-    export_encoder = "ema_encoder"
+class CountingPairEma(PairEma):
+    """The README's objective, counting its calls and recording what its batches held."""
 
     def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-        self.ema_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        super().__init__(encoder, momentum=0.5)
         self.register_buffer("calls", torch.zeros(3, dtype=torch.long))  # forward/before/after
         self.register_buffer("seen", torch.zeros(4, dtype=torch.long))  # step/total/V/size
 
-    def views(self, image_size, data):
-        return PairView(image_size)
-
     def forward(self, batch):
         pair = batch["views"]["pair"]  # (B, 2, 3, S, S)
-        a, b = self.encoder(pair[:, 0]), self.encoder(pair[:, 1])
         self.calls[0] += 1
         self.seen.copy_(torch.tensor([batch["step"], batch["total_steps"], pair.shape[1],
                                       pair.shape[-1]]))
-        return {"loss": (a - b).pow(2).mean() + 1e-3 * a.pow(2).mean()}
+        return super().forward(batch)
 
     def before_optimizer_step(self, step, total_steps):
         self.calls[1] += 1
 
-    @torch.no_grad()
     def after_optimizer_step(self, step, total_steps):
         self.calls[2] += 1
-        for ema, live in zip(self.ema_encoder.parameters(), self.encoder.parameters()):
-            ema.lerp_(live, 0.5)
+        super().after_optimizer_step(step, total_steps)
 
 
 @vitssl.hookimpl
 def register_objectives(register):
     register("{name}-objective", MeanFeatureObjective)
-    register("{name}-pair-ema", PairEmaObjective)
+    register("{name}-pair-ema", CountingPairEma)
     register("masked-patch-duplicate-of-a-stem", MeanFeatureObjective)
+    register("{name}-plain-module", torch.nn.Identity)  # not a vitssl.Objective: refused
 
 
 @vitssl.hookimpl
 def register_stems(register):
     register("patch", MeanFeatureObjective)  # already taken by vitssl: reported, not fatal
 '''
+
+
+def readme_code(heading: str) -> str:
+    """The first ```python block under ``heading`` in README.md."""
+    section = README.read_text().split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```\n", 1)[0] + "\n"
 
 
 def _run(args, **env):
@@ -98,7 +84,7 @@ def _run(args, **env):
 
 @pytest.fixture
 def third_party(plugin_package):
-    """A tiny package with a good, a broken and a misspelt plugin, visible but not installed."""
+    """A package with a good, a broken and a misspelt plugin and the README's, not installed."""
     name = f"vitssl_testplugin_{uuid.uuid4().hex[:8]}"
     misspelt = textwrap.dedent("""
         import vitssl
@@ -108,10 +94,11 @@ def third_party(plugin_package):
             register("never", object)
     """)
     plugin_package(name, {"good": PLUGIN_MODULE.replace("{name}", name),
+                          "readme": readme_code("### Writing an objective"),
                           "broken": "raise RuntimeError('plugin is broken on purpose')\n",
                           "misspelt": misspelt},
-                   {f"{name}-good": "good", f"{name}-broken": "broken",
-                    f"{name}-misspelt": "misspelt"})
+                   {f"{name}-good": "good", f"{name}-readme": "readme",
+                    f"{name}-broken": "broken", f"{name}-misspelt": "misspelt"})
     return name
 
 
@@ -122,12 +109,15 @@ def test_installed_plugin_is_listed_and_failures_are_reported(third_party):
     objectives = {o["name"]: o for o in listing["objectives"]}
     dist = third_party.replace("_", "-")
     assert objectives[f"{third_party}-objective"]["distribution"] == dist
+    assert objectives["pair-ema"]["distribution"] == dist  # the README's example
     assert any(s["name"] == "patch" and s["distribution"] == "vitssl" for s in listing["stems"])
     failures = {f["plugin"]: f for f in listing["failures"]}
     assert "plugin is broken on purpose" in failures[f"{third_party}-broken"]["error"]
     assert failures[f"{third_party}-broken"]["distribution"] == dist
     assert "register_objectivs" in failures[f"{third_party}-misspelt"]["error"]
     assert "already registered" in failures[f"{third_party}-good"]["error"]
+    assert any("objective '" + f"{third_party}-plain-module' is not a vitssl.Objective subclass"
+               in f["error"] for f in listing["failures"])
 
 
 def test_installed_plugin_objective_can_be_selected(third_party):
@@ -164,8 +154,23 @@ def test_broken_plugin_does_not_break_the_cli(third_party):
     assert "plugin is broken on purpose" in result.stderr
 
 
+def test_plugins_name_prints_its_reference(third_party, capsys):
+    from vitssl.cli import main
+    from vitssl.plugins import get_registry
+
+    get_registry(refresh=True)
+    assert main(["plugins", "pair-ema"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"objective 'pair-ema' from {third_party.replace('_', '-')}")
+    assert "pull two crops of an image together" in out  # the README module's docstring
+    assert main(["plugins", "mae"]) == 0 and "He et al. 2022" in capsys.readouterr().out
+    assert main(["plugins", "pair-emma"]) == 2
+    assert "did you mean 'pair-ema'" in capsys.readouterr().err
+
+
 def test_third_party_objective_with_views_hooks_and_exported_encoder(third_party, tmp_path):
-    """Views reach the objective; hooks run once per optimiser step; its encoder is exported."""
+    """The README's objective: views reach it, hooks run once per optimiser step, and its
+    EMA encoder is the exported one."""
     from safetensors.torch import load_file
 
     from vitssl.train.checkpoint import latest_checkpoint, load_encoder

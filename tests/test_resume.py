@@ -143,7 +143,7 @@ def test_sigkilled_wds_run_continues_the_stream(tmp_path):
     (tmp_path / "shards").mkdir()
     spec = _noise_shards(tmp_path / "shards", num_shards=4, per_shard=12)
     resumed = _kill_and_resume(tmp_path, "--data", spec, "--set", "data.num_workers=2",
-                               "--set", "data.shuffle_buffer=8")
+                               "--set", "data.options.shuffle_buffer=8")
     assert "wds:" not in resumed  # no note: neither a fresh draw nor a shard boundary
 
 

@@ -16,7 +16,7 @@ from vitssl.config import DataConfig
 from vitssl.data import wds
 from vitssl.data.checks import validate_data_config
 from vitssl.data.pipeline import data_info, pretrain_batches
-from vitssl.data.spec import parse_spec, source_kinds
+from vitssl.data.source import parse_spec, source_kinds
 from vitssl.errors import VitsslError
 
 NPZ_PLUGIN = '''
@@ -121,7 +121,7 @@ def test_wds_first_shard_is_peeked_once_per_run(tmp_path, monkeypatch):
     peeks = []
     real = wds.first_sample
     monkeypatch.setattr(wds, "first_sample", lambda urls: peeks.append(urls) or real(urls))
-    cfg = DataConfig(spec=spec, shuffle_buffer=1)
+    cfg = DataConfig(spec=spec, options={"shuffle_buffer": 1})
     assert data_info(cfg).labelled and data_info(cfg).num_classes is None
     batches = pretrain_batches(cfg, image_size=8, batch_size=4, seed=0, num_steps=2)
     assert len(peeks) == 1 and batches.labelled and "label" in next(iter(batches))
@@ -161,3 +161,13 @@ def test_validate_data_config(change, match):
     validate_data_config(DataConfig())  # unset augmentation is fine
     with pytest.raises(VitsslError, match=match):
         validate_data_config(DataConfig(**change))
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"shuffle_buffer": "big"}, "shuffle_buffer must be a whole number"),
+    ({"resampled": "yes"}, "resampled true, false or null"),
+    ({"shuffle": 1}, r"wds: unknown data.options \['shuffle'\]; accepted: shuffle_buffer"),
+])
+def test_wds_options_are_checked(tmp_path, options, match):
+    with pytest.raises(VitsslError, match=match):
+        data_info(DataConfig(spec=_shards(tmp_path), options=options))

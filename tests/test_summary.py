@@ -5,14 +5,16 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from vitssl.config import Config, ModelConfig, load_config
 from vitssl.data.tasks import load_task
+from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.train.summary import compare, format_summary, low_data_split, summary_evaluation
 
-FINETUNE = {"per_class": 10, "draws": 2, "steps": 6, "batch_size": 8}
+FINETUNE = {"per_class": 10, "draws": 2, "options": {"steps": 6, "batch_size": 8}}
 
 
 def test_identical_encoders_get_identical_fine_tune_numbers():
@@ -36,8 +38,8 @@ def test_low_data_split_takes_n_per_class_per_seed():
 
 def test_summary_runs_the_configured_evaluators_and_warns_on_missing_ones(capsys):
     cfg = load_config(None, ["model.image_size=8", "model.depth=1",
-                             "summary_eval.evaluators={knn: {k: [5], compare: [pretrained, "
-                             "raw_pixels]}, no-such-evaluator: {}}"])
+                             "summary_eval.evaluators={knn: {options: {k: [5]}, compare: "
+                             "[pretrained, raw_pixels]}, no-such-evaluator: {}}"])
     torch.manual_seed(1)
     encoder = build_encoder(cfg.model)
     out = summary_evaluation(encoder, cfg, torch.device("cpu"))
@@ -45,6 +47,9 @@ def test_summary_runs_the_configured_evaluators_and_warns_on_missing_ones(capsys
     assert set(out["knn"]) == {"settings", "pretrained", "raw_pixels"}
     assert out["knn"]["raw_pixels"]["knn_k5_top1"] > 80  # pixels of digits are easy
     assert "warning: summary evaluator 'no-such-evaluator' skipped" in capsys.readouterr().err
+    cfg.summary_eval.evaluators = {"knn": {"k": [5]}}  # an option outside ``options``
+    with pytest.raises(VitsslError, match=r"evaluators.knn: unknown \['k'\]"):
+        summary_evaluation(encoder, cfg, torch.device("cpu"))
 
 
 def test_format_summary_shows_gain_and_reference_rows():

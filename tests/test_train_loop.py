@@ -200,33 +200,39 @@ def test_non_finite_loss_read_at_a_later_logging_step_names_its_step(tmp_path,
 
 
 def test_activation_checkpointing_leaves_gradients_unchanged():
-    from vitssl.train.activations import (
-        disable_activation_checkpointing,
-        enable_activation_checkpointing,
-    )
-
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=16, depth=2, drop_path_rate=0.5, drop_rate=0.1)
     objective = MaskedPatchPrediction(build_encoder(cfg))
     batch = {"image": torch.randn(4, 3, 16, 16), "pixels": torch.rand(4, 3, 16, 16),
              "sample_seed": torch.arange(4)}
+    saved = []
 
     def grads(seed: int) -> dict[str, torch.Tensor]:
         objective.zero_grad(set_to_none=True)
         torch.manual_seed(seed)  # dropout and drop-path draw the same masks both ways
-        objective(batch)["loss"].backward()
+        saved.append(0)  # tensors the forward keeps for backward, outside checkpointed blocks
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[-1] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = objective(batch)["loss"]
+        loss.backward()
         return {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
 
     plain = grads(1)
-    assert enable_activation_checkpointing(objective) == 2
+    objective.encoder.set_grad_checkpointing()
     checkpointed = grads(1)
+    assert saved[1] < saved[0]  # the blocks kept only their inputs
     assert plain.keys() == checkpointed.keys() and len(plain) > 10
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0, msg=name)
     assert grads(2)["encoder.blocks.1.mlp.fc1.weight"].ne(plain[
         "encoder.blocks.1.mlp.fc1.weight"]).any()  # the masks matter: the check can fail
-    disable_activation_checkpointing(objective)
-    assert "forward" not in vars(objective.encoder.blocks[0])
+    objective.encoder.set_grad_checkpointing(False)
+    grads(1)
+    assert saved[-1] == saved[0]
 
 
 @pytest.mark.slow  # about 45 s of inductor compilation with a cold cache

@@ -337,7 +337,7 @@ def test_features_option_reaches_linear_probe_and_is_refused_for_finetune(monkey
 # -- custom tasks in the vtab-1k layout -----------------------------------------------------
 
 def test_custom_task_class_count_given_or_inferred(tmp_path, capsys):
-    from vitssl.data.sources import open_dataset
+    from vitssl.data.source import open_dataset
 
     folder = _write_task(tmp_path, "my_task", 3, seed=5)
     labels = [int(line.split()[1]) for split in ("train800", "val200", "test")

@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_shard(sub)
     _add_analyze(sub)
     _add_export(sub)
-    p = sub.add_parser("plugins", help="list registered objectives, stems, evaluators, datasets")
+    p = sub.add_parser("plugins", help="list registered plugins, or show one's reference")
+    p.add_argument("name", nargs="?", help="a plugin to show (its module docstring), e.g. mae")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("configs", help="list the shipped recipes (configs/*.yaml)",
                        description="List the shipped recipes, or show one and how to run it.")
@@ -172,10 +173,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(registry, name: str) -> str:
+    """What ``vitssl plugins NAME`` prints: each plugin of that name and its module docstring."""
+    import difflib
+    import inspect
+
+    from vitssl.plugins import KINDS, SINGULAR
+
+    found = [e for kind in KINDS if (e := registry.entries[kind].get(name))]
+    if not found:
+        known = sorted({n for kind in KINDS for n in registry.entries[kind]})
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise VitsslError(f"no plugin named '{name}'{hint}; `vitssl plugins` lists them")
+    pages = []
+    for e in found:
+        module = sys.modules.get(getattr(e.factory, "__module__", ""))
+        doc = (module and inspect.getdoc(module)) or inspect.getdoc(e.factory) or "(undocumented)"
+        pages.append(f"{SINGULAR[e.kind]} '{e.name}' from {e.distribution} "
+                     f"({getattr(module, '__name__', e.plugin)})\n\n{doc}")
+    return "\n\n".join(pages)
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from vitssl.plugins import KINDS, get_registry
 
     registry = get_registry()
+    if args.name:
+        print(_reference(registry, args.name))
+        return 0
     listing = {
         kind: [{"name": e.name, "distribution": e.distribution, "plugin": e.plugin,
                 "doc": ((e.factory.__doc__ or "").strip().splitlines() or [""])[0]}

@@ -1,10 +1,15 @@
-"""Typed run configuration: defaults <- YAML file <- ``--set key=value`` overrides."""
+"""Typed run configuration: defaults <- YAML file <- ``--set key=value`` overrides.
+
+The dataclasses describe the architecture (Ti/4: full depth, 32 px, class token); the
+laptop demo, run when no file is given, is the shipped recipe ``configs/default.yaml``.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from vitssl.coerce import coerce
 from vitssl.errors import VitsslError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,30 +37,25 @@ class ModelConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     attention: str = "auto"  # "auto" | "triton" | "sdpa" | "reference"
-    depth: int | None = None  # override the variant's layer count (small experiments)
-    # "auto" (the objective's own: sincos for mae, else learned) | "learned" | "sincos"
-    # (fixed 2-D sin-cos, as MAE's encoder)
-    pos_embed: str = "auto"
+    depth: int | None = None  # None: the variant's layer count; a number cuts it
+    pos_embed: str = "auto"  # the objective's (sincos for mae) | "learned" | "sincos" (fixed 2-D)
 
 
 @dataclass
 class DataConfig:
     spec: str = "builtin:digits"
     split: str = "train"
-    # "auto" (vitssl.data.pipeline.resolve_num_workers) or a count; 0: the main process
-    num_workers: int | str = "auto"
+    num_workers: int | str = "auto"  # or a count; 0: the main process
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # Augmentation: None takes the dataset's own (vitssl.data.augment); a value wins.
     crop_scale: tuple[float, float] | None = None
     hflip: bool | None = None
     augment: bool | None = None
-    shuffle_buffer: int = 1000
     on_error: str = "skip"  # "skip" | "raise"
     crop_ratio: tuple[float, float] | None = None  # aspect range of the random resized crop
     translate: float | None = None  # largest random shift after the crop, fraction of the side
-    color: bool | None = None  # colour operations in self-supervised views (vitssl.data.views)
-    resampled: bool | None = None  # wds: draw shards with replacement (None: when world_size > 1)
+    color: bool | None = None  # colour operations in self-supervised views (vitssl.ssl.views)
     options: dict[str, Any] = field(default_factory=dict)  # to the source (builtin: factory)
 
 
@@ -92,14 +93,7 @@ class LogConfig:
     tensorboard: bool = False
 
 
-def _summary_evaluators() -> dict[str, Any]:
-    """The default run summary: the paper's fine-tuning gain, then few-shot on frozen features."""
-    return {
-        "finetune": {"compare": ["pretrained", "random_init"], "per_class": 10, "draws": 3,
-                     "steps": 100, "batch_size": 32},
-        "few-shot": {"compare": ["pretrained", "random_init", "raw_pixels"],
-                     "shots": [5, 10, 25], "seeds": 3, "features": "pooled"},
-    }
+SUMMARY_ENTRY_KEYS = ("compare", "per_class", "draws", "options")
 
 
 @dataclass
@@ -111,15 +105,19 @@ class SummaryEvalConfig:
     # seeded subsets of larger splits, so the summary stays minutes on a laptop (null: all)
     max_train: int | None = 10_000
     max_test: int | None = 2_000
-    # evaluator name -> options (+ compare / per_class / draws); null skips one
-    evaluators: dict[str, Any] = field(default_factory=_summary_evaluators)
+    # evaluator name -> {compare, per_class, draws, options} (vitssl.train.summary); null
+    # skips one. The default: the paper's fine-tuning gain, then few-shot on frozen features.
+    evaluators: dict[str, Any] = field(default_factory=lambda: {
+        "finetune": {"compare": ["pretrained", "random_init"], "per_class": 10, "draws": 3,
+                     "options": {"steps": 100, "batch_size": 32}},
+        "few-shot": {"compare": ["pretrained", "random_init", "raw_pixels"],
+                     "options": {"shots": [5, 10, 25], "seeds": 3, "features": "pooled"}}})
 
 
 def image_hw(size: Any) -> tuple[int, int]:
     """``model.image_size`` (an int, or [height, width]) as (height, width); checked."""
     pair = (size, size) if isinstance(size, int) else tuple(size)
-    if (len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                  for v in pair)):
+    if len(pair) != 2 or not all(type(v) is int and v > 0 for v in pair):
         raise VitsslError(f"model.image_size must be a positive int or [height, width] of "
                           f"positive ints, got {size!r}")
     return int(pair[0]), int(pair[1])
@@ -131,19 +129,9 @@ def image_size_text(size: Any) -> str:
     return f"{h}px" if h == w else f"{h}x{w}px"
 
 
-def _default_run_model() -> ModelConfig:
-    """The default run's encoder: Ti/4 cut to 4 layers at 16 px (minutes on a laptop CPU).
-
-    Mean pooling: masked-patch prediction trains the patch tokens, never the
-    class token, so the pooled feature a fine-tune or probe reads is their mean
-    (then a LayerNorm, timm's global-average-pooling convention).
-    """
-    return ModelConfig(image_size=16, depth=4, pool="mean", fc_norm=True)
-
-
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=_default_run_model)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -152,70 +140,11 @@ class Config:
     out: str | None = None
 
 
-def _keys(cls: type, prefix: str = "") -> list[str]:
-    out = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        out.append(key)
-        if dataclasses.is_dataclass(hints[f.name]):
-            out.extend(_keys(hints[f.name], key + "."))
-    return out
-
-
 def _unknown_key(key: str) -> VitsslError:
-    close = difflib.get_close_matches(key, _keys(Config), n=1, cutoff=0.5)
+    known = [*(f.name for f in dataclasses.fields(Config)), *flatten(to_dict(Config()))]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return VitsslError(f"unknown config key '{key}'{hint}")
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check and convert a parsed value to the field's declared type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except VitsslError as exc:
-                errors.append(str(exc))
-        raise VitsslError(errors[0] if errors else f"bad value for '{key}': {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            value = [yaml.safe_load(v) for v in value]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        if args and args[-1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise VitsslError(f"'{key}' needs {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise VitsslError(f"'{key}' needs a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise VitsslError(f"'{key}' needs true or false, got {value!r}")
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is str and value is not None and not isinstance(value, (dict, list)):
-        return str(value)
-    raise VitsslError(f"'{key}' needs a {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
@@ -230,7 +159,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
                 raise VitsslError(f"'{key}' is a section; give its keys, e.g. {key}.<name>=...")
             _apply(current, value, key + ".")
         else:
-            setattr(obj, name, _coerce(value, hints[name], key))
+            setattr(obj, name, coerce(value, hints[name], key))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -245,27 +174,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _nest(path: list[str], value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {path[-1]: value}
-    for part in reversed(path[:-1]):
-        out = {part: out}
-    return out
-
-
-def _merge_into_dict_field(cfg: Config, path: list[str], value: Any) -> bool:
-    """``objective.options.x=1`` style keys extend a free-form mapping field."""
+def _override(cfg: Config, path: list[str], value: Any) -> None:
+    """Set one ``--set`` key; keys below a mapping field (``objective.options.x``) extend it."""
     obj: Any = cfg
-    for depth, part in enumerate(path):
-        if isinstance(obj, dict):
-            target = obj
-            for sub in path[depth:-1]:
-                target = target.setdefault(sub, {})
-            target[path[-1]] = value
-            return True
-        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
-            return False
-        obj = getattr(obj, part)
-    return False
+    depth = 0
+    while dataclasses.is_dataclass(obj) and depth < len(path) - 1 and hasattr(obj, path[depth]):
+        obj, depth = getattr(obj, path[depth]), depth + 1
+    if not isinstance(obj, dict):
+        _apply(cfg, functools.reduce(lambda inner, key: {key: inner}, reversed(path), value))
+        return
+    for part in path[depth:-1]:
+        obj = obj.setdefault(part, {})
+    obj[path[-1]] = value
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
@@ -280,18 +200,25 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def configs_dir() -> Path:
+    """The folder of shipped recipes: ``vitssl/configs`` in a wheel, else the checkout's."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    raise VitsslError(f"no recipes found: neither {package / 'configs'} nor "
+                      f"{package.parent / 'configs'} holds *.yaml files")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Build a config from defaults, then a YAML file, then ``key=value`` overrides."""
-    cfg = Config()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise VitsslError(f"config file not found: {p}")
-        _apply(cfg, read_yaml_mapping(p, "config file"))
+    """The defaults, then a YAML file (None: the laptop demo, ``configs/default.yaml``),
+    then ``key=value`` overrides."""
+    p = configs_dir() / "default.yaml" if path is None else Path(path)
+    if not p.is_file():
+        raise VitsslError(f"config file not found: {p}")
+    cfg = config_from_dict(read_yaml_mapping(p, "config file"))  # a run's own, maybe older
     for item in overrides:
-        keys, value = parse_override(item)
-        if not _merge_into_dict_field(cfg, keys, value):
-            _apply(cfg, _nest(keys, value))
+        _override(cfg, *parse_override(item))
     return cfg
 
 
@@ -322,6 +249,25 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    """A config from a mapping (a recipe, a run's ``config.yaml``), older shapes upgraded."""
     cfg = Config()
-    _apply(cfg, data)
+    _apply(cfg, _upgraded(data))
     return cfg
+
+
+def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    """Earlier shapes of a saved config in today's: the stream settings ``data.shuffle_buffer``
+    and ``data.resampled`` in ``data.options`` (where set), summary entries' evaluator
+    options under ``options``."""
+    data = copy.deepcopy(data)
+    section = data.get("data") or {}
+    moved = {k: section.pop(k) for k in ("shuffle_buffer", "resampled") if k in section}
+    moved = {k: v for k, v in moved.items() if v not in (None, 1000)}  # the defaults
+    if moved:
+        section["options"] = {**moved, **(section.get("options") or {})}
+    entries = (data.get("summary_eval") or {}).get("evaluators") or {}
+    for name, entry in entries.items():
+        if isinstance(entry, dict) and "options" not in entry:
+            own = {k: entry.pop(k) for k in list(entry) if k not in SUMMARY_ENTRY_KEYS}
+            entries[name] = {**entry, "options": own}
+    return data

@@ -1,20 +1,11 @@
 """``vitssl export``: a pretrained encoder in the layouts timm and the Hugging Face hub load.
 
-Every format writes a folder holding
-
-- ``model.safetensors``: the objective's exported encoder (DINO's teacher, ...) under
-  timm's parameter names, without a classifier head;
-- ``config.json``: timm's hub config: ``architecture`` (a timm model name),
-  ``model_args`` (every architecture argument, so the name only picks timm's builder)
-  and ``pretrained_cfg`` (input size, mean / std, interpolation, ``num_classes=0``).
-
-``timm.create_model("local-dir:DIR", pretrained=True)`` loads it, and so does the
-file overlay of :func:`timm_load_lines`. ``hf`` adds ``README.md``, a model card
-(objective, data, steps, the run summary's evaluation), which makes the folder
-what the hub holds for a timm model: upload it unchanged. When timm is installed
-the export is rebuilt in timm and its features compared with the encoder's first.
-An encoder with fixed sin-cos position embeddings (``model.pos_embed=sincos``) exports
-its table as timm's ``pos_embed`` (a parameter there, trainable in a fine-tune).
+Every format writes ``model.safetensors`` (the objective's exported encoder under timm's
+names, no classifier head) and timm's hub ``config.json`` (``architecture``, every
+architecture argument in ``model_args``, and ``pretrained_cfg``); ``hf`` adds a model card
+(``README.md``: objective, data, steps, the run summary's evaluation), so the folder uploads
+unchanged. When timm is installed the export is rebuilt in timm and compared first. A fixed
+sin-cos position table is exported as timm's (trainable) ``pos_embed``.
 """
 
 from __future__ import annotations
@@ -50,35 +41,25 @@ def run_dir_of(path: Path) -> Path | None:
 
 
 def _weights_metadata(path: Path) -> dict[str, str]:
-    """The vitssl metadata of the weights ``load_encoder`` read (step, exports); {} if unsure."""
-    if path.is_file():
-        files = [path]
-    elif (path / WEIGHTS).is_file():
-        files = [path / WEIGHTS]
-    else:
-        files = sorted(path.glob(f"checkpoints/step-*/{WEIGHTS}"))[-1:]
-    if not files:
-        return {}
-    with safe_open(str(files[0]), framework="pt") as fh:
+    """The vitssl metadata (step, exports) of the weights ``load_encoder`` read."""
+    from vitssl.train.checkpoint import weights_file
+
+    with safe_open(str(weights_file(path)), framework="pt") as fh:
         return fh.metadata() or {}
-
-
-def pretrained_cfg(encoder: torch.nn.Module, cfg: Config, first_conv: str) -> dict[str, Any]:
-    """timm's ``pretrained_cfg`` for the encoder: how its inputs were prepared."""
-    height, width = encoder.patch_embed.image_size
-    return {"input_size": [3, height, width], "fixed_input_size": True,
-            "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
-            "mean": list(cfg.data.mean), "std": list(cfg.data.std), "num_classes": 0,
-            "pool_size": None, "first_conv": first_conv, "classifier": "head"}
 
 
 def timm_config(encoder: torch.nn.Module, cfg: Config,
                 facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` timm's hub loader reads (plus a ``vitssl`` section it ignores)."""
     name, model_args, first_conv = timm_architecture(encoder)
+    height, width = encoder.patch_embed.image_size
+    pretrained = {"input_size": [3, height, width], "fixed_input_size": True,
+                  "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+                  "mean": list(cfg.data.mean), "std": list(cfg.data.std), "num_classes": 0,
+                  "pool_size": None, "first_conv": first_conv, "classifier": "head"}
     return {"architecture": name, "num_classes": 0, "num_features": encoder.embed_dim,
             "global_pool": model_args["global_pool"], "model_args": model_args,
-            "pretrained_cfg": pretrained_cfg(encoder, cfg, first_conv),
+            "pretrained_cfg": pretrained,
             "vitssl": {"version": vitssl.__version__, "model": cfg.model.name,
                        "stem": cfg.model.stem, "pos_embed": cfg.model.pos_embed,
                        "objective": cfg.objective.name,
@@ -104,7 +85,7 @@ def check_with_timm(encoder: torch.nn.Module, config: dict[str, Any],
     with torch.no_grad():
         ours = encoder.forward_features(images)
         diff = max((model.forward_features(images) - ours).abs().max().item(),
-                   (model(images) - encoder.pool(ours)).abs().max().item())
+                   (model(images) - encoder.forward_head(ours)).abs().max().item())
     if not diff <= CHECK_ATOL * max(1.0, ours.abs().max().item()):
         raise VitsslError(f"timm's {config['architecture']} rebuilt from the export differs "
                           f"from the encoder (max |diff| {diff:.2e}); nothing written")

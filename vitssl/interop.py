@@ -1,10 +1,8 @@
 """Move weights between vitssl encoders and timm ``VisionTransformer`` models.
 
-Parameter names are shared (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
-``blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``,
-``fc_norm``), so conversion checks the architecture and copies tensors.
-:func:`timm_architecture` is the way back: the timm name and arguments that
-rebuild an encoder. timm is only needed by :func:`from_timm`; nothing is downloaded.
+Parameter names are shared, so conversion checks the architecture and copies tensors;
+:func:`timm_architecture` gives the timm name and arguments that rebuild an encoder. Only
+:func:`from_timm` needs timm; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -145,9 +143,8 @@ def from_timm(model: Any) -> VisionTransformer:
 
 
 def to_timm_state_dict(encoder: VisionTransformer) -> dict[str, torch.Tensor]:
-    """The encoder's weights under timm's names; a model built with ``num_classes=0`` loads
-    them strictly. A supervised ``pre_logits`` layer attached by ``load_encoder`` is left out
-    (timm's ViT has none)."""
+    """The encoder's weights under timm's names (``num_classes=0`` loads them strictly),
+    without the supervised ``pre_logits`` layer ``load_encoder`` may attach."""
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()
             if not k.startswith("pre_logits.")}
 

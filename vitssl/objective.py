@@ -72,7 +72,7 @@ class Encoder(Protocol):
     patch_embed: nn.Module  # the stem: images -> patch tokens
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> pooled features (B, D)."""
+        """Images (B, C, H, W) -> pooled features (B, D) (``forward_head`` of the features)."""
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid of an image of this size."""
@@ -93,6 +93,10 @@ class Encoder(Protocol):
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Features (B, T, D) -> (B, D): the class token or the patch mean, per config."""
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, D) -> pooled features (B, D) after ``fc_norm``: what
+        ``encoder(images)`` returns and evaluation reads."""
 
 
 class Objective(nn.Module):
@@ -128,7 +132,8 @@ class Objective(nn.Module):
     def check_batch(self, batch: dict[str, Any]) -> None:
         """Check a batch on the host, before it moves to the device (raise :class:`VitsslError`).
 
-        The place for checks that read values (label ranges): ``forward`` must not.
+        The place for checks that read values (label ranges): ``forward`` must not. It sees
+        the batch as the data gives it, before ``sample_seed`` and the step are added.
         """
 
     def before_optimizer_step(self, step: int, total_steps: int) -> None:

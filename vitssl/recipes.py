@@ -28,24 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-import vitssl
-from vitssl.config import Config, load_config, read_yaml_mapping
+from vitssl.config import Config, configs_dir, load_config, read_yaml_mapping
 from vitssl.errors import VitsslError
 
 HEADER_FIELDS = ("Source", "Hardware", "Expected", "Changed")  # required in every recipe
 OPTIONAL_FIELDS = ("Format",)
 EVALUATE_KEYS = ("evaluator", "data", "options")
 _FIELD = re.compile(rf"^({'|'.join(HEADER_FIELDS + OPTIONAL_FIELDS)}):\s*(.*)$")
-
-
-def configs_dir() -> Path:
-    """The folder holding the shipped recipes."""
-    package = Path(vitssl.__file__).resolve().parent
-    for candidate in (package / "configs", package.parent / "configs"):
-        if candidate.is_dir() and any(candidate.glob("*.yaml")):
-            return candidate
-    raise VitsslError(f"no recipes found: neither {package / 'configs'} nor "
-                      f"{package.parent / 'configs'} holds *.yaml files")
 
 
 @dataclass(frozen=True)
@@ -90,16 +79,12 @@ def read_header(text: str) -> tuple[str, dict[str, str]]:
     return description, fields
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    return read_yaml_mapping(path, "recipe")
-
-
 def read_recipe(path: str | Path) -> Recipe:
     """A recipe file's name, kind and header."""
     path = Path(path)
     text = path.read_text()
     description, header = read_header(text)
-    kind = "evaluate" if "evaluate" in _read_yaml(path) else "pretrain"
+    kind = "evaluate" if "evaluate" in read_yaml_mapping(path, "recipe") else "pretrain"
     return Recipe(path.stem, path, kind, description, header)
 
 
@@ -108,38 +93,30 @@ def list_recipes() -> list[Recipe]:
     return [read_recipe(p) for p in sorted(configs_dir().glob("*.yaml"))]
 
 
-def _recipe_name(name: str) -> str | None:
-    """``mae-b16``, ``mae-b16.yaml`` or ``configs/mae-b16.yaml`` -> ``mae-b16``; else None."""
-    path = PurePath(name)
-    if str(path.parent) not in (".", "configs") or path.suffix not in ("", ".yaml"):
-        return None
-    return path.stem
-
-
-def _shipped(name: str) -> tuple[Recipe | None, dict[str, Recipe]]:
+def _shipped(name: str, missing: str) -> Recipe:
+    """The shipped recipe ``mae-b16``, ``mae-b16.yaml`` or ``configs/mae-b16.yaml`` names;
+    else ``missing`` (a format of ``name`` and ``shipped``) as the error."""
     recipes = {r.name: r for r in list_recipes()}
-    return recipes.get(_recipe_name(name) or ""), recipes
+    path = PurePath(name)
+    named = str(path.parent) in (".", "configs") and path.suffix in ("", ".yaml")
+    if named and path.stem in recipes:
+        return recipes[path.stem]
+    raise VitsslError(missing.format(name=name, shipped=", ".join(recipes)))
 
 
 def find_recipe(name: str) -> Recipe:
     """A shipped recipe by name (``mae-b16``, ``mae-b16.yaml``), or a recipe file's path."""
     if Path(name).is_file():
         return read_recipe(name)
-    recipe, recipes = _shipped(name)
-    if recipe is None:
-        raise VitsslError(f"unknown recipe '{name}'; shipped: {', '.join(recipes)}")
-    return recipe
+    return _shipped(name, "unknown recipe '{name}'; shipped: {shipped}")
 
 
 def config_file(name: str | Path) -> Path:
     """What ``--config`` names: a YAML file, or else a shipped recipe (``mae-b16``)."""
     if Path(name).is_file():
         return Path(name)
-    recipe, recipes = _shipped(str(name))
-    if recipe is None:
-        raise VitsslError(f"config file not found: {name} (nor is it a shipped recipe: "
-                          f"{', '.join(recipes)})")
-    return recipe.path
+    return _shipped(str(name), "config file not found: {name} (nor is it a shipped recipe: "
+                               "{shipped})").path
 
 
 def load_pretrain(recipe: Recipe, overrides: list[str] = ()) -> Config:
@@ -155,7 +132,7 @@ def load_evaluation(recipe: Recipe) -> Evaluation:
     from vitssl.eval.run import accepted_options
     from vitssl.plugins import get_registry
 
-    data = _read_yaml(recipe.path)
+    data = read_yaml_mapping(recipe.path, "recipe")
     if set(data) != {"evaluate"}:
         raise VitsslError(f"recipe {recipe.path}: an evaluation recipe holds only an "
                           f"'evaluate' section, got {sorted(data)}")

@@ -72,13 +72,13 @@ def _attention(subject: Subject, spec: str, count: int, device: torch.device,
     n = images.shape[0]
     total = torch.zeros(len(encoder.blocks), encoder.num_heads, dtype=torch.float64)
     keep = min(ROLLOUT_IMAGES, n)
-    kept: list[list[torch.Tensor]] = [[] for _ in encoder.blocks]
+    kept: list[torch.Tensor] = []  # the first batch's weights per block, for the rollout
     batches = [images[i:i + batch_size] for i in range(0, n, batch_size)]
     for b, batch in enumerate(progress(batches, len(batches), "attention")):
         for layer, weights in enumerate(iter_attention(encoder, batch.to(device))):
             total[layer] += mean_attention_distance(weights, grid, patch, prefix).sum(0).cpu()
             if b == 0:
-                kept[layer].append(weights[:keep].cpu())
+                kept.append(weights[:keep].cpu())
     distance = total / n
     with torch.no_grad():
         probe = images[:2].to(device)
@@ -87,8 +87,7 @@ def _attention(subject: Subject, spec: str, count: int, device: torch.device,
     uniform = float(patch_distances(grid, patch).mean()) * (grid[0] * grid[1]) / \
         (grid[0] * grid[1] + prefix)
     figures.draw_attention_distance(distance, uniform, out, encoder.patch_size)
-    rollout = attention_rollout([torch.cat(k) for k in kept])
-    maps = rollout_map(rollout, grid, prefix)
+    maps = rollout_map(attention_rollout(kept), grid, prefix)
     token = "class-token row" if prefix else "mean over patch query rows (no class token)"
     figures.draw_rollout(pixels[:keep], maps, out, f"Attention rollout ({token}) on {spec}")
     attention = {
@@ -113,12 +112,6 @@ def _curves(run_dir: Path | None, out: Path) -> dict[str, Any]:
     figures.draw_curves(curves, out, f"Training curves: {run_dir.name}")
     return {"available": True, "run_dir": str(run_dir), "not_plotted": list(NOT_PLOTTED),
             "metrics": summarise_curves(curves), "figure": "training_curves.png"}
-
-
-def _write(out: Path, record: dict[str, Any]) -> Path:
-    path = out / ANALYSIS
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
 
 
 def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
@@ -166,7 +159,8 @@ def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
             "attention_distance": attention, "rollout": roll,
             "training_curves": _curves(subject.run_dir, target)}
     record["seconds"] = round(time.perf_counter() - start, 2)
-    path = _write(target, record)
+    path = target / ANALYSIS
+    path.write_text(json.dumps(record, indent=1) + "\n")
     drawn = [part["figure"] for part in record.values()
              if isinstance(part, dict) and "figure" in part]
     print(f"wrote {path} and {', '.join(drawn) or 'no figures'} ({record['seconds']} s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from vitssl.data.sources import open_dataset
+from vitssl.data.source import open_dataset
 from vitssl.data.transforms import normalize
 from vitssl.errors import VitsslError
 

@@ -141,12 +141,10 @@ def load_subject(path: str | Path, heads: int | None = None) -> Subject:
     if p.is_file() and p.suffix not in (".safetensors",):
         raise VitsslError(f"'{p}' is neither a .safetensors file nor a torch state dict "
                           f"({', '.join(TORCH_SUFFIXES)})")
-    from vitssl.train.checkpoint import WEIGHTS, latest_checkpoint, load_encoder
+    from vitssl.train.checkpoint import load_encoder, weights_file
 
-    weights = p
-    if p.is_dir():
-        weights = p / WEIGHTS if (p / WEIGHTS).is_file() else (latest_checkpoint(p) or p) / WEIGHTS
-    encoder, cfg = load_encoder(weights if weights.is_file() else p)
+    weights = weights_file(p)
+    encoder, cfg = load_encoder(weights)
     match = re.fullmatch(r"step-(\d+)", weights.parent.name)
     return Subject(encoder.eval(), "vitssl", str(weights), cfg.model.name, cfg.model.stem,
                    step=int(match[1]) if match else None, run_dir=find_run_dir(weights),

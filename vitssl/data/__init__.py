@@ -1,5 +1,5 @@
-"""Datasets by spec (``builtin:``, ``folder:``, ``wds:``, ``vtab1k:``), transforms and loaders."""
+"""Datasets by spec (``builtin:``, ``idx:``, ``folder:``, ``wds:``, ``vtab1k:``) and loaders."""
 
-from vitssl.data.spec import DataSpec, parse_spec
+from vitssl.data.source import DataSpec, Source, open_dataset, parse_spec
 
-__all__ = ["DataSpec", "parse_spec"]
+__all__ = ["DataSpec", "Source", "open_dataset", "parse_spec"]

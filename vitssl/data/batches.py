@@ -4,20 +4,15 @@ Batch ``step`` is a pure function of (seed, step): the sample order is a
 per-epoch permutation of the dataset and augmentation runs under an RNG
 seeded from (seed, step, rank) — or, with ``seed_per_sample`` (objective
 views), from (seed, the sample's position in the global stream), so a sample
-gets the same views whatever the number of ranks. Resuming at step s
-therefore yields exactly the batches an uninterrupted run would have seen,
-with any number of workers, and ``world_size`` ranks each take their slice of
-the same global batch.
+gets the same views on any number of ranks. A resumed run sees exactly the
+batches of an uninterrupted one, with any number of workers.
 
 An unreadable sample (:class:`~vitssl.data.decode.CorruptImage`) is replaced by
-the next readable dataset index, so batches stay full and deterministic; each
-replacement is counted in the batch's ``"_skipped"`` entry and logged by the
-main process (:func:`counted`), or is fatal with ``on_error="raise"``.
-
-A transform that ``takes_encoded`` (:class:`~vitssl.data.transforms.PretrainTransform`)
-gets image files as :class:`~vitssl.data.decode.EncodedImage` from a dataset
-that can give them (``dataset.encoded(index)``), so it decodes only as much
-as its crop needs.
+the next readable dataset index, counted in the batch's ``"_skipped"`` entry
+and logged by the main process (:func:`counted`), or is fatal with
+``on_error="raise"``. A transform that ``takes_encoded`` gets image files as
+:class:`~vitssl.data.decode.EncodedImage` from a dataset that has
+``encoded(index)``, so it decodes only as much as its crop needs.
 """
 
 from __future__ import annotations
@@ -79,9 +74,8 @@ def finish_batch(batch: dict[str, Any], mean: tuple[float, ...],
                  std: tuple[float, ...]) -> dict[str, Any]:
     """A compact batch -> ``"pixels"`` in [0, 1] and normalised ``"image"`` (or views).
 
-    Batches cross from DataLoader workers as uint8 and are finished in the
-    main process: a quarter of the float pixels' bytes, and one tensor not two.
-    Views become ``"view_pixels"`` in [0, 1] and normalised ``"views"``.
+    Batches cross from DataLoader workers as uint8 (a quarter of the bytes)
+    and are finished in the main process.
     """
     if "pixels_uint8" in batch:
         pixels = to_float(batch.pop("pixels_uint8"))
@@ -107,12 +101,10 @@ class StepBatches(Dataset):
                  mean: tuple[float, ...], std: tuple[float, ...], rank: int = 0,
                  world_size: int = 1, num_steps: int, on_error: str = "skip",
                  seed_per_sample: bool = False) -> None:
-        self.dataset, self.transform = dataset, transform
-        self.seed_per_sample = seed_per_sample
-        self.batch_size, self.rank = batch_size, rank
+        self.dataset, self.transform, self.seed_per_sample = dataset, transform, seed_per_sample
+        self.batch_size, self.rank, self.num_steps = batch_size, rank, num_steps
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
         self.plan = BatchPlan(len(dataset), batch_size * world_size, seed)
-        self.num_steps = num_steps
         self.on_error = on_error
         SkipLog(on_error)  # validates the setting up front
         self.encoded = bool(getattr(transform, "takes_encoded", False)
@@ -124,7 +116,7 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> dict[str, Any]:
         indices = self.plan.indices(step)
         mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        errors = CarriedSkips(self.on_error)
+        errors = SkipLog(self.on_error, carry=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(batch_seed(self.seed, step, self.rank))
             samples = [self._read(i, errors) for i in mine]
@@ -176,32 +168,11 @@ class StepBatches(Dataset):
                 image, label, where, tried = self._read(where + 1, errors, tried)
 
 
-class CarriedSkips(SkipLog):
-    """Skips counted and kept as messages for the batch (``"_skip_messages"``).
-
-    :func:`counted` logs them in the main process, where a worker's log
-    records would not reach the run's handlers, and only for batches the run
-    consumes (not for those a worker prefetched).
-    """
-
-    def __init__(self, on_error: str) -> None:
-        super().__init__(on_error)
-        self.messages: list[str] = []
-
-    def skip(self, message: str) -> None:
-        if self.raise_errors:
-            super().skip(message)
-        self.count += 1
-        self.messages.append(message)
-
-
 def loader_options(num_workers: int, pin_memory: bool = False) -> dict[str, Any]:
     """DataLoader keywords for a run's one loader of whole batches.
 
-    With workers: ``persistent_workers`` (re-iterating the loader reuses them)
-    and ``prefetch_factor`` so that at least 4 batches are in flight in all
-    (2 per worker from 2 workers on), enough to ride out a slow batch.
-    ``pin_memory`` (CUDA runs) lets batches be copied to the device asynchronously.
+    With workers: persistent, and at least 4 batches in flight in all (2 per
+    worker from 2 workers on), enough to ride out a slow batch.
     """
     options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:
@@ -211,11 +182,7 @@ def loader_options(num_workers: int, pin_memory: bool = False) -> dict[str, Any]
 
 def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0,
                 pin_memory: bool = False) -> DataLoader:
-    """A loader of batches ``start_step, start_step + 1, ...`` (parallel decoding with workers).
-
-    Its one pass spans every remaining step of the run, epochs included, so
-    workers start once per run (and once per loader: they persist).
-    """
+    """A loader of batches ``start_step, start_step + 1, ...``: one pass over the run's steps."""
     steps = range(start_step, len(batches))
     return DataLoader(batches, batch_size=None, sampler=steps,
                       **loader_options(num_workers, pin_memory))
@@ -225,10 +192,9 @@ def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
             std: tuple[float, ...], device: torch.device | None = None) -> Iterator[dict]:
     """Finish each batch, moving its ``"_skipped"`` count to ``owner.skipped``.
 
-    A ``"_position"`` entry (streams) goes to ``owner.position.update``; skip
-    messages carried from workers are logged here. With a CUDA ``device`` the
-    compact uint8 pixels go to it first (from pinned memory, asynchronously)
-    and are finished there. Errors raised in workers come out as one line.
+    A ``"_position"`` (streams) goes to ``owner.position.update``; carried skip
+    messages are logged here. With a CUDA ``device`` the uint8 pixels are
+    finished there. Errors raised in workers come out as one line.
     """
     try:
         for batch in batches:

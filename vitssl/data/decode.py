@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 
 from vitssl.errors import VitsslError
 
-# File suffixes read as images; the first three are stored in shards as they are.
-SHARD_EXTS = ("jpg", "png", "webp")
+# File suffixes read as images; those in SHARD_KEYS are stored in shards as they are.
+SHARD_KEYS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -30,7 +30,7 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return to_rgb(image)
+            return to_8bit(image).convert("RGB")  # PIL would clip 16-bit and float images
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
         raise _corrupt(name, exc) from None
 
@@ -56,9 +56,7 @@ class EncodedImage:
         """(8-bit pixels, scale divisor): grey stays ``"L"``, every other mode becomes RGB.
 
         ``reduce`` > 1 lets a JPEG decode at 1/2, 1/4 or 1/8 of its size, the
-        largest of these at most ``reduce`` (PIL's ``draft``: DCT scaling, far
-        less work); the pixels then cover the whole image at 1/divisor of its
-        size. Other formats decode in full (divisor 1). Decodes once.
+        largest at most ``reduce`` (PIL's ``draft``); other formats decode in full.
         """
         image, divisor = self.header, 1
         try:
@@ -86,11 +84,6 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with 16-bit, 32-bit and float images scaled to 8 bits (PIL would clip them)."""
-    return to_8bit(image).convert("RGB")
-
-
 def read_file(path: str | Path) -> bytes:
     """An image file's bytes; :class:`CorruptImage` when it cannot be read."""
     try:
@@ -106,13 +99,6 @@ def load_image(path: str | Path) -> Image.Image:
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
-
-
-def shard_ext(path: Path) -> str | None:
-    """The shard key a file's bytes can be stored under unchanged, or None to re-encode."""
-    ext = path.suffix.lower().lstrip(".")
-    ext = "jpg" if ext == "jpeg" else ext
-    return ext if ext in SHARD_EXTS else None
 
 
 class ImageFiles(Dataset):
@@ -135,5 +121,5 @@ class ImageFiles(Dataset):
     def raw(self, index: int) -> tuple[bytes, str, int] | None:
         """(file bytes, shard key, label) when the file can go into a shard unchanged."""
         path, label = self.samples[index]
-        ext = shard_ext(path)
+        ext = SHARD_KEYS.get(path.suffix.lower())
         return (path.read_bytes(), ext, label) if ext else None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitssl.data.augment import Augmentation
+from vitssl.data.augment import NONE
 from vitssl.errors import VitsslError
 
 NUM_CLASSES = 10
@@ -42,8 +42,7 @@ class Digits(Dataset):
     # None: a mirrored 2 reads as a 5, a cropped 8 as a 0, and on 8 x 8 scans even a
     # one-pixel shift moves the digit by an eighth of its box. No colour operations in
     # self-supervised views: they cost dino 14 points 10-shot (benchmarks/RESULTS.md).
-    augmentation = Augmentation(augment=False, hflip=False, crop_scale=(1.0, 1.0),
-                                crop_ratio=(1.0, 1.0), color=False)
+    augmentation = NONE
 
     def __init__(self, split: str = "train") -> None:
         images, labels = _load()

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vitssl.data.augment import Augmentation
+from vitssl.data.vtab1k import LIST_SPLITS, SPLIT_ALIASES
 from vitssl.errors import VitsslError
 
 SHAPES = ("square", "ellipse", "heart")
@@ -39,8 +40,6 @@ MARGIN = 12.0  # centre range [MARGIN, SIZE - MARGIN]
 # Fixed VTAB-like splits of a seed-0 permutation of all images.
 TRAIN, VAL = 800, 200
 DEFAULT_TEST_SIZE = 2_000
-SPLITS = ("train800", "val200", "train800val200", "test")
-SPLIT_ALIASES = {"train": "train800val200", "val": "val200"}
 
 # Heart curve (x²+y²−1)³ − x²y³ ≤ 0 spans x ∈ ±1.138, y ∈ [−1, 1.236]; shift and
 # shrink it so it fits the unit disc around its box centre.
@@ -113,14 +112,19 @@ def split_indices(split: str, test_size: int = DEFAULT_TEST_SIZE) -> np.ndarray:
               "train800val200": slice(0, TRAIN + VAL),
               "test": slice(TRAIN + VAL, TRAIN + VAL + test_size)}
     if name not in slices:
-        raise VitsslError(f"dSprites has no split '{split}'; accepted: {', '.join(SPLITS)}, "
+        raise VitsslError(f"dSprites has no split '{split}'; accepted: {', '.join(LIST_SPLITS)}, "
                           f"train (= train800val200), val (= val200)")
     return perm[slices[name]]
 
 
 class _DSpritesTask(Dataset):
+    """A VTAB dSprites task, rendered here (Matthey et al. 2017, Apache-2.0; see the module).
+
+    Splits of a fixed seed-0 permutation: train800, val200, train800val200
+    (also ``train``), test (2,000 by default, ``test_size=`` up to 736,280).
+    """
+
     num_classes = 16
-    label_fn = staticmethod(loc_label)
 
     def __init__(self, split: str = "train", test_size: int = DEFAULT_TEST_SIZE) -> None:
         self.split = SPLIT_ALIASES.get(split, split)
@@ -138,11 +142,7 @@ class _DSpritesTask(Dataset):
 class DSpritesLoc(_DSpritesTask):
     """dSprites x-position (VTAB dsprites_loc): 16 classes, 64×64, 800/200/2,000; Apache-2.0.
 
-    Label = posX index // 2. Splits (fixed seed-0 permutation of the 737,280
-    images): train800 (800), val200 (200), train800val200 (1,000; also ``train``),
-    test (2,000 by default, ``test_size=`` up to 736,280). Origin: rendered
-    here from the dSprites latent definition (Matthey et al. 2017, Apache-2.0);
-    see :mod:`vitssl.data.dsprites`.
+    Label = posX index // 2.
     """
 
     label_fn = staticmethod(loc_label)
@@ -153,10 +153,7 @@ class DSpritesLoc(_DSpritesTask):
 class DSpritesOri(_DSpritesTask):
     """dSprites orientation (VTAB dsprites_ori): 16 classes, 64×64, 800/200/2,000; Apache-2.0.
 
-    Label = floor(orientation index / 2.5). Splits as :class:`DSpritesLoc`:
-    train800, val200, train800val200 (= ``train``), test (2,000 by default,
-    ``test_size=``). Origin: rendered here from the dSprites latent definition
-    (Matthey et al. 2017, Apache-2.0); see :mod:`vitssl.data.dsprites`.
+    Label = floor(orientation index / 2.5).
     """
 
     label_fn = staticmethod(ori_label)

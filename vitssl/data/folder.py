@@ -12,15 +12,17 @@ other split ``S`` reads ``PATH/S``. Image suffixes: see
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from vitssl.data.decode import IMAGE_EXTS, ImageFiles, is_image_file
 from vitssl.errors import VitsslError
 
 
-def _images_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p)
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+def _images(root: Path) -> Iterator[Path]:
+    """Image files under ``root``, unsorted; hidden files and folders left out."""
+    return (p for p in root.rglob("*") if is_image_file(p) and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def _split_root(path: Path, split: str) -> Path:
@@ -47,9 +49,7 @@ def folder_info(path: str | Path, split: str = "train") -> tuple[bool, int | Non
     """
     root = _split_root(Path(path).expanduser(), split)
     subdirs = _class_dirs(root)
-    labelled = any(is_image_file(p) and p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(d).parts)
-        for d in subdirs for p in d.rglob("*"))
+    labelled = any(next(_images(d), None) for d in subdirs)
     return (True, len(subdirs)) if labelled else (False, None)
 
 
@@ -60,7 +60,7 @@ class ImageFolder(ImageFiles):
         self.root = _split_root(Path(path).expanduser(), split)
         subdirs = _class_dirs(self.root)
         top = sorted(p for p in self.root.iterdir() if p.is_file() and is_image_file(p))
-        per_class = {d.name: _images_under(d) for d in subdirs}
+        per_class = {d.name: sorted(_images(d)) for d in subdirs}
         if any(per_class.values()):
             if top:
                 raise VitsslError(f"folder:{self.root} mixes images ({top[0].name}) with class "

@@ -3,13 +3,9 @@
 An IDX file is a 4-byte magic number (two zero bytes, a type code — 0x08 for
 unsigned bytes — and the number of dimensions), one big-endian uint32 per
 dimension, then the values in C order. A folder holds a split as
-``PREFIX-images-idx3-ubyte`` (N x H x W images) and
-``PREFIX-labels-idx1-ubyte`` (N labels), each optionally gzipped and with
-``.`` in place of the last ``-`` (``train-images.idx3-ubyte``); PREFIX is
-``train`` for the ``train`` split and ``t10k`` for ``test``.
-
-Every file is checked: magic number, dimensions, that its size is exactly
-header + data, and that images and labels agree in count. Any problem is one
+``PREFIX-images-idx3-ubyte`` (N x H x W) and ``PREFIX-labels-idx1-ubyte`` (N),
+maybe gzipped and with ``.`` for the last ``-``; PREFIX is ``train`` or ``t10k``
+(``test``). Magic, dimensions, size and counts are checked; a problem is one
 :class:`~vitssl.errors.VitsslError` line naming the file.
 """
 
@@ -38,12 +34,9 @@ def split_files(root: Path, split: str) -> tuple[Path | None, Path | None]:
     prefix = PREFIXES[split]
 
     def find(kind: str, dims: int) -> Path | None:
-        for sep in ("-", "."):
-            for gz in ("", ".gz"):
-                path = root / f"{prefix}-{kind}{sep}idx{dims}-ubyte{gz}"
-                if path.is_file():
-                    return path
-        return None
+        paths = (root / f"{prefix}-{kind}{sep}idx{dims}-ubyte{gz}" for sep in "-." for gz in
+                 ("", ".gz"))
+        return next((path for path in paths if path.is_file()), None)
 
     return find("images", 3), find("labels", 1)
 
@@ -118,8 +111,7 @@ def infer_num_classes(root: Path) -> int:
 class IdxImages(Dataset):
     """Map-style dataset of (uint8 tensor (3, H, W), label) from a folder of IDX files.
 
-    Grey images become 3 identical channels. ``num_classes``: given, or one
-    more than the largest label of the folder's train and test label files.
+    ``num_classes``: given, or one more than the largest label of the folder.
     """
 
     def __init__(self, root: str | Path, split: str = "train", *,

@@ -1,18 +1,12 @@
 """``builtin:fashion-mnist`` and ``builtin:mnist``: the IDX files, found where they are installed.
 
-Nothing is downloaded. A dataset looks, in order, in
-
-1. the folder ``root`` (the dataset option, ``data.options.root``) if given
-   — that folder itself, or torchvision's layout ``ROOT/FashionMNIST/raw``
-   (``ROOT/MNIST/raw``) — and nowhere else;
-2. ``$VITSSL_DATA/fashion-mnist`` (``$VITSSL_DATA/mnist``);
-3. the Debian package's directory ``/usr/share/datasets/fashion-mnist``
-   (``apt-get install dataset-fashion-mnist``; MNIST has no package).
-
+Nothing is downloaded. A dataset looks in ``data.options.root`` if given (that
+folder, or torchvision's ``ROOT/FashionMNIST/raw``, ``ROOT/MNIST/raw``) and
+nowhere else; otherwise in ``$VITSSL_DATA/fashion-mnist`` (``.../mnist``), then
+``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
 Fashion-MNIST (Xiao, Rasul and Vollgraf 2017, MIT licence): 60,000 + 10,000
-grey 28×28 photographs of clothing, 10 classes. MNIST (LeCun et al.):
-60,000 + 10,000 handwritten digits, 10 classes. Splits ``train`` / ``test``;
-images come as 3 identical uint8 channels (see :mod:`vitssl.data.idx`).
+grey 28×28 photographs of clothing, 10 classes. MNIST (LeCun et al.): 60,000 +
+10,000 handwritten digits. Splits ``train`` / ``test`` (see :mod:`vitssl.data.idx`).
 """
 
 from __future__ import annotations

@@ -51,11 +51,9 @@ class Photos(Dataset):
     """Unlabelled crops of 12 photos bundled in scikit-image (public domain/CC0); 96 px, 20k.
 
     Item ``i`` of a split is a square crop (side 25-100% of the photo's short
-    side, photo chosen uniformly) resized to ``size`` px (default 96), a pure
-    function of (split, i). ``length`` items per split (default 20,000); splits
-    ``train`` and ``test`` draw from different seeds. No labels
-    (``num_classes`` is None). Licences (public domain / CC0): see
-    :mod:`vitssl.data.photos`.
+    side, photo chosen uniformly) resized to ``size`` px, a pure function of
+    (split, i); ``length`` items per split; ``train`` and ``test`` draw from
+    different seeds.
     """
 
     num_classes = None

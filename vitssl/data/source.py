@@ -1,4 +1,4 @@
-"""The data-source contract: what a spec kind (``KIND:TARGET[:SPLIT]``) provides.
+"""Data sources: what a spec kind (``KIND:TARGET[:SPLIT]``) provides, and specs parsed by it.
 
 A source plugin registers a :class:`Source` subclass under its spec prefix::
 
@@ -6,35 +6,95 @@ A source plugin registers a :class:`Source` subclass under its spec prefix::
     def register_sources(register):
         register("npz", NpzSource)     # specs "npz:PATH[:SPLIT]"
 
-The data package reads sources only through these methods: it parses a spec
-with :meth:`Source.parse`, asks :meth:`Source.augmentation` for the default
-augmentation, :meth:`Source.info` for what is known before reading, and
-:meth:`Source.open` (map-style) or :meth:`Source.stream` (endless streams)
-for the data itself. ``options`` is ``data.options`` (a dict, maybe empty).
+The core reads sources only through that class's methods and attributes
+(it never names a kind); ``options`` is ``data.options`` (a dict, maybe empty).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
-from vitssl.data.augment import IMAGENET_STYLE, Augmentation
+from vitssl.config import DataConfig
 from vitssl.errors import VitsslError
+from vitssl.plugins import get_registry
 
 # Split names a trailing ``:SPLIT`` of a spec may carry.
 SPLITS = ("train", "val", "test", "train800", "val200", "train800val200")
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random resized crop (scale, aspect ratio), shift and horizontal flip, or none.
+
+    ``color`` says whether the self-supervised objectives' colour operations (jitter,
+    greyscale, solarisation in :mod:`vitssl.ssl.views`) suit the data; the
+    pretraining transform itself has none.
+    """
+
+    augment: bool = True
+    hflip: bool = True
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    translate: float = 0.0
+    color: bool = True
+
+
+IMAGENET_STYLE = Augmentation()
+
+
+class Batches(Protocol):
+    """A run's pretraining batches, map-style or streamed: ``len()`` batch dicts.
+
+    ``skipped`` counts samples dropped as unreadable so far; ``resume_note``
+    says how a resumed stream restarted when not exactly; :meth:`stream_state`
+    is what a checkpoint saves to continue (None: batches follow from the step).
+    """
+
+    labelled: bool
+    num_classes: int | None
+    num_workers: int
+    skipped: int
+    resume_note: str | None
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def stream_state(self) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What the loop asks a stream for: rank ``rank``'s next ``num_batches`` batches.
+
+    ``data`` is the run's resolved data config; ``num_workers`` the count its
+    ``data.num_workers`` resolves to; ``transform`` maps an image to what
+    :func:`~vitssl.data.batches.stack_outputs` stacks; ``stream_state`` what
+    :meth:`Batches.stream_state` saved, as ``{"world_size": N, "ranks": [...]}``.
+    """
+
+    data: DataConfig
+    transform: Callable
+    batch_size: int  # per rank
+    seed: int
+    num_batches: int
+    num_workers: int = 0
+    start_step: int = 0
+    rank: int = 0
+    world_size: int = 1
+    stream_state: dict[str, Any] | None = None
+
+
 class Source:
     """Base class of data sources; subclasses override what differs from map-style data."""
 
-    example: str = ""
-    """A spec to show in error messages and listings, e.g. ``"folder:PATH"``."""
-
-    streams: bool = False
-    """True for endless streams (:meth:`stream`); False for map-style data (:meth:`open`)."""
+    example: str = ""  # a spec for error messages and listings, e.g. "folder:PATH"
+    streams: bool = False  # endless streams (stream), not map-style data (open)
+    in_memory: bool = False  # samples are arrays in memory: no loader workers by default
 
     def parse(self, rest: str) -> tuple[str, str | None]:
         """The text after ``KIND:`` -> (target, split); a trailing ``:SPLIT`` is split off."""
@@ -52,6 +112,10 @@ class Source:
         classes = getattr(self.open(target, split, options), "num_classes", None)
         return bool(classes), classes
 
+    def native_splits(self, target: str) -> bool:
+        """Whether the data has the VTAB protocol's own splits (train800, val200, test)."""
+        return False
+
     def open(self, target: str, split: str, options: Mapping[str, Any]) -> Dataset:
         """A map-style dataset of ``(image, label)``; label -1 when unlabelled.
 
@@ -61,15 +125,13 @@ class Source:
         raise VitsslError(f"{self.example or 'this source'} is a stream, not a map-style "
                           f"dataset; use it for pretraining")
 
-    def stream(self, target: str, *, transform: Callable, batch_size: int, seed: int,
-               data: Any, rank: int, world_size: int, start_step: int, num_batches: int,
-               stream_state: dict[str, Any] | None) -> Any:
-        """A :class:`~vitssl.data.pipeline.StreamBatches` of ``num_batches`` batches.
-
-        ``data`` is the resolved :class:`~vitssl.config.DataConfig`;
-        ``stream_state`` what :meth:`StreamBatches.stream_state` saved.
-        """
+    def stream(self, target: str, request: StreamRequest) -> Batches:
+        """The batches ``request`` asks for, from an endless stream."""
         raise VitsslError(f"{self.example or 'this source'} is map-style; it does not stream")
+
+    def samples(self, target: str, skips: Any) -> Iterator[dict[str, Any]]:
+        """A stream's samples as webdataset members (``vitssl shard``); ``skips``: a SkipLog."""
+        raise VitsslError(f"{self.example or 'this source'} cannot be written to shards")
 
 
 def check_options(kind: str, options: Mapping[str, Any],
@@ -80,3 +142,61 @@ def check_options(kind: str, options: Mapping[str, Any],
         takes = f"accepted: {', '.join(accepted)}" if accepted else "it takes none"
         raise VitsslError(f"{kind}: unknown data.options {unknown}; {takes}")
     return dict(options)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``kind`` names a registered source; ``target`` a dataset name, path or URL pattern."""
+
+    kind: str
+    target: str
+    split: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}" + (f":{self.split}" if self.split else "")
+
+    @property
+    def source(self) -> Source:
+        """The registered source of this spec's kind."""
+        return get_source(self.kind)
+
+
+def source_kinds() -> list[str]:
+    """The spec prefixes the registered source plugins provide."""
+    return get_registry().names("sources")
+
+
+def get_source(kind: str) -> Source:
+    """The registered source for a spec prefix."""
+    factory = get_registry().get("sources", kind)
+    return factory() if isinstance(factory, type) else factory
+
+
+def parse_spec(spec: str | DataSpec) -> DataSpec:
+    """``"builtin:digits"``, ``"folder:/data/imgs"``, ``"vtab1k:/data/vtab-1k/dtd:test"``...
+
+    The registered source for KIND splits the rest into a target and an
+    optional trailing ``:SPLIT`` (``wds:`` never does: URLs hold colons).
+    """
+    if isinstance(spec, DataSpec):
+        return spec
+    kind, sep, rest = str(spec).partition(":")
+    if not sep or not rest or kind not in source_kinds():
+        entries = sorted(get_registry().entries["sources"].items())
+        shown = ", ".join(getattr(e.factory, "example", "") or f"{name}:..."
+                          for name, e in entries)
+        raise VitsslError(f"bad data spec '{spec}': expected one of "
+                          f"{shown or 'none (no source plugin is loaded: see VITSSL_PLUGINS)'}")
+    target, split = get_source(kind).parse(rest)
+    return DataSpec(kind, target, split)
+
+
+def open_dataset(spec: str | DataSpec, split: str = "train", **options: Any) -> Dataset:
+    """A map-style dataset of ``(image, label)`` for a spec (see :meth:`Source.open`).
+
+    The spec's own split (``builtin:digits:test``) wins over ``split``;
+    ``options`` (``data.options``) go to the source. Streams (``wds:``) refuse:
+    use :func:`vitssl.data.pipeline.pretrain_batches`.
+    """
+    spec = parse_spec(spec)
+    return spec.source.open(spec.target, spec.split or split, options)

@@ -1,14 +1,16 @@
 """``wds:`` batches for the loop: a fixed number of batches from an endless shard stream.
 
-:func:`open_stream` builds the stream of one rank and points it at a
-checkpoint's saved position (:func:`stream_resume`); :class:`StreamBatches`
-hands out exactly the batches a run needs and follows the stream's position.
+:class:`StreamBatches` hands out exactly the batches a run needs and follows
+the stream's position (:class:`RankPosition`). Resumed with the same world
+size and worker count, a stream continues exactly; with another worker count
+at the next shard boundary; with another world size, or from a checkpoint
+without a position, as a fresh draw seeded by the step (:func:`stream_resume`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,19 +18,48 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitssl.data.batches import counted
-from vitssl.data.wds import ShardStream, expand_urls, is_labelled
-from vitssl.data.wds_position import RankPosition, boundary
+from vitssl.data.source import StreamRequest
+from vitssl.data.wds import expand_urls, is_labelled
+from vitssl.data.wds_stream import ShardStream
 from vitssl.errors import VitsslError
 
 
 @dataclass
-class StreamBatches:
-    """Like :class:`~vitssl.data.pipeline.PretrainBatches`, from a ``wds:`` stream.
+class RankPosition:
+    """One rank's stream position: per logical worker the position after its last batch.
 
-    ``num_batches`` batches; ``position`` follows the batches handed out
-    (:meth:`stream_state` is what a checkpoint saves; pass it back as
-    ``stream_state`` to continue); ``resume_note`` says how a resumed stream
-    restarted when not exactly.
+    The loader's physical worker ``p`` plays logical worker ``(p + next_worker)
+    % num_workers``, so the DataLoader's round robin resumes where it stopped.
+    """
+
+    num_workers: int
+    num_shards: int
+    resampled: bool
+    workers: list[dict[str, Any] | None] = field(default_factory=list)
+    next_worker: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            self.workers = [None] * self.num_workers
+
+    def update(self, position: dict[str, Any]) -> None:
+        """Record the position a worker reported with the batch just consumed."""
+        worker = int(position["worker"])
+        self.workers[worker] = {k: v for k, v in position.items() if k != "worker"}
+        self.next_worker = (worker + 1) % self.num_workers
+
+    def to_state(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "num_shards": self.num_shards,
+                "resampled": self.resampled, "next_worker": self.next_worker,
+                "workers": list(self.workers)}
+
+
+@dataclass
+class StreamBatches:
+    """:class:`~vitssl.data.source.Batches` of ``num_batches`` batches from a ``wds:`` stream.
+
+    ``position`` follows the batches handed out (:meth:`stream_state` is what a
+    checkpoint saves).
     """
 
     stream: ShardStream
@@ -69,19 +100,46 @@ class StreamBatches:
                               f"(see the skipped-sample warnings)")
 
 
-def open_stream(pattern: str, *, transform: Callable, batch_size: int, seed: int, data: Any,
-                rank: int, world_size: int, start_step: int, num_batches: int,
-                stream_state: dict[str, Any] | None) -> StreamBatches:
-    """The batches of rank ``rank`` from the shards ``pattern`` names (``data``: a DataConfig)."""
+def open_stream(pattern: str, request: StreamRequest, *, shuffle_buffer: int = 1000,
+                resampled: bool | None = None) -> StreamBatches:
+    """The batches ``request`` asks for from the shards ``pattern`` names.
+
+    ``resampled`` None: draw shards with replacement when ``world_size > 1``.
+    With ``data.num_workers`` "auto", a resumed stream keeps the worker count
+    its saved position was written with, so it continues exactly.
+    """
     urls = expand_urls(pattern)
     labelled = is_labelled(urls)
-    resampled = world_size > 1 if data.resampled is None else data.resampled
-    stream = ShardStream(urls, transform, batch_size=batch_size, seed=seed, mean=data.mean,
-                         std=data.std, labelled=labelled, rank=rank, world_size=world_size,
-                         resampled=resampled, shuffle_buffer=data.shuffle_buffer,
-                         on_error=data.on_error)
-    note = stream_resume(stream, stream_state, start_step, max(1, data.num_workers))
-    return StreamBatches(stream, num_batches, data.num_workers, labelled, resume_note=note)
+    resampled = request.world_size > 1 if resampled is None else resampled
+    stream = ShardStream(urls, request, labelled=labelled, resampled=resampled,
+                         shuffle_buffer=shuffle_buffer)
+    saved, workers = request.stream_state, request.num_workers
+    if request.data.num_workers == "auto" and saved \
+            and int(saved["world_size"]) == request.world_size and saved["ranks"][request.rank]:
+        workers = int(saved["ranks"][request.rank]["num_workers"])
+    note = stream_resume(stream, saved, request.start_step, max(1, workers))
+    return StreamBatches(stream, request.num_batches, workers, labelled, resume_note=note)
+
+
+def boundary(saved: dict[str, Any], resampled: bool, rank_shards: int) -> tuple[int, int]:
+    """(epoch, first shard) at which a stream saved with another worker count resumes.
+
+    Without resampling: the first shard of the rank's pass that no worker had
+    started (shards another worker had not reached yet are skipped; partly
+    read ones are not re-read). With resampling: a fresh pass after the
+    furthest one any worker was in.
+    """
+    workers = saved["num_workers"]
+    started = [(0, 0)]
+    for w, pos in enumerate(saved["workers"]):
+        if pos is None:
+            continue
+        count = int(pos["shard"]) + (1 if int(pos["offset"]) > 0 else 0)  # shards started
+        started.append((int(pos["epoch"]), (count - 1) * workers + w + 1 if count else 0))
+    epoch, first = max(started)
+    if resampled or first >= rank_shards:
+        return epoch + 1, 0
+    return epoch, first
 
 
 def stream_resume(stream: ShardStream, saved: dict[str, Any] | None, start_step: int,
@@ -100,7 +158,7 @@ def stream_resume(stream: ShardStream, saved: dict[str, Any] | None, start_step:
         stream.origin = start_step
         why = ("holds no stream position" if saved is None else
                f"was written on {saved['world_size']} ranks, this run has {stream.world_size}"
-               if mine is None else "was written for other shards or data.resampled")
+               if mine is None else "was written for other shards or data.options.resampled")
         return (f"wds: the checkpoint {why}; the stream restarts with a fresh draw seeded by "
                 f"step {start_step} (some samples may be seen twice or not at all)")
     if int(mine["num_workers"]) == num_workers:

@@ -10,8 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
-from vitssl.data.sources import num_classes, open_dataset
-from vitssl.data.spec import DataSpec, parse_spec
+from vitssl.data.source import DataSpec, open_dataset, parse_spec
 from vitssl.data.transforms import eval_transform, normalize
 from vitssl.errors import VitsslError
 
@@ -54,7 +53,7 @@ def load_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_
     base = DataSpec(parsed.kind, parsed.target)
     train = open_dataset(base, train_split, **(options or {}))
     test = open_dataset(base, test_split, **(options or {}))
-    classes = num_classes(train)
+    classes = getattr(train, "num_classes", None)
     if not classes:
         raise VitsslError(f"'{spec}' has no labels; evaluators need a labelled dataset")
     return Task(name=str(base), train=Transformed(train, image_size, mean, std),

@@ -1,10 +1,9 @@
 """Image transforms (torchvision v2): pretraining augmentation and evaluation resizing.
 
-Both return float pixels in [0, 1], shape (3, H, W) for ``image_size`` an int
-(H = W) or (H, W) — or, with ``as_uint8``,
-the same pixels as uint8 before the final scaling (4× less to send from a
-DataLoader worker; :func:`to_float` finishes them). Normalisation happens when
-batches are assembled, so objectives can also see the raw pixels.
+Both return float pixels in [0, 1], (3, H, W) for ``image_size`` an int (H = W)
+or (H, W) — or, with ``as_uint8``, the same pixels as uint8 (4× less to send
+from a DataLoader worker; :func:`to_float` finishes them). Normalisation
+happens when batches are assembled, so objectives can also see the pixels.
 """
 
 from __future__ import annotations
@@ -33,15 +32,10 @@ def pretrain_transform(image_size: int | tuple[int, int],
                        translate: float = 0.0, *, as_uint8: bool = False) -> Callable:
     """Random resized crop, shift and horizontal flip (plain resize when ``augment`` is off).
 
-    ``translate``: the largest shift, as a fraction of the side, of a random
-    translation after the crop (uncovered pixels black); 0 turns it off.
-
-    ``crop_ratio`` is the crop's width/height range relative to the output's
-    own aspect (W/H), so a non-square output is cropped as a square one is.
-
-    Randomness comes from torch's global RNG; callers seed it per batch.
-    With ``augment`` it is a :class:`PretrainTransform`, which also takes image
-    files not yet decoded.
+    ``translate``: the largest random shift after the crop, as a fraction of
+    the side (uncovered pixels black; 0: none). ``crop_ratio`` is relative to
+    the output's own aspect (W/H). Randomness comes from torch's global RNG
+    (callers seed it per batch).
     """
     if not augment:
         return eval_transform(image_size, as_uint8=as_uint8)
@@ -55,25 +49,14 @@ class PretrainTransform:
     """Random resized crop, then shift and flip: of a decoded image, or of an image file.
 
     A decoded image (PIL or a (C, H, W) uint8 tensor) goes through torchvision's
-    ``RandomResizedCrop`` as it is. An :class:`~vitssl.data.decode.EncodedImage`
-    gets the same crop box, drawn from the same RNG calls on its full size (read
-    from the header), and then:
-
-    - a crop less than :data:`REDUCE_FROM` times the output per side: the file
-      is decoded in full and the crop resized by torchvision, exactly as a
-      decoded image would be (bit for bit);
-    - a larger crop: the file is decoded at a reduced scale where the format
-      allows (JPEG: 1/2, 1/4 or 1/8, keeping at least :data:`REDUCING_GAP`
-      decoded pixels per output pixel), and PIL resamples the crop's exact box
-      after an integer ``reduce`` of it (``resize(..., reducing_gap=2)``).
-      Crop box, shift and flip are the same; the pixels differ at
-      interpolation level (JPEG's DCT-domain scaling and ``reduce`` are box
-      filters ahead of the bilinear one, the reduced pixels at the crop's
-      edges reach up to one of them beyond it, PIL rounds as it does):
-      measured on smooth test images, under one grey level on average.
-
-    Grey files stay one channel until the end. The shift and flip draw their
-    randomness after the crop either way, so the RNG advances alike.
+    ``RandomResizedCrop``. An :class:`~vitssl.data.decode.EncodedImage` gets the
+    same crop box (the same RNG calls on the size its header gives); a crop
+    under :data:`REDUCE_FROM` times the output per side is then decoded in full
+    and resized exactly as a decoded image (bit for bit), a larger one is
+    decoded at a reduced scale where the format allows (JPEG: 1/2, 1/4, 1/8,
+    keeping :data:`REDUCING_GAP` pixels per output pixel) and resampled by PIL:
+    the same box, shift and flip, pixels within a grey level on average. The
+    shift and flip draw after the crop either way, so the RNG advances alike.
     """
 
     takes_encoded = True

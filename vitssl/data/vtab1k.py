@@ -2,18 +2,12 @@
 
 A task folder holds ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
 ``test.txt``; each line is ``images/<split>/000123.jpg <label>`` (a path
-relative to the task folder, one space, a 0-based integer label; parsed with
-``rsplit(maxsplit=1)``). A folder named after one of the 19 VTAB tasks has the
-class count of the VTAB table below, never one from the labels seen. Any other
-folder in this layout is a custom task: its class count is given as
-``vtab1k:PATH:classes=N`` (or the ``num_classes`` option of
-:func:`vitssl.data.sources.open_dataset`), or else inferred as one more than the
-largest label of its four lists; stderr says which (inference cannot know of a
-class whose label appears in no list).
-
-Split names: ``train800``, ``val200``, ``train800val200``, ``test``; ``train``
-means ``train800val200`` (the final-training set of the protocol) and ``val``
-means ``val200``.
+relative to the task folder, a space, a 0-based label). A folder named after
+one of the 19 VTAB tasks has the class count of the table below; any other is
+a custom task whose count is given (``:classes=N`` or the ``num_classes``
+option) or inferred as one more than the largest label of its four lists
+(stderr says which). Splits: the four lists; ``train`` means
+``train800val200`` (the protocol's final training set), ``val`` ``val200``.
 """
 
 from __future__ import annotations

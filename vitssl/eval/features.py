@@ -11,17 +11,15 @@ Which feature of an image is read is chosen by name (the evaluators' ``features=
 - ``pre-logits`` — ``encoder.pre_logits(encoder(images))``, where the checkpoint
   loader attached the supervised objective's pre-logits module as ``pre_logits``.
 
-The cache is keyed by the encoder object, the dataset object and the feature choice, and remembers
-a fingerprint of the encoder's parameters (storage and in-place version
-counters), so features are recomputed after any optimiser step or weight load
-but reused across evaluators and sweeps on the same frozen encoder.
+The cache is keyed by encoder, dataset and feature choice and checks a fingerprint of the
+encoder's tensors (storage and in-place version counters): features are recomputed after any
+optimiser step or weight load, reused across evaluators and sweeps on a frozen encoder.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -30,13 +28,24 @@ from torch.utils.data import DataLoader, Dataset
 from vitssl.errors import VitsslError
 from vitssl.eval.progress import progress
 
-FEATURE_CHOICES = ("pooled", "cls", "mean", "cls+mean", "blocks:K", "pre-logits")
+
+def numbers(value: Any, option: str, kind: type = int) -> tuple:
+    """One value or a list as a non-empty tuple of ints >= 1 (or ``kind=float``: floats >= 0)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or min(out) < (1 if kind is int else 0):
+        wanted = "positive integers" if kind is int else "non-negative numbers"
+        raise VitsslError(f"{option} needs {wanted}, got {value!r}")
+    return out
 
 
 def parse_features(value: Any) -> str:
     """A ``features=`` value checked and normalised (``"blocks:4"``); one-line error if bad."""
     text = str(value).strip()
-    if text in FEATURE_CHOICES and text != "blocks:K":
+    if text in ("pooled", "cls", "mean", "cls+mean", "pre-logits"):
         return text
     head, colon, count = text.partition(":")
     if head == "blocks" and colon and count.strip().isdigit() and int(count) >= 1:
@@ -97,8 +106,7 @@ def encode_images(encoder: nn.Module, images: torch.Tensor,
     raise VitsslError(f"unknown features '{features}'")
 
 
-@dataclass
-class Features:
+class Features(NamedTuple):
     """Features (N, F) float32 on the CPU and their labels (N,) long."""
 
     x: torch.Tensor
@@ -140,32 +148,22 @@ def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 
     return Features(torch.cat(xs), torch.cat(ys))
 
 
-@dataclass
-class _Entry:
-    dataset: Dataset
-    fingerprint: tuple
-    features: Features
-
-
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, str], _Entry]] = \
-    weakref.WeakKeyDictionary()
+# encoder -> {(id(dataset), features): (dataset, fingerprint, Features)}
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def cached_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 256,
                     desc: str = "features", show_progress: bool = True,
                     features: str = "pooled") -> Features:
-    """Like :func:`extract_features`, reusing the last result for this encoder, dataset and
-    feature choice."""
+    """:func:`extract_features`, reusing the last result for this encoder, dataset and choice."""
     features = check_features(encoder, features)
-    per_encoder = _CACHE.setdefault(encoder, {})
-    fingerprint = _fingerprint(encoder)
-    key = (id(dataset), features)
-    entry = per_encoder.get(key)
-    if entry is not None and entry.dataset is dataset and entry.fingerprint == fingerprint:
-        return entry.features
+    per_encoder, fingerprint = _CACHE.setdefault(encoder, {}), _fingerprint(encoder)
+    entry = per_encoder.get((id(dataset), features))
+    if entry is not None and entry[0] is dataset and entry[1] == fingerprint:
+        return entry[2]
     out = extract_features(encoder, dataset, batch_size=batch_size, desc=desc,
                            show_progress=show_progress, features=features)
-    per_encoder[key] = _Entry(dataset, fingerprint, out)
+    per_encoder[(id(dataset), features)] = (dataset, fingerprint, out)
     return out
 
 

@@ -1,17 +1,10 @@
 """Linear classifiers on frozen features: BatchNorm without affine, then one linear layer.
 
-As in MAE's linear probing, a parameter-free BatchNorm standardises the
-features so one learning-rate range fits any encoder: while training with SGD
-it uses each mini-batch's statistics, at evaluation the statistics of the
-whole training set (the features are frozen, so these are what its running
-averages converge to). Full-batch L-BFGS sees the whole-set statistics
-throughout.
-
-A sweep of SGD settings trains side by side as one stacked model: the same
-batches, one (C, D, K) weight tensor for C settings, and an SGD-with-momentum
-update whose learning rate and weight decay differ per setting. The closed
-form (``train_ridge``) solves least squares on {-1, 1} targets for every λ
-from one eigendecomposition (:mod:`vitssl.eval.ridge`).
+As in MAE's linear probing, the parameter-free BatchNorm uses mini-batch statistics while
+training with SGD and the whole training set's at evaluation (the features are frozen, so
+these are what its running averages converge to). A sweep of SGD settings trains as one
+stacked model: the same batches, a (C, D, K) weight for C settings, and per-setting learning
+rate and weight decay. ``train_ridge`` solves every λ from one eigendecomposition.
 """
 
 from __future__ import annotations
@@ -134,11 +127,8 @@ def train_lbfgs(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay
 
 def train_ridge(x: torch.Tensor, y: torch.Tensor, num_classes: int,
                 l2s: Sequence[float]) -> LinearClassifiers:
-    """Closed-form ridge on standardised features for each λ in ``l2s`` (float64 algebra).
-
-    As the few-shot evaluator's solver: targets in {-1, 1}^K and a constant bias
-    feature of 100, so the bias is almost unregularised.
-    """
+    """Closed-form ridge on standardised features for each λ in ``l2s``, float64: {-1, 1}
+    targets and a bias feature of 100, as the few-shot solver."""
     x = x.double()
     mean, var = x.mean(0), x.var(0, unbiased=False)
     z = _standardise(x, mean, var)

@@ -14,7 +14,6 @@ All algebra is float64.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,13 +56,6 @@ class RidgeSolver:
     def weights(self, l2: float) -> torch.Tensor:
         """Ridge weights (D, K) for regularisation ``l2``."""
         return (self.left / (self.eigs + l2)) @ self.right
-
-
-def ridge_weights(x: torch.Tensor, targets: torch.Tensor,
-                  l2s: Sequence[float] = (DEFAULT_L2,)) -> list[torch.Tensor]:
-    """Ridge solutions (D, K) of ``x @ W ≈ targets`` for each λ in ``l2s``, one decomposition."""
-    solver = RidgeSolver.fit(x, targets)
-    return [solver.weights(l2) for l2 in l2s]
 
 
 @dataclass

@@ -61,25 +61,17 @@ def build_evaluator(name: str, overrides: Sequence[str] = ()) -> tuple[Any, dict
                           f"{str(exc).splitlines()[0]}") from None
 
 
-def _run_dir(checkpoint: str) -> Path | None:
-    path = Path(checkpoint)
-    if path.is_dir() and ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir()):
-        return path
-    return None
+def _checkpoint_source(checkpoint: str) -> tuple[Path | None, str, int | None]:
+    """(the run directory if ``checkpoint`` is one, the checkpoint read, its step if named)."""
+    from vitssl.train.checkpoint import latest_checkpoint
 
-
-def _checkpoint_step(checkpoint: str, run_dir: Path | None) -> tuple[str, int | None]:
-    """The checkpoint actually read and its step, when the path names one."""
     path = Path(checkpoint)
+    run_dir = path if path.is_dir() and ((path / "config.yaml").is_file()
+                                         or (path / "checkpoints").is_dir()) else None
     if run_dir is not None:
-        from vitssl.train.checkpoint import latest_checkpoint
-
         path = latest_checkpoint(run_dir) or path
-    for part in (path.name, path.parent.name):
-        match = re.fullmatch(r"step-(\d+)", part)
-        if match:
-            return str(path), int(match[1])
-    return str(path), None
+    match = re.fullmatch(r"step-(\d+)", path.name) or re.fullmatch(r"step-(\d+)", path.parent.name)
+    return run_dir, str(path), int(match[1]) if match else None
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -101,8 +93,7 @@ def evaluate_cli(evaluator: str, checkpoint: str, data: str, overrides: Sequence
     encoder, cfg = load_encoder(checkpoint, device=dev)
     image_size = getattr(instance, "image_size", None) or cfg.model.image_size
     task = load_task(data, image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
-    run_dir = _run_dir(checkpoint)
-    source, step = _checkpoint_step(checkpoint, run_dir)
+    run_dir, source, step = _checkpoint_source(checkpoint)
     print(f"evaluating {source} ({cfg.model.name}, {image_size}px) with '{evaluator}' on "
           f"{task.name}: {len(task.train)} train / {len(task.test)} test, "
           f"{task.num_classes} classes, {dev}", file=sys.stderr)

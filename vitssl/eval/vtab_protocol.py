@@ -10,14 +10,10 @@ Protocols (each a list of settings, each a dict of options for the
 
 - ``paper`` — the ViT paper's VTAB sweep: SGD momentum 0.9, no weight decay,
   batch 512, cosine decay (no warm-up: PAPER.md names none), gradient
-  clipping at 1, lr {0.001, 0.01} × {500, 2500} steps (4 candidates).
-  By default each step is one forward pass of 512 images, which B/16 at 224 px
-  does not fit in GPU memory: give ``finetune`` a ``micro_batch`` through the
-  vtab evaluator's ``options`` (``vitssl eval --evaluator vtab --set
-  'options={micro_batch: 64}'``; ``benchmarks/vtab.py --set micro_batch=64``)
-  to accumulate gradients over 512 / 64 = 8 passes per step — the same update.
-  ``micro_batch`` must divide the batch; at or above it (as for ``petl`` and
-  ``quick``) there is no accumulation, so one value serves every protocol.
+  clipping at 1, lr {0.001, 0.01} × {500, 2500} steps (4 candidates). Where
+  512 images do not fit in memory, give ``finetune`` a ``micro_batch``
+  (``--set 'options={micro_batch: 64}'``; ``benchmarks/vtab.py --set
+  micro_batch=64``): the same update, accumulated over 8 passes per step.
 - ``petl`` — the PyTorch VTAB community convention: AdamW lr 1e-3, weight
   decay 1e-4, batch 64, 100 epochs, cosine with 10 warm-up epochs (1 candidate).
 - ``quick`` — a CPU-sized schedule for the default small encoder: SGD momentum
@@ -39,7 +35,7 @@ from vitssl.errors import VitsslError
 from vitssl.eval.vtab_splits import VtabTask
 
 PROTOCOLS = ("paper", "petl", "quick")
-ADAPTATIONS = {"finetune": "finetune", "linear-probe": "linear-probe"}
+ADAPTATIONS = ("finetune", "linear-probe")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
-from vitssl.data.spec import DataSpec, parse_spec
+from vitssl.data.source import DataSpec, open_dataset, parse_spec
 from vitssl.data.tasks import Task, Transformed, load_task
 from vitssl.errors import VitsslError
 
@@ -68,20 +68,6 @@ def carve(train: Dataset, test: Dataset, num_classes: int, name: str,
                     Subset(train, both.tolist()), test, num_classes)
 
 
-def _has_native_splits(spec: DataSpec) -> bool:
-    if spec.kind == "vtab1k":
-        return True
-    if spec.kind != "builtin":
-        return False
-    from vitssl.data.sources import open_dataset
-
-    try:
-        open_dataset(DataSpec(spec.kind, spec.target), "val200")
-    except VitsslError:
-        return False
-    return True
-
-
 def load_vtab_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN,
                    std: tuple[float, ...] = IMAGENET_STD, seed: int = 0) -> VtabTask:
     """The protocol's four splits of a labelled spec, with evaluation transforms applied."""
@@ -89,7 +75,7 @@ def load_vtab_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAG
     if parsed.split:
         raise VitsslError(f"'{spec}': give the task without a split; the VTAB protocol "
                           f"uses train800, val200, train800val200 and test")
-    if _has_native_splits(parsed):
+    if parsed.source.native_splits(parsed.target):
         select = load_task(spec, image_size, mean=mean, std=std, train_split="train800",
                            test_split="val200")
         final = load_task(spec, image_size, mean=mean, std=std, train_split="train800val200",
@@ -116,9 +102,8 @@ def as_vtab_task(task, seed: int = 0) -> VtabTask:  # noqa: ANN001 - any evaluat
         spec = parse_spec(str(task.name))
     except VitsslError:
         spec = None
-    if spec is not None and isinstance(task.train, Transformed) and _has_native_splits(spec):
-        from vitssl.data.sources import open_dataset
-
+    if spec is not None and isinstance(task.train, Transformed) \
+            and spec.source.native_splits(spec.target):
         base = DataSpec(spec.kind, spec.target)
 
         def like(split: str) -> Transformed:

@@ -1,11 +1,5 @@
-"""The VTAB-1k suite over many tasks: task discovery, encoder loading, the resumable run.
-
-``benchmarks/vtab.py`` is a thin command line over :func:`run_suite`.
-Tasks come from a vtab-1k tree (one folder per task, named as in the VTAB
-table; other folders in the same layout run as custom tasks in an "other"
-group, outside the VTAB means) or, without one, from the embedded tasks, which
-need no download.
-"""
+"""The VTAB-1k suite over many tasks (``benchmarks/vtab.py``): task discovery, encoder
+loading, the resumable run; tasks from a vtab-1k tree or, without one, the embedded tasks."""
 
 from __future__ import annotations
 
@@ -21,19 +15,12 @@ from torch import nn
 from vitssl.config import image_hw
 from vitssl.data.vtab1k import LIST_SPLITS, VTAB_CLASSES, split_target
 from vitssl.errors import VitsslError
-from vitssl.eval.vtab_report import (
-    load_document,
-    new_document,
-    task_group,
-    write_document,
-)
-from vitssl.eval.vtab_splits import VtabTask, load_vtab_task
+from vitssl.eval.vtab_report import load_document, new_document, task_group, write_document
+from vitssl.eval.vtab_splits import load_vtab_task
 
 # Embedded tasks: name -> spec. dSprites ship VTAB splits; digits gets 800/200 carved.
 EMBEDDED_TASKS = {"dsprites-loc": "builtin:dsprites-loc", "dsprites-ori": "builtin:dsprites-ori",
                   "digits": "builtin:digits"}
-
-Log = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
@@ -49,14 +36,6 @@ class TaskRef:
     group: str | None = None  # None: by name (vtab_report.task_group)
 
 
-def _parse_names(tasks: str | list[str] | None) -> list[str] | None:
-    if tasks is None:
-        return None
-    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    names = [n.strip() for n in names if n.strip()]
-    return names or None
-
-
 def _is_task_folder(folder: Path) -> bool:
     """A folder in the vtab-1k layout: it holds at least one of the four list files."""
     return folder.is_dir() and any((folder / f"{s}.txt").is_file() for s in LIST_SPLITS)
@@ -66,21 +45,19 @@ def select_tasks(data_root: str | Path | None,
                  tasks: str | list[str] | None = None) -> tuple[list[TaskRef], list[str]]:
     """(tasks to run, one problem line per missing or unusable task folder).
 
-    Unknown task names are an error listing the known ones. With ``data_root``,
-    without ``tasks``, every folder named after a VTAB task is taken, then every
-    other folder in the vtab-1k layout (a custom task, group "other", its class
-    count inferred from its lists); a root holding none is an error. A name in
-    ``tasks`` may be any VTAB task or folder under the root, and a custom one
-    may carry its class count as ``NAME:classes=N``.
+    Without ``tasks``: every folder of ``data_root`` named after a VTAB task, then every
+    other folder in the vtab-1k layout (a custom task, group "other"). A custom name may
+    carry its class count as ``NAME:classes=N``; unknown names are an error.
     """
-    names = _parse_names(tasks)
+    names = [n.strip() for n in (tasks.split(",") if isinstance(tasks, str) else tasks or ())
+             if n.strip()]
     if data_root is None:
-        known = list(EMBEDDED_TASKS)
-        unknown = [n for n in names or [] if n not in EMBEDDED_TASKS]
+        unknown = [n for n in names if n not in EMBEDDED_TASKS]
         if unknown:
             raise VitsslError(f"unknown embedded task(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(known)} (or give --data-root for vtab-1k folders)")
-        return [TaskRef(n, EMBEDDED_TASKS[n]) for n in names or known], []
+                              f"{', '.join(EMBEDDED_TASKS)} (or give --data-root for vtab-1k "
+                              f"folders)")
+        return [TaskRef(n, EMBEDDED_TASKS[n]) for n in names or EMBEDDED_TASKS], []
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise VitsslError(f"--data-root {root} is not a directory")
@@ -149,7 +126,7 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
               std: tuple[float, ...], image_size: int, tasks: list[TaskRef],
               problems: list[str], evaluator: Any, protocol: str, adapt: str,
               output: str | Path, resume: bool = False, options: dict[str, Any] | None = None,
-              log: Log = _stderr) -> dict[str, Any]:
+              log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Run ``evaluator`` (a ``vtab`` evaluator) on every task; write JSON + Markdown as it goes.
 
     Each finished task is written at once, so an interrupted suite can
@@ -180,8 +157,7 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
         start = time.monotonic()
         try:
             task = load_vtab_task(ref.spec, image_size, mean=mean, std=std)
-            task = VtabTask(ref.name, task.train800, task.val200, task.train, task.test,
-                            task.num_classes)
+            task = replace(task, name=ref.name)
             outcome = evaluator.evaluate(encoder, task)
         except Exception as exc:  # noqa: BLE001 - one failing task must not stop the suite
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VitsslError) \

@@ -9,6 +9,15 @@ from vitssl.errors import VitsslError
 from vitssl.models.sizes import to_pair
 
 
+def token_grid(height: int, width: int, patch: tuple[int, int],
+               what: str = "the patch size") -> tuple[int, int]:
+    """The (rows, cols) of ``patch``-pixel tokens over a height x width input; checked."""
+    if height % patch[0] or width % patch[1]:
+        raise VitsslError(f"input {height}x{width} is not a multiple of {what} "
+                          f"{patch[0]}x{patch[1]}")
+    return height // patch[0], width // patch[1]
+
+
 class PatchEmbed(nn.Module):
     """Images (B, C, H, W) -> patch tokens (B, N, D), N = (H/P)(W/P)."""
 
@@ -30,11 +39,7 @@ class PatchEmbed(nn.Module):
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid produced for an input of this size."""
-        ph, pw = self.patch_size
-        if height % ph or width % pw:
-            raise VitsslError(f"input {height}x{width} is not a multiple of the patch size "
-                              f"{ph}x{pw}")
-        return height // ph, width // pw
+        return token_grid(height, width, self.patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.grid_for(images.shape[-2], images.shape[-1])

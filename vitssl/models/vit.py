@@ -36,8 +36,9 @@ class VisionTransformer(nn.Module):
     """ViT encoder over any stem that maps images to (B, N, D) tokens with a ``grid_size``.
 
     ``forward_features(images)`` -> (B, T, D) after the final norm (T = prefix + N);
-    ``pool(features)`` -> (B, D); ``embed_patches`` / ``encode`` split the two halves
-    so masked objectives can corrupt or drop patch embeddings in between.
+    ``forward_head(features)`` -> (B, D), pooled by ``pool`` then ``fc_norm``, as timm;
+    ``embed_patches`` / ``encode`` split the two halves so masked objectives can
+    corrupt or drop patch embeddings in between.
     """
 
     def __init__(self, stem: nn.Module, *, embed_dim: int, depth: int, num_heads: int,
@@ -99,6 +100,11 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             block.attn.backend = backend
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward: less memory, the same gradients."""
+        for block in self.blocks:
+            block.grad_checkpointing = enable
+
     # -- the two halves -------------------------------------------------------------------
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid the stem produces for an input of this size."""
@@ -133,13 +139,9 @@ class VisionTransformer(nn.Module):
         pos = resample_pos_embed(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
         return pos[:, self.num_prefix_tokens:]
 
-    def encode(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-               grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """Patch embeddings -> features (B, T, D) after the final norm.
-
-        ``tokens`` holds all N patch embeddings of ``grid`` (default: the model's grid),
-        or, with ``positions`` (B, n) long indices into that grid, a subset of them.
-        """
+    def _pos_embed(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                   grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Patch embeddings -> block input (B, T, D): position embeddings, class token, dropout."""
         pos = self.patch_pos_embed(grid)
         if positions is None:
             if tokens.shape[1] != pos.shape[1]:
@@ -151,7 +153,16 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
             x = torch.cat([cls.to(x.dtype), x], dim=1)
-        x = self.blocks(self.pos_drop(x))
+        return self.pos_drop(x)
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+               grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Patch embeddings -> features (B, T, D) after the final norm.
+
+        ``tokens`` holds all N patch embeddings of ``grid`` (default: the model's grid),
+        or, with ``positions`` (B, n) long indices into that grid, a subset of them.
+        """
+        x = self.blocks(self._pos_embed(tokens, positions, grid))
         return self.norm(x)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -177,15 +188,7 @@ class VisionTransformer(nn.Module):
             raise VitsslError(f"unknown output_fmt '{output_fmt}'; accepted: NLC, NCHW")
         take = self._block_indices(indices)
         grid = self.grid_for(images.shape[-2], images.shape[-1])
-        x = self.embed_patches(images)
-        if x.shape[1] != grid[0] * grid[1]:
-            raise VitsslError(f"got {x.shape[1]} patch tokens but the grid {grid} has "
-                              f"{grid[0] * grid[1]}")
-        x = x + self.patch_pos_embed(grid)
-        if self.cls_token is not None:
-            cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-            x = torch.cat([cls.to(x.dtype), x], dim=1)
-        x = self.pos_drop(x)
+        x = self._pos_embed(self.embed_patches(images), grid=grid)
         last = max(take) if intermediates_only and take else len(self.blocks) - 1
         outputs = []
         for i, block in enumerate(self.blocks[:last + 1]):
@@ -222,13 +225,15 @@ class VisionTransformer(nn.Module):
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the class token, or the mean of the patch tokens."""
         if self.global_pool == "token":
-            pooled = features[:, 0]
-        else:
-            pooled = features[:, self.num_prefix_tokens:].mean(dim=1)
-        return self.fc_norm(pooled)
+            return features[:, 0]
+        return features[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> the pooled features (B, D), then ``fc_norm`` (timm's pre-logits)."""
+        return self.fc_norm(self.pool(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(images))
+        return self.forward_head(self.forward_features(images))
 
     # -- checkpoints at another resolution --------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001

@@ -18,14 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vitssl.config import Config, image_hw, image_size_text, save_config
 from vitssl.data.augment import resolve_augmentation
-from vitssl.data.pipeline import data_info, describe_workers, pretrain_batches
+from vitssl.data.pipeline import Batches, data_info, describe_workers, pretrain_batches
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.objective import Objective, build_objective, objective_options
 from vitssl.plugins import get_registry
 from vitssl.seeds import process_seed
 from vitssl.train import distributed, fsdp
-from vitssl.train.activations import enable_activation_checkpointing
 from vitssl.train.checkpoint import (
     WEIGHTS,
     latest_checkpoint,
@@ -38,41 +37,58 @@ from vitssl.train.optim import build_optimizer
 from vitssl.train.runlog import RunLog, truncate_metrics
 from vitssl.train.schedule import build_scheduler
 from vitssl.train.step_metrics import DeferredMetrics
+from vitssl.train.summary import check_entries
 from vitssl.train.train_state import load_optimizer, restore_rng
 
 
-@dataclass
+@dataclass(frozen=True)
+class Cadence:
+    """Which steps (counted from 1) read and log the pending metrics, and which checkpoint."""
+
+    log_every: int
+    checkpoint_every: int
+    total_steps: int
+
+    def saves(self, step: int) -> bool:
+        return step % self.checkpoint_every == 0 or step == self.total_steps
+
+    def reads(self, step: int) -> bool:
+        return step % max(1, self.log_every) == 0 or self.saves(step)
+
+
+@dataclass(kw_only=True)
 class Run:
     """What a pretraining run holds between steps."""
 
     cfg: Config  # resolved: augmentation filled in, ``out`` set
     ctx: distributed.Context
-    run_dir: Path
-    objective: Objective
+    objective: Objective  # the plain module: state dicts, hooks, exports
     objective_options: dict[str, Any]  # what the factory was built with (data's included)
-    model: nn.Module  # the objective, or its DDP wrapper
+    model: nn.Module  # what the step calls: the objective, compiled and/or in DDP
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    batches: Any
+    batches: Batches
     data: Iterator[dict[str, Any]]
     start_step: int
-    micro_batch: int
-    params: list[nn.Parameter]  # what the optimiser trains (clipped together)
-    metrics: DeferredMetrics
+    cadence: Cadence
     log: RunLog
+    metrics: DeferredMetrics
     checkpoint: Path | None = None  # the newest complete checkpoint
-    settled: bool = False  # parameters the first step left without a gradient are frozen
-    images_seen: int = 0
     train_time: float = 0.0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """What the optimiser trains (clipped together)."""
+        return [p for p in self.objective.parameters() if p.requires_grad]
 
     @property
     def sharded(self) -> bool:
         return fsdp.is_sharded(self.objective)
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return PRECISIONS[self.cfg.train.precision]
 
 
 def resolve_run_config(cfg: Config) -> Config:
@@ -109,6 +125,7 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     ``cfg`` is not modified: the run holds a resolved copy.
     """
     requested, cfg = cfg, resolve_run_config(cfg)
+    check_entries(cfg.summary_eval.evaluators)  # before training, not after it
     micro = micro_batch_size(cfg, ctx.world_size)
     run_dir = _run_dir(cfg, ctx)
     cfg = dataclasses.replace(cfg, out=str(run_dir))
@@ -128,12 +145,15 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
         save_config(cfg, run_dir / "config.yaml")
     distributed.barrier(ctx)
     tc = cfg.train
+    model = torch.compile(objective) if tc.compile else objective
+    if ctx.distributed and not fsdp.is_sharded(objective):
+        model = ddp(model, ctx, find_unused=True)
     log = RunLog(run_dir, total_steps=tc.steps, start_step=start, log_every=tc.log_every,
                  tensorboard=cfg.log.tensorboard, enabled=ctx.is_main)
-    run = Run(cfg, ctx, run_dir, objective, options, wrap_model(objective, ctx, True),
-              optimizer, scheduler, scaler, batches, data, start, micro,
-              [p for p in objective.parameters() if p.requires_grad],
-              DeferredMetrics(ctx, tc.log_every, tc.checkpoint_every, tc.steps), log, ckpt)
+    run = Run(cfg=cfg, ctx=ctx, objective=objective, objective_options=options, model=model,
+              optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches,
+              data=data, start_step=start, log=log, metrics=DeferredMetrics(ctx),
+              cadence=Cadence(tc.log_every, tc.checkpoint_every, tc.steps), checkpoint=ckpt)
     _announce(run, ckpt, resume)
     return run
 
@@ -165,7 +185,7 @@ def _resume_point(cfg: Config, run_dir: Path, resume: bool,
 
 
 def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start: int,
-                        state: dict[str, Any] | None) -> tuple[Objective, dict, Any]:
+                        state: dict[str, Any] | None) -> tuple[Objective, dict, Batches]:
     """The objective around a fresh encoder, then the one pipeline with its views."""
     info = data_info(cfg.data)
     factory = get_registry().get("objectives", cfg.objective.name)
@@ -184,16 +204,16 @@ def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start
 
 
 def _optimisation(cfg: Config, ctx: distributed.Context, objective: Objective,
-                  ckpt: Path | None, state: dict[str, Any] | None) -> tuple[Any, Any, Any]:
+                  ckpt: Path | None, state: dict[str, Any] | None
+                  ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+                             torch.amp.GradScaler]:
     """Place (and shard) the objective; its optimiser, scheduler and scaler, restored."""
     tc, device = cfg.train, ctx.device
     objective.to(device)
     if state is not None:  # the whole model on every rank, before any sharding
         objective.load_state_dict(load_file(str(ckpt / WEIGHTS), device=str(device)))
-    if tc.activation_checkpointing:
-        enable_activation_checkpointing(objective)
-    if tc.compile:
-        objective.forward = torch.compile(objective.forward)
+    for block in fsdp.transformer_blocks(objective):  # the encoder's, a teacher's, a decoder's
+        block.grad_checkpointing = tc.activation_checkpointing
     sharded_state = tc.strategy == "fsdp"  # optimizer state through DCP, any world size
     if sharded_state and ctx.distributed:
         fsdp.shard(objective, device, ctx.world_size, PRECISIONS[tc.precision])
@@ -211,17 +231,11 @@ def _optimisation(cfg: Config, ctx: distributed.Context, objective: Objective,
     return optimizer, scheduler, scaler
 
 
-def wrap_model(objective: Objective, ctx: distributed.Context,
-               find_unused: bool) -> nn.Module:
-    """DDP around the objective on several unsharded ranks; the objective itself otherwise.
-
-    ``find_unused``: DDP looks for parameters without a gradient (the first
-    step, before :func:`vitssl.train.step.train_step` freezes them).
-    """
-    if not ctx.distributed or fsdp.is_sharded(objective):
-        return objective
+def ddp(model: nn.Module, ctx: distributed.Context, find_unused: bool) -> nn.Module:
+    """``model`` in DDP; ``find_unused``: DDP looks for parameters without a gradient
+    (the first step, before :func:`vitssl.train.step.freeze_unused`)."""
     device = ctx.device
-    return DistributedDataParallel(objective, gradient_as_bucket_view=True,
+    return DistributedDataParallel(model, gradient_as_bucket_view=True,
                                    device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=find_unused)
 

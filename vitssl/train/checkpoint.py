@@ -53,14 +53,9 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run as (step, directory), oldest first."""
     root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and (child / WEIGHTS).is_file() and (child / STATE).is_file():
-            found.append((int(match[1]), child))
-    return sorted(found)
+    return sorted((int(match[1]), child) for child in (root.iterdir() if root.is_dir() else ())
+                  if (match := _STEP_DIR.match(child.name))
+                  and (child / WEIGHTS).is_file() and (child / STATE).is_file())
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -74,17 +69,13 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{step:08d}"
 
 
-def staging_dir(run_dir: str | Path, step: int) -> Path:
-    """Where checkpoint ``step`` is assembled before it is renamed into place."""
-    return checkpoint_dir(run_dir) / f".tmp-{step_dir(run_dir, step).name}"
-
-
-def prepare_staging(run_dir: str | Path, step: int) -> Path:
-    """An empty staging directory for ``step`` (other ranks may then write into it)."""
-    tmp = staging_dir(run_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+def staging_dir(run_dir: str | Path, step: int, fresh: bool = False) -> Path:
+    """Where checkpoint ``step`` is assembled before it is renamed into place (``fresh``:
+    emptied first; other ranks may then write into it)."""
+    tmp = checkpoint_dir(run_dir) / f".tmp-{step_dir(run_dir, step).name}"
+    if fresh:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     return tmp
 
 
@@ -103,7 +94,7 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
     """
     root = checkpoint_dir(run_dir)
     final = step_dir(run_dir, step)
-    tmp = staging_dir(run_dir, step) if staged else prepare_staging(run_dir, step)
+    tmp = staging_dir(run_dir, step, fresh=not staged)
     source = module.state_dict() if weights is None else weights
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg)),
@@ -143,7 +134,7 @@ def load_training_state(ckpt: str | Path) -> dict[str, Any]:
     return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=True)
 
 
-def _weights_file(path: str | Path) -> Path:
+def weights_file(path: str | Path) -> Path:
     """Resolve a run directory, checkpoint directory or weights file to the weights file."""
     p = Path(path)
     if p.is_file():
@@ -164,7 +155,7 @@ def _weights_file(path: str | Path) -> Path:
 
 
 def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    file = _weights_file(path)
+    file = weights_file(path)
     try:
         with safe_open(str(file), framework="pt") as fh:
             metadata = fh.metadata() or {}

@@ -40,15 +40,14 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
                           f"world size x accum_steps = {share}")
     if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
         raise VitsslError("train.checkpoint_every and train.keep_checkpoints must be >= 1")
-    if tc.warmup_steps < 0 or tc.lr <= 0 or tc.grad_clip < 0:
-        raise VitsslError("train.warmup_steps and train.grad_clip must be >= 0 (grad_clip 0 "
-                          "turns clipping off) and train.lr > 0")
+    if min(tc.warmup_steps, tc.grad_clip, tc.weight_decay) < 0 or tc.lr <= 0:
+        raise VitsslError("train.warmup_steps, train.weight_decay and train.grad_clip must be "
+                          ">= 0 (grad_clip 0 turns clipping off) and train.lr > 0")
     if not all(0.0 <= b < 1.0 for b in tc.betas):
         raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
     image_hw(cfg.model.image_size)
     validate_data_config(cfg.data)
     return tc.batch_size // share
-
 
 
 def _as_flag(value: object) -> str:

@@ -24,9 +24,14 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from vitssl.train.activations import transformer_blocks
+from vitssl.models.layers import Block
 
 STRATEGIES = ("ddp", "fsdp")
+
+
+def transformer_blocks(module: nn.Module) -> list[Block]:
+    """Every transformer block inside ``module``, in registration order."""
+    return [m for m in module.modules() if isinstance(m, Block)]
 
 
 def shard(objective: nn.Module, device: torch.device, world_size: int,
@@ -76,9 +81,6 @@ def sharded_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer
     osd = get_optimizer_state_dict(module, optimizer)
     tensors = {f"state.{fqn}.{key}": value for fqn, entry in osd["state"].items()
                for key, value in entry.items()}
-    for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"optimizer state {name} is not a tensor")
     return tensors, osd["param_groups"]
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitssl.errors import VitsslError
-
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
 FUSED_DEVICES = ("cpu", "cuda")  # device types of torch's fused AdamW used here
 
@@ -51,10 +49,6 @@ class AdamW(torch.optim.AdamW):
 def build_optimizer(module: nn.Module, *, lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999)) -> AdamW:
     """AdamW over :func:`param_groups`, fused where :func:`can_fuse` allows."""
-    if lr <= 0:
-        raise VitsslError(f"train.lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise VitsslError(f"train.weight_decay must be >= 0, got {weight_decay}")
     groups = param_groups(module, weight_decay)
     return AdamW(groups, lr=lr, betas=tuple(betas), fused=can_fuse(groups) or None)
 

@@ -6,28 +6,36 @@ from its position in the run's sample stream (:mod:`vitssl.seeds`). Together
 with the saved optimizer, scheduler and RNG states this makes a resumed run
 repeat an uninterrupted one step for step, and a run on N ranks match one
 process with the same global batch. Read top to bottom: :func:`pretrain`
-builds a :class:`~vitssl.train.build.Run`, calls
-:func:`~vitssl.train.step.train_step` once per step, logs and checkpoints,
-then :func:`finish` writes the summary.
+builds a :class:`~vitssl.train.build.Run`, trains it with :func:`run_steps`
+(which logs and checkpoints at the run's cadence), then :func:`finish` writes
+the summary. Benchmarks drive :func:`run_steps` themselves.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 
 from vitssl.config import Config
-from vitssl.train import distributed
-from vitssl.train.activations import disable_activation_checkpointing
+from vitssl.train import distributed, fsdp
 from vitssl.train.build import Run, build_run, completed_summary
-from vitssl.train.checkpoint import load_encoder
+from vitssl.train.checkpoint import (
+    OPTIMIZER,
+    load_encoder,
+    save_checkpoint,
+    staging_dir,
+    step_dir,
+)
 from vitssl.train.runlog import read_metrics
-from vitssl.train.step import train_step
+from vitssl.train.sharded_state import save_tensors
+from vitssl.train.step import backward, freeze_unused, update
 from vitssl.train.summary import format_summary, summary_evaluation
-from vitssl.train.train_state import save_run_checkpoint, stream_position
+from vitssl.train.train_state import gather_rng_states, stream_position
 
 FINAL_WINDOW = 10  # steps averaged for the summary's final loss and metrics
 
@@ -44,35 +52,66 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
             return done
         run = build_run(cfg, ctx, resume)
         try:
-            for step in range(run.start_step, run.cfg.train.steps):
-                train_step(run, step)
-                if run.metrics.due(step + 1):
-                    run.metrics.flush(run.log, run.cfg.train.batch_size)
-                if run.metrics.saves(step + 1):
-                    save(run, step + 1)
+            for _ in run_steps(run, run.start_step, run.cfg.train.steps):
+                pass
         finally:
-            close(run)
+            run.log.close()
         return finish(run)
     finally:
         distributed.teardown(ctx)
 
 
-def save(run: Run, step: int) -> None:
-    """Checkpoint ``step`` (collective); it becomes the run's newest good checkpoint."""
-    tc = run.cfg.train
+def run_steps(run: Run, start: int, stop: int) -> Iterator[int]:
+    """Take optimiser steps ``start .. stop - 1``, yielding the steps done after each.
+
+    Each step is logged and checkpointed at the run's cadence. Parameters the
+    first step's backward left without a gradient are frozen after it.
+    """
+    for step in range(start, stop):
+        started = time.perf_counter()
+        backward(run, step)
+        if step == start:
+            freeze_unused(run)
+        update(run, step)
+        seconds = time.perf_counter() - started
+        run.metrics.took(seconds)
+        run.train_time += seconds
+        done = step + 1
+        if run.cadence.reads(done):
+            run.metrics.flush(run.log, run.cfg.train.batch_size)
+        if run.cadence.saves(done):
+            save_run_checkpoint(run, done)
+        yield done
+
+
+def save_run_checkpoint(run: Run, step: int) -> None:
+    """Write checkpoint ``step`` (collective: every rank calls it); it becomes ``run.checkpoint``.
+
+    With ``train.strategy=fsdp`` the optimizer state goes through DCP (any
+    world size); otherwise it is saved whole by rank 0.
+    """
+    run_dir, objective, optimizer, cfg, ctx = (run.run_dir, run.objective, run.optimizer,
+                                               run.cfg, run.ctx)
+    sharded = cfg.train.strategy == "fsdp"
     state = {"scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
-             "data_step": step * tc.accum_steps, **stream_position(run.batches, run.ctx)}
-    run.checkpoint = save_run_checkpoint(run, step, state)
-
-
-def close(run: Run) -> None:
-    """Undo what the run did to the objective for training (the log is closed too)."""
-    run.log.close()
-    if run.cfg.train.activation_checkpointing:
-        disable_activation_checkpointing(run.objective)
-    if run.cfg.train.compile:
-        run.objective.__dict__.pop("forward", None)
+             "data_step": step * cfg.train.accum_steps, **stream_position(run.batches, ctx),
+             "rng": gather_rng_states(ctx)}
+    weights = fsdp.full_state_dict(objective) if fsdp.is_sharded(objective) else None
+    if sharded:
+        tensors, groups = fsdp.sharded_optimizer_state(objective, optimizer)
+        if ctx.is_main:
+            staging_dir(run_dir, step, fresh=True)
+        distributed.barrier(ctx)
+        save_tensors(tensors, staging_dir(run_dir, step) / OPTIMIZER)
+        state["optimizer_param_groups"] = groups
+    else:
+        state["optimizer"] = optimizer.state_dict() if ctx.is_main else None
+    if ctx.is_main:
+        save_checkpoint(run_dir, step, objective, cfg, state, keep=cfg.train.keep_checkpoints,
+                        weights=weights, staged=sharded, options=run.objective_options)
+    distributed.barrier(ctx)
+    run.checkpoint = step_dir(run_dir, step)
 
 
 def exported_encoder(run: Run) -> nn.Module:
@@ -97,7 +136,8 @@ def finish(run: Run) -> dict[str, Any]:
         "final_loss": sum(r["loss"] for r in window) / max(1, len(window)),
         "final_window": len(window),
         "final_metrics": {k: sum(r[k] for r in window) / len(window) for k in keys},
-        "images_per_s": run.images_seen / run.train_time if run.train_time else 0.0,
+        "images_per_s": (tc.steps - run.start_step) * tc.batch_size / run.train_time
+        if run.train_time else 0.0,
         "skipped": int(run.batches.skipped),
         "train_s": run.train_time,
     })

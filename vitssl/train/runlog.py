@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,6 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     tmp.replace(path)
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class RunLog:
     """Per-step records to ``metrics.jsonl`` (+ TensorBoard); progress on stderr.
 
@@ -53,9 +49,7 @@ class RunLog:
         self.enabled = enabled
         self.total, self.start, self.log_every = total_steps, start_step, max(1, log_every)
         self.started = time.perf_counter()
-        self.bar = None
-        self.tb = None
-        self.file = None
+        self.bar = self.tb = self.file = None
         if not enabled:
             return
         self.file = open(Path(run_dir) / METRICS, "a")  # noqa: SIM115 - closed in close()
@@ -96,7 +90,7 @@ class RunLog:
                                and isinstance(v, float))
             print(f"step {step}/{self.total}  loss {record['loss']:.4f}  {extras}  "
                   f"lr {record['lr']:.3g}  {record.get('images_per_s', 0):.0f} img/s  "
-                  f"eta {_fmt_eta(eta)}", file=sys.stderr, flush=True)
+                  f"eta {timedelta(seconds=int(max(0, eta)))}", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -107,9 +101,6 @@ class RunLog:
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.file is not None:
-            self.file.close()
+        for part in (self.bar, self.tb, self.file):
+            if part is not None:
+                part.close()

@@ -26,24 +26,19 @@ def as_metrics(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
 
 
 class DeferredMetrics:
-    """Steps whose loss and metrics are still on the device, read every ``every`` steps."""
+    """Steps whose loss and metrics are still on the device, until :meth:`check` reads them."""
 
-    def __init__(self, ctx: distributed.Context, every: int, checkpoint_every: int,
-                 total_steps: int) -> None:
-        self.ctx, self.every = ctx, max(1, every)
-        self.checkpoint_every, self.total_steps = checkpoint_every, total_steps
+    def __init__(self, ctx: distributed.Context) -> None:
+        self.ctx = ctx
         self.pending: list[dict[str, Any]] = []
         self.values: list[dict[str, float]] = []
 
-    def due(self, step: int) -> bool:
-        """Whether step ``step`` (counted from 1) is read: logging and checkpoint steps."""
-        return step % self.every == 0 or self.saves(step)
+    def add(self, step: int, loss: torch.Tensor, metrics: dict[str, Any], lr: float) -> None:
+        self.pending.append({"step": step, "loss": loss, "metrics": metrics, "lr": lr})
 
-    def saves(self, step: int) -> bool:
-        return step % self.checkpoint_every == 0 or step == self.total_steps
-
-    def add(self, step: int, loss: torch.Tensor, metrics: dict[str, Any]) -> None:
-        self.pending.append({"step": step, "loss": loss, "metrics": metrics})
+    def took(self, seconds: float) -> None:
+        """The newest step took ``seconds`` (logged as images/s)."""
+        self.pending[-1]["dt"] = seconds
 
     def check(self, last_good: Path | None) -> None:
         """Read the pending steps (rank-averaged, one transfer); raise if a loss is not finite.
@@ -51,13 +46,9 @@ class DeferredMetrics:
         Called before the newest step's update is applied, so a bad newest step
         is never applied and a bad earlier one is never saved.
         """
-        values: list[torch.Tensor] = []
-        for entry in self.pending:
-            for v in (entry["loss"], *entry["metrics"].values()):
-                values.append(v.double() if isinstance(v, torch.Tensor) else
-                              torch.tensor(v, dtype=torch.float64))
-        flat = distributed.all_mean(torch.stack([v.to(self.ctx.device) for v in values]),
-                                    self.ctx).tolist()
+        values = [torch.as_tensor(v, dtype=torch.float64).to(self.ctx.device)
+                  for e in self.pending for v in (e["loss"], *e["metrics"].values())]
+        flat = distributed.all_mean(torch.stack(values), self.ctx).tolist()
         self.values, i = [], 0
         for entry in self.pending:
             names = ["loss", *entry["metrics"]]

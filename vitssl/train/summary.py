@@ -1,7 +1,8 @@
 """The end-of-run summary: what pretraining bought, in the paper's terms.
 
 ``summary_eval.evaluators`` maps evaluator names (looked up in the registry)
-to their options, plus three keys the summary reads itself:
+to entries ``{compare, per_class, draws, options}``; ``options`` go to the
+evaluator, the other keys the summary reads itself:
 
 - ``compare``: the encoders scored side by side - ``pretrained`` (the run's
   exported encoder), ``random_init`` (the same architecture at the
@@ -27,13 +28,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from vitssl.config import Config
+from vitssl.config import SUMMARY_ENTRY_KEYS, Config
+from vitssl.data.source import parse_spec
 from vitssl.data.tasks import Task, load_task
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
 
-SUMMARY_KEYS = ("compare", "per_class", "draws")
 ENCODERS = ("pretrained", "random_init", "raw_pixels")
 
 
@@ -61,6 +62,23 @@ def _labels(dataset: Dataset) -> np.ndarray:
     if inner is not None and len(inner) == len(dataset):
         return _labels(inner)
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def check_entries(evaluators: dict[str, Any]) -> None:
+    """Refuse, in one line, a summary entry with unknown keys or encoders to compare."""
+    for name, entry in evaluators.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or set(entry) - set(SUMMARY_ENTRY_KEYS):
+            extra = sorted(set(entry) - set(SUMMARY_ENTRY_KEYS)) if isinstance(entry, dict) \
+                else entry
+            raise VitsslError(f"summary_eval.evaluators.{name}: unknown {extra}; accepted: "
+                              f"{', '.join(SUMMARY_ENTRY_KEYS)} (the evaluator's own go in "
+                              f"options)")
+        unknown = sorted(set(entry.get("compare", ENCODERS[:2])) - set(ENCODERS))
+        if unknown:
+            raise VitsslError(f"summary_eval.evaluators.{name}.compare: unknown {unknown}; "
+                              f"accepted: {', '.join(ENCODERS)}")
 
 
 def low_data_split(task: Task, per_class: int, seed: int) -> Task:
@@ -92,7 +110,7 @@ def summary_data(cfg: Config) -> str:
     if cfg.summary_eval.data:
         return cfg.summary_eval.data
     spec = cfg.data.spec
-    return "builtin:digits" if spec.startswith("wds:") else spec
+    return "builtin:digits" if parse_spec(spec).source.streams else spec
 
 
 def _task(data: str, cfg: Config) -> Task:
@@ -107,8 +125,7 @@ def compare(name: str, entry: dict[str, Any], encoders: dict[str, nn.Module], ta
             progress: bool = False) -> dict[str, dict[str, float]]:
     """``{encoder: {metric: value}}`` of evaluator ``name`` (means over the draws)."""
     factory = get_registry().get("evaluators", name)
-    options = {"progress": progress,
-               **{k: v for k, v in entry.items() if k not in SUMMARY_KEYS}}
+    options = {"progress": progress, **(entry.get("options") or {})}
     draws = int(entry.get("draws", 1)) if entry.get("per_class") else 0
     scores: dict[str, list[dict[str, float]]] = {e: [] for e in encoders}
     for seed in range(draws) if draws else [None]:
@@ -139,14 +156,11 @@ def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
              "random_init": lambda: random_init_encoder(cfg).to(device).eval(),
              "raw_pixels": RawPixels}
     out: dict[str, Any] = {"data": data}
+    check_entries(cfg.summary_eval.evaluators)
     for name, entry in cfg.summary_eval.evaluators.items():
         if entry is None:
             continue
         wanted = list(entry.get("compare", ENCODERS[:2]))
-        unknown = sorted(set(wanted) - set(ENCODERS))
-        if unknown:
-            raise VitsslError(f"summary_eval.evaluators.{name}.compare: unknown {unknown}; "
-                              f"accepted: {', '.join(ENCODERS)}")
         try:
             scores = compare(name, entry, {e: built[e]() for e in wanted}, task, progress)
         except VitsslError as exc:
