@@ -55,6 +55,7 @@ from vitssl.data.pipeline import (
     usable_cores,
 )
 from vitssl.data.shard import write_shards
+from vitssl.data.source import parse_spec
 from vitssl.data.transforms import normalize, pretrain_transform
 
 IMAGE_SIZE = 224
@@ -229,14 +230,14 @@ def pipeline_main(args: argparse.Namespace) -> None:
               "| step img/s | pipeline / step | loop img/s (data + step) |")
         print("|---|---|---|---|---|---|---|---|")
         for spec, name, size in cases:
-            kind = spec.partition(":")[0]
+            in_memory = parse_spec(spec).source.in_memory
             for w in settings:
                 runs = rows[(spec, str(w))]
                 steady, total, step_rate, loop = (statistics.median(r[i] for r in runs)
                                                   for i in range(4))
                 ratio = statistics.median(r[0] / r[2] for r in runs)
-                shown = f"auto = {resolve_num_workers('auto', kind, cores=cores, ranks=ranks)}" \
-                    if w == "auto" else str(w)
+                auto = resolve_num_workers("auto", in_memory=in_memory, cores=cores, ranks=ranks)
+                shown = f"auto = {auto}" if w == "auto" else str(w)
                 print(f"| {name} | {size} | {shown} | {steady / PIPELINE_BATCH:.1f} | "
                       f"{steady:.0f} / {total:.0f} | {step_rate:.0f} | {ratio:.2f} | "
                       f"{loop:.0f} |", flush=True)

@@ -12,15 +12,12 @@ view (:func:`cross_view_loss`). The teacher is the exported encoder.
 momentum 0.996 -> 1, EMA centre from zero, last-layer norm fixed, no KoLeo,
 global crops of 40-100 % with colour operations; ``configs/dino-s16.yaml``),
 which collapses to a uniform teacher on short runs of small models, or
-``"auto"`` (default), measured on the default run
-(benchmarks/RESULTS.md, "DINO on short runs"; ``SHORT_RUN`` in
-:mod:`vitssl.ssl.self_distillation`): its base momentum gives the
-teacher a total update mass Σ(1 − m) of ``update_mass`` (80) whatever the
-run's length (:func:`run_scaled_momentum`: 0.68 for 500 steps; runs of 40,000
-steps or more reach the paper's 0.996), a teacher that keeps close to the
-student (80 against 2: 10-shot 79.4 vs 69.7 on digits over two seeds);
-global crops of 60-100 %, colour operations where the data declares them
-(``data.color``: not on digits, on Fashion-MNIST and ImageNet-style data).
+``"auto"`` (default, ``SHORT_RUN`` in :mod:`vitssl.ssl.self_distillation`,
+measured in benchmarks/RESULTS.md, "DINO on short runs"): a teacher whose
+total update mass Σ(1 − m) is ``update_mass`` (80) whatever the run's length
+(0.68 for 500 steps; runs of 40,000 steps or more reach the paper's 0.996),
+Sinkhorn–Knopp, head BatchNorm, KoLeo, global crops of 60-100 %, colour
+operations where the data declares them (``data.color``).
 
 Schedules are pure functions of ``step / total_steps`` (temperature warm-up,
 momentum, the last layer frozen for the first ``freeze_last_layer``).
@@ -44,11 +41,12 @@ from torch import nn
 
 import vitssl
 from vitssl.ssl.batch import progress
-from vitssl.ssl.distillation import DinoHead, cross_view_loss
+from vitssl.ssl.distillation import cross_view_loss
 from vitssl.ssl.self_distillation import (
     SHORT_RUN,
     SelfDistillation,
-    head_dims,
+    build_head,
+    given_options,
     resolve_options,
     teacher_stats,
 )
@@ -80,21 +78,11 @@ class Dino(SelfDistillation):
                  use_bn: bool | None = None,
                  center_init: str | None = None, centering: str | None = None,
                  sinkhorn_iterations: int = 3, koleo_weight: float | None = None) -> None:
-        given = dict(norm_last_layer=norm_last_layer, use_bn=use_bn, teacher_temp=teacher_temp,
-                     warmup_teacher_temp=warmup_teacher_temp, momentum=momentum,
-                     teacher_temp_warmup=teacher_temp_warmup, centering=centering,
-                     center_init=center_init, koleo_weight=koleo_weight,
-                     update_mass=update_mass, num_local=num_local, student_temp=student_temp,
-                     center_momentum=center_momentum, freeze_last_layer=freeze_last_layer,
-                     sinkhorn_iterations=sinkhorn_iterations, global_scale=global_scale,
-                     local_scale=local_scale, color=color, local_size=local_size, hflip=hflip)
+        given = given_options(locals(), "recipe", "out_dim", "hidden_dim", "bottleneck_dim")
         o = resolve_options(self.name, recipe, RECIPES, given)
-        out_dim, hidden_dim, bottleneck_dim = head_dims(
-            self.name, encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim,
-            o["small_out_dim"], 65536)
-        head = DinoHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim,
-                        bool(o["norm_last_layer"]), bool(o["use_bn"]))
-        super().__init__(encoder, head, o, {"center": out_dim})
+        head = build_head(self.name, encoder.embed_dim, o, (out_dim, hidden_dim, bottleneck_dim),
+                          65536)
+        super().__init__(encoder, head, o, {"center": head.last_layer.out_features})
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         globals_, local = self.crops(batch)
@@ -104,9 +92,7 @@ class Dino(SelfDistillation):
             teacher = self.teacher_head(self.teacher_encoder(globals_.flatten(0, 1)))
             teacher = teacher.float().view(b, g, -1)
         features = self.encoder(globals_.flatten(0, 1))  # (B G, D), b-major
-        student = [self.head(features).view(b, g, -1)]
-        if local is not None:
-            student.append(self.head(self.encoder(local.flatten(0, 1))).view(*local.shape[:2], -1))
+        student = [self.head(features).view(b, g, -1), *self.local_logits(local)]
         student_out = torch.cat(student, dim=1).float()
         temp = self.teacher_temperature(step, total)
         targets = self.targets(teacher.flatten(0, 1), "center", temp)

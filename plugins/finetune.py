@@ -1,24 +1,20 @@
 """``finetune``: full fine-tuning of a copy of the encoder with a new linear head.
 
-The paper's recipe (Dosovitskiy et al., 2021, §3.2 and appendix B.1.1): SGD
-with momentum 0.9, no weight decay, cosine decay after a linear warm-up,
-gradient clipping at global norm 1, a zero-initialised head, optionally a
-higher resolution than pretraining (the position embeddings are resampled
-once and then trained). Options add layer-wise learning-rate decay and the
-AdamW convention of the PyTorch VTAB-1k community (lr 1e-3, weight decay 1e-4,
-10% warm-up). The test split is scored once, after the last step. Reported
-(percent): ``finetune_top1``, and the mean training loss of the last steps as
-``finetune_train_loss``. Defaults are CPU-sized (200 steps of 64).
+The paper's recipe (§3.2, appendix B.1.1): SGD momentum 0.9, no weight decay, cosine decay
+after a linear warm-up, clipping at global norm 1, a zero-initialised head, optionally a higher
+resolution (position embeddings resampled once, then trained). Options add layer-wise lr decay
+and ``optimizer=adamw`` (the PyTorch VTAB-1k convention: lr 1e-3, weight decay 1e-4). The test
+split is scored once, after the last step. Reported (percent): ``finetune_top1``, and the mean
+training loss of the last steps as ``finetune_train_loss``. Defaults are CPU-sized.
 
-Gradient accumulation: ``accum_steps`` micro-batches per batch, or ``micro_batch`` images
-per forward pass at most (either must divide ``batch_size``). Each micro-batch loss is
-weighted by its share, so a step equals one on the whole batch up to float rounding.
+Gradient accumulation: ``accum_steps`` micro-batches per batch, or ``micro_batch`` images per
+forward pass at most (either must divide ``batch_size``); a step equals one on the whole batch
+up to float rounding.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -50,12 +46,9 @@ def set_resolution(encoder: nn.Module, image_size: int) -> None:
     pos = resample_pos_embed(encoder.pos_embed.detach(), encoder.grid_size, grid,
                              encoder.num_prefix_tokens)
     encoder.pos_embed = nn.Parameter(pos)
-    encoder.grid_size = tuple(grid)
-    stem = encoder.patch_embed
-    if hasattr(stem, "grid_size"):
-        stem.grid_size = tuple(grid)
-    if hasattr(stem, "image_size"):
-        stem.image_size = (image_size, image_size)
+    encoder.grid_size = encoder.patch_embed.grid_size = tuple(grid)
+    if hasattr(encoder.patch_embed, "image_size"):
+        encoder.patch_embed.image_size = (image_size, image_size)
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -89,7 +82,7 @@ def _resized(images: torch.Tensor, size: int | None) -> torch.Tensor:
 def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator:
     generator = torch.Generator().manual_seed(seed)
     drop_last = len(dataset) >= batch_size
-    for _ in itertools.count():
+    while True:
         yield from DataLoader(dataset, batch_size=batch_size, shuffle=True,
                               drop_last=drop_last, generator=generator, num_workers=0)
 

@@ -51,13 +51,14 @@ from torch import nn
 import vitssl
 from vitssl.errors import VitsslError
 from vitssl.ssl.batch import batch_seeds, progress
-from vitssl.ssl.distillation import DinoHead, cross_view_loss, prototypes
+from vitssl.ssl.distillation import cross_view_loss, prototypes
 from vitssl.ssl.ema import teacher_copy
 from vitssl.ssl.masking import block_mask, draw_ratio, random_mask
 from vitssl.ssl.self_distillation import (
     SHORT_RUN,
     SelfDistillation,
-    head_dims,
+    build_head,
+    given_options,
     resolve_options,
     teacher_stats,
     warmup,
@@ -119,9 +120,8 @@ class Ibot(SelfDistillation):
                  hflip: bool | None = None, use_bn: bool | None = None,
                  center_init: str | None = None, centering: str | None = None,
                  sinkhorn_iterations: int = 3, koleo_weight: float | None = None) -> None:
-        given = {k: v for k, v in locals().items() if k not in (
-            "self", "encoder", "recipe", "out_dim", "patch_out_dim", "hidden_dim",
-            "bottleneck_dim", "__class__")}
+        given = given_options(locals(), "recipe", "out_dim", "patch_out_dim", "hidden_dim",
+                              "bottleneck_dim")
         o = resolve_options(self.name, recipe, RECIPES, given)
         ratios = _floats(o["pred_ratio"])
         spread = _floats(o["pred_ratio_var"])
@@ -136,17 +136,15 @@ class Ibot(SelfDistillation):
             raise VitsslError(f"ibot: need pred_shape in {', '.join(SHAPES)} (got "
                               f"{pred_shape!r}), 0 < pred_aspect_ratio low <= high, pred_start "
                               f"in [0, 1] and lambda1, lambda2 >= 0")
-        out_dim, hidden_dim, bottleneck_dim = head_dims(
-            self.name, encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim,
-            o["small_out_dim"], 8192)
+        head = build_head(self.name, encoder.embed_dim, o, (out_dim, hidden_dim, bottleneck_dim),
+                          8192)
+        out_dim = head.last_layer.out_features
         patch_dim = out_dim if shared_head else int(patch_out_dim or out_dim)
-        head = DinoHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim,
-                        bool(o["norm_last_layer"]), bool(o["use_bn"]))
         super().__init__(encoder, head, o, {"center": out_dim, "patch_center": patch_dim})
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         self.shared_head = bool(shared_head)
         if not self.shared_head:
-            self.patch_last_layer = prototypes(bottleneck_dim, patch_dim,
+            self.patch_last_layer = prototypes(head.last_layer.in_features, patch_dim,
                                                bool(o["norm_last_layer"]))
             self.teacher_patch_last_layer = teacher_copy(self.patch_last_layer)
             self.ema_pairs.append(("teacher_patch_last_layer", "patch_last_layer"))
@@ -214,9 +212,7 @@ class Ibot(SelfDistillation):
         tokens = self.encoder.embed_patches(images)  # (B G, N, D), before position embeddings
         tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         pooled, student_cls, student_patch = self.project(self.encoder.encode(tokens, grid=grid))
-        student = [student_cls.view(b, g, -1)]
-        if local is not None:
-            student.append(self.head(self.encoder(local.flatten(0, 1))).view(*local.shape[:2], -1))
+        student = [student_cls.view(b, g, -1), *self.local_logits(local)]
         temp, patch_temp = self.teacher_temperature(step, total), \
             self.patch_temperature(step, total)
         cls_targets = self.targets(teacher_cls.float(), "center", temp)

@@ -19,20 +19,15 @@ down for narrower ones (hidden 512, out 128), as ``dino`` does.
 
 Momentum: cosine from ``momentum`` to 1 over the run (the reference's
 per-iteration schedule). The paper's 0.99 over ~94k ImageNet steps gives the
-momentum encoder a total update mass Σ(1 − m) of ~470; over a 500-step run it
-would be ~2.5. The default (``momentum=None``) picks the base from the run's
-length so that the mass is ``update_mass``: ``1 - 2 * update_mass / steps``
-(at least 0), capped at the paper's 0.99 (reached by runs of 16,000 steps or
-more). The default mass, 80 (base 0.68 for 500 steps), is still below the
-paper's 470, and was measured against 10 (0.96), 30 and 200: at the default
-run's size 10-shot 82.8 vs 79.2 on digits, and k-NN 67.3 vs 62.1 on
-Fashion-MNIST at 300 steps (benchmarks/RESULTS.md). A key encoder that stays
-close to the base one learns faster in short runs.
+momentum encoder a total update mass Σ(1 − m) of ~470. The default
+(``momentum=None``) picks the base so that the run's mass is ``update_mass``
+(80: base 0.68 for 500 steps), capped at the paper's 0.99 (runs of 16,000
+steps or more; :func:`vitssl.ssl.ema.run_scaled_momentum`); the masses
+measured are in benchmarks/RESULTS.md, "MoCo v3".
 
 Position embeddings: the reference's fixed 2-D sin-cos table (``pos_embed =
 "sincos"``, what ``model.pos_embed=auto`` picks; ``model.pos_embed=learned``
-keeps the ViT's). On Fashion-MNIST at 28 px, 300 steps, it is worth +3.1
-points 10-shot over learned ones (48.6 vs 45.5, benchmarks/RESULTS.md).
+keeps the ViT's).
 
 The bias of the encoder's last norm is frozen: the projector's first BatchNorm
 removes the constant it adds, so the loss is invariant to it.

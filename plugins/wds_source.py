@@ -1,7 +1,8 @@
-"""``wds:URLS``: webdataset tar shards, streamed (brace patterns, ``::``, pipes, URLs).
+"""``wds:URLS``: webdataset tar shards, streamed.
 
-The text after ``wds:`` is the shard pattern as it is (URLs hold colons, so no
-``:SPLIT``). Labelled when the first readable sample has a ``cls`` member;
+URLS, as it is (no ``:SPLIT``): a brace pattern (``DIR/shard-{000000..000127}.tar``),
+patterns joined by ``::``, paths, ``file:``, ``pipe:CMD`` or http(s) URLs.
+Labelled when the first readable sample has a ``cls`` member;
 the class count is unknown without reading every shard. ``data.options``:
 ``shuffle_buffer`` (samples held to shuffle, default 1000; 0 or 1: none) and
 ``resampled`` (draw shards with replacement; default: when training on more

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 from vitssl.analyze import figures
-from vitssl.analyze.attention import attention_maps, explicit_features
+from vitssl.analyze.attention import explicit_features, iter_attention
 from vitssl.analyze.distance import mean_attention_distance
 from vitssl.analyze.filters import filter_components, pixel_filters
 from vitssl.analyze.position import neighbour_contrast, position_similarity, tile_grid
@@ -61,7 +61,7 @@ def test_zeroed_query_key_weights_give_uniform_attention(class_token):
         for block in model.blocks:  # rows [0, 2D) of the packed qkv are q and k
             block.attn.qkv.weight[:2 * dim].zero_()
             block.attn.qkv.bias[:2 * dim].zero_()
-    maps = attention_maps(model, torch.randn(3, 3, 2, 2))
+    maps = [w for _, w in iter_attention(model, torch.randn(3, 3, 2, 2))]
     t = 4 + class_token
     for weights in maps:
         torch.testing.assert_close(weights, torch.full_like(weights, 1 / t))
@@ -76,7 +76,7 @@ def test_explicit_attention_runs_the_same_network():
     with torch.no_grad():
         torch.testing.assert_close(explicit_features(model, images),
                                    model.forward_features(images), atol=1e-5, rtol=0)
-    maps = attention_maps(model, images)
+    maps = [w for _, w in iter_attention(model, images)]
     assert len(maps) == 3 and maps[0].dtype == torch.float32
     assert maps[0].shape == (2, 2, 17, 17)
     torch.testing.assert_close(maps[1].sum(-1), torch.ones(2, 2, 17))

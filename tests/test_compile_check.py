@@ -29,14 +29,14 @@ def table_rows(stdout: str) -> list[list[str]]:
 
 
 def test_forward_on_sm90_compiles_to_wgmma_with_async_loads(tmp_path) -> None:  # noqa: ANN001
-    from vitssl.kernels.attention_configs import head_block, n_bucket, tuned_configs
+    from vitssl.kernels.attention_configs import tile, tuned_configs
 
     done = run(["-m", "vitssl.tools.compile_check", "--arch", "90", "--head-dims", "64",
                 "--dtypes", "bf16", "--kernels", "fwd", "--jobs", "1", "--dump", str(tmp_path)])
     assert done.returncode == 0, done.stdout + done.stderr
     rows = table_rows(done.stdout)
     wanted = {c.name for n in (197, 257, 577, 1025)
-              for c in tuned_configs("fwd", n_bucket(n), head_block(64), 2, 90)}
+              for c in tuned_configs("fwd", tile(n), tile(64), 2, 90)}
     assert {r[1].removeprefix("d64-bf16-") for r in rows} == wanted
     for _, config, arch, regs, spills, smem, mma, loads, status in rows:
         assert (arch, mma, status, spills) == ("sm_90", "wgmma", "ok", "0")
@@ -50,7 +50,7 @@ def test_a_spilling_config_is_reported_and_fails() -> None:
     # 4 warps on a 128 x 128 tile at D = 128 cannot hold the accumulators in registers.
     code = ("import json; from vitssl.tools.compile_check import Job, run_job; "
             "r = run_job(Job('fwd', 90, 128, 'bf16', 'm128n128w4s2', ('packed',), 197), None); "
-            "print(json.dumps([r.spill_bytes, r.registers, list(r.problems)]))")
+            "print(json.dumps([r.res.spill_bytes, r.res.registers, list(r.problems)]))")
     done = run(["-c", code])
     assert done.returncode == 0, done.stderr
     spills, regs, problems = json.loads(done.stdout.strip().splitlines()[-1])

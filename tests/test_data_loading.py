@@ -23,7 +23,7 @@ from vitssl.data.pipeline import (
     resolve_num_workers,
     usable_cores,
 )
-from vitssl.data.source import get_source, source_kinds
+from vitssl.data.source import get_source
 from vitssl.data.transforms import REDUCE_FROM, PretrainTransform, pretrain_transform
 from vitssl.devices import cgroup_cpu_limit, fit_cpu_threads
 from vitssl.errors import VitsslError
@@ -45,7 +45,7 @@ from vitssl.errors import VitsslError
     (3, "builtin", 2, 1, 3),
 ])
 def test_auto_rule_from_cores_ranks_and_source(setting, source, cores, ranks, expected):
-    in_memory = source in source_kinds() and get_source(source).in_memory
+    in_memory = source != "my-plugin" and get_source(source).in_memory
     assert resolve_num_workers(setting, in_memory=in_memory, cores=cores,
                                ranks=ranks) == expected
 

@@ -11,9 +11,8 @@ from PIL import Image
 
 from vitssl.cli import main
 from vitssl.data import shard as shard_module
-from vitssl.data.decode import decode_image
+from vitssl.data.decode import SkipLog, decode_image
 from vitssl.data.shard import write_shards
-from vitssl.data.skips import SkipLog
 from vitssl.data.source import open_dataset
 from vitssl.data.wds import expand_urls, shard_samples
 from vitssl.errors import VitsslError

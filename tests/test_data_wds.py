@@ -57,7 +57,7 @@ def _batches(spec: str, *, steps: int, batch: int, start_step: int = 0, rank: in
         out.append(batch_dict)
         if len(out) == save_after:
             stream.saved = {"world_size": world_size,
-                            "ranks": [copy.deepcopy(stream.position.to_state())]}
+                            "ranks": [copy.deepcopy(stream.stream_state())]}
     return out, stream
 
 

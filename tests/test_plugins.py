@@ -6,14 +6,13 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
+from readme_code import readme_code
 
 from vitssl.plugins import build_registry
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 PLUGIN_MODULE = '''
 """A third-party vitssl plugin."""
 import torch
@@ -69,12 +68,6 @@ def register_objectives(register):
 def register_stems(register):
     register("patch", MeanFeatureObjective)  # already taken by vitssl: reported, not fatal
 '''
-
-
-def readme_code(heading: str) -> str:
-    """The first ```python block under ``heading`` in README.md."""
-    section = README.read_text().split(f"\n{heading}\n", 1)[1]
-    return section.split("```python\n", 1)[1].split("\n```\n", 1)[0] + "\n"
 
 
 def _run(args, **env):

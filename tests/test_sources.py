@@ -11,60 +11,21 @@ import textwrap
 import numpy as np
 import pytest
 from PIL import Image
+from readme_code import readme_code
 
 from vitssl.config import DataConfig
 from vitssl.data import wds
 from vitssl.data.checks import validate_data_config
 from vitssl.data.pipeline import data_info, pretrain_batches
-from vitssl.data.source import parse_spec, source_kinds
+from vitssl.data.source import parse_spec
 from vitssl.errors import VitsslError
-
-NPZ_PLUGIN = '''
-"""``npz:FILE``: images and labels in one .npz file."""
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-import vitssl
-from vitssl.data.augment import Augmentation
-from vitssl.data.source import Source
-
-
-class NpzImages(Dataset):
-    def __init__(self, path, split):
-        with np.load(path) as arrays:
-            self.images, self.labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        self.num_classes = int(self.labels.max()) + 1
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(self.images[i]).permute(2, 0, 1).contiguous(), int(self.labels[i])
-
-
-class NpzSource(Source):
-    """Images and labels in a .npz file: npz:FILE."""
-
-    example = "npz:FILE"
-
-    def augmentation(self, target):
-        return Augmentation(hflip=False)
-
-    def open(self, target, split, options):
-        return NpzImages(target, split)
-
-
-@vitssl.hookimpl
-def register_sources(register):
-    register("npz", NpzSource)
-'''
+from vitssl.plugins import get_registry
 
 
 def test_a_new_source_is_one_file_and_one_registration(tmp_path):
     plugin = tmp_path / "site"
     (plugin / "vitssl_npz-0.1.dist-info").mkdir(parents=True)
-    (plugin / "vitssl_npz.py").write_text(NPZ_PLUGIN)
+    (plugin / "vitssl_npz.py").write_text(readme_code("### Writing a data source"))
     (plugin / "vitssl_npz-0.1.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: vitssl-npz\nVersion: 0.1\n")
     (plugin / "vitssl_npz-0.1.dist-info" / "entry_points.txt").write_text(
@@ -93,7 +54,7 @@ def test_a_new_source_is_one_file_and_one_registration(tmp_path):
 
 
 def test_spec_kinds_come_from_the_registry():
-    assert {"builtin", "folder", "idx", "vtab1k", "wds"} <= set(source_kinds())
+    assert {"builtin", "folder", "idx", "vtab1k", "wds"} <= set(get_registry().entries["sources"])
     with pytest.raises(VitsslError, match="bad data spec 'nope:x': expected one of .*idx:PATH"):
         parse_spec("nope:x")
     assert parse_spec("wds:pipe:cat a.tar:test").target == "pipe:cat a.tar:test"
@@ -138,7 +99,7 @@ def test_both_batch_kinds_expose_the_same_attributes(tmp_path):
         assert batches.labelled is True
     assert kinds[0].num_classes == 10 and kinds[0].stream_state() is None
     assert kinds[1].num_classes is None
-    assert kinds[1].stream_state() == kinds[1].position.to_state()
+    assert kinds[1].stream_state()["workers"] == kinds[1].position["workers"]
 
 
 def test_data_options_reach_builtin_factories():

@@ -26,49 +26,34 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def _fields(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def _cpus(fields: list[str]) -> int | None:
+    """Whole CPUs (rounded up) of a ``[quota, period]`` pair; None for "max" or -1."""
+    if len(fields) != 2 or not all(f.isdigit() and int(f) > 0 for f in fields):
+        return None
+    return math.ceil(int(fields[0]) / int(fields[1]))
+
+
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
                      own: Path = Path("/proc/self/cgroup")) -> int | None:
     """The CPU quota of this process's cgroup in whole CPUs (rounded up), or None if unlimited.
 
     Containers (Docker ``--cpus``, Kubernetes limits) set it without changing the
-    affinity mask. cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max ...") of the
-    process's group and every group above it; v1: ``cpu.cfs_quota_us`` /
-    ``cpu.cfs_period_us`` of the ``cpu`` controller. The tightest limit counts.
+    affinity mask. cgroup v2: ``cpu.max`` of the process's group and every group
+    above it; v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``. The tightest counts.
     """
-    def ratio(quota: str, period: str) -> int | None:
-        try:
-            q, t = int(quota), int(period)
-        except ValueError:  # "max": no quota
-            return None
-        return max(1, math.ceil(q / t)) if q > 0 and t > 0 else None
-
-    try:
-        lines = own.read_text().splitlines()
-    except OSError:
-        lines = []
-    groups = {c: path for _, cs, path in (ln.split(":", 2) for ln in lines if ln.count(":") >= 2)
-              for c in cs.split(",")}
-    limits: list[int] = []
-    v2 = root / groups.get("", "/").lstrip("/")
-    for folder in [v2, *v2.parents]:
-        if folder == root.parent:
-            break
-        try:
-            fields = (folder / "cpu.max").read_text().split()
-        except OSError:
-            continue
-        if len(fields) == 2 and (limit := ratio(*fields)) is not None:
-            limits.append(limit)
-    for name in ("cpu", "cpu,cpuacct"):
-        folder = root / name
-        try:
-            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
-            period = (folder / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            continue
-        if (limit := ratio(quota, period)) is not None:
-            limits.append(limit)
-    return min(limits) if limits else None
+    v2 = root / next((f[3:] for f in _fields(own) if f.startswith("0::")), "").lstrip("/")
+    folders = [v2, *v2.parents][:len(v2.relative_to(root).parts) + 1]
+    limits = [_cpus(_fields(folder / "cpu.max")) for folder in folders]
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        limits.append(_cpus(_fields(v1 / "cpu.cfs_quota_us") + _fields(v1 / "cpu.cfs_period_us")))
+    return min((limit for limit in limits if limit), default=None)
 
 
 def usable_cores() -> int:

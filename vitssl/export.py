@@ -1,11 +1,6 @@
-"""``vitssl export``: a pretrained encoder in the layouts timm and the Hugging Face hub load.
-
-Every format writes ``model.safetensors`` (the objective's exported encoder under timm's
-names, no classifier head) and timm's hub ``config.json`` (``architecture``, every
-architecture argument in ``model_args``, and ``pretrained_cfg``); ``hf`` adds a model card
-(``README.md``: objective, data, steps, the run summary's evaluation), so the folder uploads
-unchanged. When timm is installed the export is rebuilt in timm and compared first. A fixed
-sin-cos position table is exported as timm's (trainable) ``pos_embed``.
+"""``vitssl export``: a pretrained encoder in the layouts timm and the Hugging Face hub load
+(docs/export.md). When timm is installed the export is rebuilt in timm and compared first; a
+fixed sin-cos position table is exported as timm's (trainable) ``pos_embed``.
 """
 
 from __future__ import annotations
@@ -38,14 +33,6 @@ def run_dir_of(path: Path) -> Path | None:
         if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
             return candidate
     return None
-
-
-def _weights_metadata(path: Path) -> dict[str, str]:
-    """The vitssl metadata (step, exports) of the weights ``load_encoder`` read."""
-    from vitssl.train.checkpoint import weights_file
-
-    with safe_open(str(weights_file(path)), framework="pt") as fh:
-        return fh.metadata() or {}
 
 
 def timm_config(encoder: torch.nn.Module, cfg: Config,
@@ -148,8 +135,7 @@ def model_card(config: dict[str, Any], cfg: Config, summary: dict[str, Any] | No
         f"`{cfg.model.stem}`, pooling: {pool} |",
         f"| timm | `{config['architecture']}` with the `model_args` of config.json |",
         f"| Inputs | {height}x{width} px, {pre['interpolation']} resize and centre crop, mean "
-        f"{pre['mean']}, std {pre['std']} |", ""]
-    lines += ["## Evaluation", ""]
+        f"{pre['mean']}, std {pre['std']} |", "", "## Evaluation", ""]
     if summary is None:
         lines += ["The run left no summary (`summary.json`), so there are no numbers here.", ""]
     else:
@@ -177,14 +163,15 @@ def model_card(config: dict[str, Any], cfg: Config, summary: dict[str, Any] | No
 
 def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     """Write ``source`` (a run directory or checkpoint) as ``fmt`` into ``out``; its path."""
-    from vitssl.train.checkpoint import load_encoder
+    from vitssl.train.checkpoint import load_encoder, weights_file
 
     if fmt not in FORMATS:
         raise VitsslError(f"unknown export format '{fmt}'; accepted: {', '.join(FORMATS)}")
     source = Path(source)
     encoder, cfg = load_encoder(source, "cpu")
     run_dir = run_dir_of(source)
-    metadata = _weights_metadata(source)
+    with safe_open(str(weights_file(source)), framework="pt") as fh:
+        metadata = fh.metadata() or {}
     facts: dict[str, Any] = {}
     if "step" in metadata:
         facts["step"] = int(metadata["step"])

@@ -21,21 +21,13 @@ Register = Callable[[str, Callable[..., Any]], None]
 
 @hookspec
 def register_objectives(register: Register) -> None:
-    """Register pretraining objectives: ``factory(encoder=..., **options)``.
-
-    The factory is a :class:`vitssl.Objective` subclass (or any callable returning
-    an ``nn.Module`` with ``forward(batch) -> {"loss": ..., **metrics}``); the
-    contract - the batch, metrics, views, step hooks, exports - is documented on
-    :class:`vitssl.Objective`.
-    """
+    """Register pretraining objectives: :class:`vitssl.Objective` subclasses (the contract)."""
 
 
 @hookspec
 def register_stems(register: Register) -> None:
-    """Register patch stems.
-
-    ``factory(image_size=, patch_size=, in_chans=, embed_dim=, **options)`` returns a
-    module mapping images (B, 3, H, W) to tokens (B, N, D) that exposes ``grid_size``.
+    """Register patch stems: ``factory(image_size=, patch_size=, in_chans=, embed_dim=,
+    **options)`` -> a module mapping images (B, 3, H, W) to tokens (B, N, D), with ``grid_size``.
     """
 
 

@@ -69,12 +69,8 @@ def _stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
 
 
 def _hybrid_stem_from_timm(patch_embed: Any, embed_dim: int) -> nn.Module:
-    """The ``resnet-hybrid`` stem with the layout of timm's HybridEmbed over a ResNetV2.
-
-    Only the paper's hybrid backbone (``ResNetV2(preact=False, stem_type='same')``)
-    and its pre-activation (BiT) form map: weight-standardised "SAME" convolutions,
-    GroupNorm + ReLU, bottleneck blocks, no dilation.
-    """
+    """The ``resnet-hybrid`` stem with the layout of timm's HybridEmbed over a ResNetV2: only
+    ``ResNetV2(stem_type='same')``, plain or pre-activation (BiT), maps."""
     backbone = patch_embed.backbone
     names = lambda module: [type(m).__name__ for m in module.children()]
     if type(backbone).__name__ != "ResNetV2":

@@ -12,8 +12,9 @@ is recorded in :attr:`Registry.failures` and the rest keep working.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -50,6 +51,12 @@ class PluginFailure:
     error: str
 
 
+def suggest(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known``, else an empty string."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 @dataclass
 class Registry:
     """Everything the plugins registered, by kind and name."""
@@ -63,36 +70,43 @@ class Registry:
 
     def entry(self, kind: str, name: str) -> Entry:
         """The entry for ``name``; a :class:`VitsslError` listing the choices if unknown."""
-        found = self.entries[kind].get(name)
-        if found is None:
-            known = self.names(kind)
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise VitsslError(f"unknown {SINGULAR[kind]} '{name}'{hint}; "
-                              f"registered: {', '.join(known) or 'none'}")
-        return found
+        if name not in self.entries[kind]:
+            raise VitsslError(f"unknown {SINGULAR[kind]} '{name}'{suggest(name, self.names(kind))}"
+                              f"; registered: {', '.join(self.names(kind)) or 'none'}")
+        return self.entries[kind][name]
 
     def get(self, kind: str, name: str) -> Callable[..., Any]:
         return self.entry(kind, name).factory
 
+    def add(self, kind: str, name: str, factory: Callable[..., Any], *, plugin: str,
+            distribution: str) -> None:
+        """Register a factory, or record why its plugin may not (not an objective, taken)."""
+        taken = self.entries[kind].get(name)
+        if kind == "objectives" and not is_objective_class(factory):
+            error = f"objective '{name}' is not a vitssl.Objective subclass ({factory!r})"
+        elif taken is not None:
+            error = f"{SINGULAR[kind]} '{name}' is already registered by {taken.distribution} " \
+                    f"({taken.plugin})"
+        else:
+            self.entries[kind][name] = Entry(kind, name, factory, plugin, distribution)
+            return
+        self.failures.append(PluginFailure(plugin, distribution, error))
 
-def _wanted(names: str | None) -> set[str] | None:
-    if not names:
-        return None
-    return {n.strip() for n in names.split(",") if n.strip()}
+
+def _names(variable: str) -> set[str]:
+    return {n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()}
 
 
 def _selected_entry_points(registry: Registry) -> list[EntryPoint]:
-    only = _wanted(os.environ.get("VITSSL_PLUGINS"))
-    blocked = _wanted(os.environ.get("VITSSL_DISABLE_PLUGINS")) or set()
+    only, blocked = _names("VITSSL_PLUGINS"), _names("VITSSL_DISABLE_PLUGINS")
     available = {ep.name for ep in entry_points(group=GROUP)}
-    for var, names in (("VITSSL_PLUGINS", only or set()), ("VITSSL_DISABLE_PLUGINS", blocked)):
+    for var, names in (("VITSSL_PLUGINS", only), ("VITSSL_DISABLE_PLUGINS", blocked)):
         for name in sorted(names - available):
             registry.failures.append(PluginFailure(
                 name, "unknown", f"{var} names no installed entry point '{name}'; available: "
                                  f"{', '.join(sorted(available))}"))
     chosen = [ep for ep in entry_points(group=GROUP)
-              if (only is None or ep.name in only) and ep.name not in blocked]
+              if (not only or ep.name in only) and ep.name not in blocked]
     # Built-ins first, so a third-party package cannot shadow them.
     return sorted(chosen, key=lambda ep: (_distribution(ep) != "vitssl", ep.name))
 
@@ -115,8 +129,7 @@ def build_registry() -> Registry:
     for ep in _selected_entry_points(registry):
         dist = _distribution(ep)
         try:
-            module = ep.load()
-            pm.register(module, name=ep.name)
+            pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the host
             registry.failures.append(PluginFailure(ep.name, dist, _short(exc)))
             continue
@@ -127,27 +140,10 @@ def build_registry() -> Registry:
             registry.failures.append(PluginFailure(ep.name, dist, _short(exc)))
             continue
         distributions[ep.name] = dist
-
     for kind in KINDS:
-        caller = getattr(pm.hook, f"register_{kind}")
-        for impl in caller.get_hookimpls():
-            plugin, dist = impl.plugin_name, distributions.get(impl.plugin_name, "unknown")
-
-            def register(name: str, factory: Callable[..., Any], *, _kind=kind,
-                         _plugin=plugin, _dist=dist) -> None:
-                if _kind == "objectives" and not is_objective_class(factory):
-                    registry.failures.append(PluginFailure(
-                        _plugin, _dist, f"objective '{name}' is not a vitssl.Objective "
-                                        f"subclass ({factory!r})"))
-                    return
-                taken = registry.entries[_kind].get(name)
-                if taken is not None:
-                    registry.failures.append(PluginFailure(
-                        _plugin, _dist, f"{SINGULAR[_kind]} '{name}' is already registered "
-                                        f"by {taken.distribution} ({taken.plugin})"))
-                    return
-                registry.entries[_kind][name] = Entry(_kind, name, factory, _plugin, _dist)
-
+        for impl in getattr(pm.hook, f"register_{kind}").get_hookimpls():
+            plugin, dist = impl.plugin_name, distributions[impl.plugin_name]
+            register = functools.partial(registry.add, kind, plugin=plugin, distribution=dist)
             try:
                 impl.function(register=register)
             except Exception as exc:  # noqa: BLE001

@@ -1,26 +1,18 @@
 """Shipped recipes: the YAML files in the top-level ``configs/`` folder.
 
-Every recipe opens with a comment block: a one-line description, then the
-fields ``Source:``, ``Hardware:``, ``Expected:`` and ``Changed:`` (and, for an
-evaluation recipe, ``Format:``); a field continues on further comment lines.
-Two kinds of recipe exist:
-
-- a pretraining recipe holds sections of :class:`vitssl.config.Config` and runs
-  as ``vitssl pretrain --config FILE`` (unknown keys fail, as for any config);
-- an evaluation recipe holds one ``evaluate:`` section with ``evaluator`` (a
-  registered evaluator), optional ``data`` (the labelled data spec) and
-  ``options`` (checked against the options the evaluator accepts). It is run
-  through ``vitssl eval`` (or, for ``vtab``, ``benchmarks/vtab.py``);
-  ``vitssl configs NAME`` prints the command line.
-
-The folder ships in the wheel as ``vitssl/configs`` (``pyproject.toml`` maps the
-checkout's ``configs/`` there, so there is one copy); it is looked up there and
-then at the top of the source checkout (an editable install). A recipe is named
-``NAME``, ``NAME.yaml`` or ``configs/NAME.yaml``, in or out of the checkout.
+A recipe opens with a comment block: a one-line description, then the fields
+``Source:``, ``Hardware:``, ``Expected:``, ``Changed:`` (and ``Format:``), each
+continuing on further comment lines. A pretraining recipe holds sections of
+:class:`vitssl.config.Config`; an evaluation recipe one ``evaluate:`` section
+(``evaluator``, optional ``data`` and ``options``), run through ``vitssl eval``
+or ``benchmarks/vtab.py`` (``vitssl configs NAME`` prints the command). The
+folder ships in the wheel as ``vitssl/configs``; a recipe is named ``NAME``,
+``NAME.yaml`` or ``configs/NAME.yaml``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -59,12 +51,8 @@ class Evaluation:
 
 def read_header(text: str) -> tuple[str, dict[str, str]]:
     """The opening comment block -> (one-line description, {field: text})."""
-    lines = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].strip())
-    description = lines[0] if lines else ""
+    lines = list(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
+    lines = [line[1:].strip() for line in lines] or [""]
     fields: dict[str, str] = {}
     current = None
     for line in lines[1:]:
@@ -76,14 +64,13 @@ def read_header(text: str) -> tuple[str, dict[str, str]]:
             fields[current] = f"{fields[current]} {line}".strip()
         else:
             current = None  # a blank comment line ends a field
-    return description, fields
+    return lines[0], fields
 
 
 def read_recipe(path: str | Path) -> Recipe:
     """A recipe file's name, kind and header."""
     path = Path(path)
-    text = path.read_text()
-    description, header = read_header(text)
+    description, header = read_header(path.read_text())
     kind = "evaluate" if "evaluate" in read_yaml_mapping(path, "recipe") else "pretrain"
     return Recipe(path.stem, path, kind, description, header)
 
@@ -182,9 +169,6 @@ def eval_command(evaluation: Evaluation, checkpoint: str = "RUN",
 def vtab_benchmark_command(evaluation: Evaluation, checkpoint: str = "RUN",
                            data_root: str = "VTAB1K_DIR") -> list[str]:
     """The ``benchmarks/vtab.py`` argv for a ``vtab`` recipe over a vtab-1k tree."""
-    if evaluation.evaluator != "vtab":
-        raise VitsslError(f"benchmarks/vtab.py runs the vtab evaluator, not "
-                          f"'{evaluation.evaluator}'")
     flags = {"protocol": "--protocol", "adapt": "--adapt", "image_size": "--image-size"}
     argv = ["python", "benchmarks/vtab.py", "--checkpoint", checkpoint, "--data-root", data_root]
     for key, value in evaluation.options.items():

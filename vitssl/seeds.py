@@ -11,21 +11,14 @@ import torch
 
 
 def sample_seeds(seed: int, first: int, count: int) -> torch.Tensor:
-    """Seeds of samples ``first .. first + count - 1`` of the run's sample stream.
-
-    A sample's seed depends only on its position in the stream, so it is the
-    same whatever the number of ranks or accumulation steps.
-    """
+    """Seeds of samples ``first .. first + count - 1`` of the run's sample stream."""
     base = (seed + 1) * 2 ** 40
     return torch.arange(base + first, base + first + count, dtype=torch.long)
 
 
 def process_seed(seed: int, rank: int, step: int = 0) -> int:
-    """The seed of a rank's global generator at ``step`` (dropout, drop-path, objectives).
-
-    Used at the start of a run (step 0) and when a checkpoint's RNG states
-    cannot be restored (another world size).
-    """
+    """The seed of a rank's global generator at ``step`` (dropout, drop-path, objectives):
+    at the start, and on resume when the checkpoint's RNG states are of another world size."""
     return seed * 7_919 + 17 + rank + (1_000_003 * step if step else 0)
 
 

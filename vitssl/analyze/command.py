@@ -25,6 +25,7 @@ from vitssl.models.sizes import to_pair
 
 ANALYSIS = "analysis.json"
 ROLLOUT_IMAGES = 4
+BATCH = 32
 
 
 def _rounded(x: torch.Tensor, digits: int = 4) -> Any:
@@ -59,23 +60,22 @@ def _positions(subject: Subject, out: Path) -> dict[str, Any]:
 
 
 def _attention(subject: Subject, spec: str, count: int, device: torch.device,
-               out: Path, batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+               out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from vitssl.analyze.images import load_images
 
     encoder = subject.encoder
-    size = tuple(encoder.patch_embed.image_size) if hasattr(encoder.patch_embed, "image_size") \
-        else tuple(s * p for s, p in zip(encoder.grid_size, to_pair(encoder.patch_size),
-                                         strict=True))
-    pixels, images = load_images(spec, count, to_pair(size), subject.mean, subject.std)
     grid, patch = tuple(encoder.grid_size), to_pair(encoder.patch_size)
+    size = getattr(encoder.patch_embed, "image_size", None) or (grid[0] * patch[0],
+                                                               grid[1] * patch[1])
+    pixels, images = load_images(spec, count, to_pair(size), subject.mean, subject.std)
     prefix = encoder.num_prefix_tokens
     n = images.shape[0]
     total = torch.zeros(len(encoder.blocks), encoder.num_heads, dtype=torch.float64)
     keep = min(ROLLOUT_IMAGES, n)
     kept: list[torch.Tensor] = []  # the first batch's weights per block, for the rollout
-    batches = [images[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = images.split(BATCH)
     for b, batch in enumerate(progress(batches, len(batches), "attention")):
-        for layer, weights in enumerate(iter_attention(encoder, batch.to(device))):
+        for layer, (_, weights) in enumerate(iter_attention(encoder, batch.to(device))):
             total[layer] += mean_attention_distance(weights, grid, patch, prefix).sum(0).cpu()
             if b == 0:
                 kept.append(weights[:keep].cpu())
@@ -116,11 +116,8 @@ def _curves(run_dir: Path | None, out: Path) -> dict[str, Any]:
 
 def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
             out: str | None = None, curves_only: bool = False, device: str = "auto",
-            heads: int | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Write the figures and ``analysis.json`` for ``checkpoint`` under ``out``.
-
-    Returns the record written to ``analysis.json``.
-    """
+            heads: int | None = None) -> dict[str, Any]:
+    """Write the figures and ``analysis.json`` for ``checkpoint`` under ``out``; the record."""
     start = time.perf_counter()
     if curves_only:
         run_dir = find_run_dir(checkpoint)
@@ -133,8 +130,6 @@ def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
     else:
         if images < 1:
             raise VitsslError(f"--images must be >= 1, got {images}")
-        if batch_size < 1:
-            raise VitsslError(f"batch size must be >= 1, got {batch_size}")
         dev = resolve_device(device)
         subject = load_subject(checkpoint, heads)
         subject.encoder.to(dev).eval()
@@ -146,7 +141,7 @@ def analyze(checkpoint: str, *, data: str | None = None, images: int = 128,
         print(f"analysing {subject.path} ({subject.model}, {subject.format}, grid "
               f"{tuple(enc.grid_size)}, {len(enc.blocks)} blocks x {enc.num_heads} heads) "
               f"on up to {images} images of {spec}, {dev}", file=sys.stderr)
-        attention, roll = _attention(subject, spec, images, dev, target, batch_size)
+        attention, roll = _attention(subject, spec, images, dev, target)
         record = {
             "checkpoint": subject.path, "format": subject.format, "step": subject.step,
             "model": {"name": subject.model, "stem": subject.stem,

@@ -1,11 +1,5 @@
-"""Mean attention distance (paper Fig. 7 right, Fig. 11).
-
-For block l, head h and image b: ``Σ_j A[i, j] · d_ij`` averaged over query
-patches i, where ``d_ij`` is the pixel distance between the centres of patches
-i and j. As in the authors' published code, the prefix (class-token) query
-row and key column are dropped *without* renormalising: attention paid to the
-class token counts as distance 0.
-"""
+"""Mean attention distance (paper Fig. 7 right, Fig. 11): for each block, head and image,
+``Σ_j A[i, j] · d_ij`` averaged over the query patches i, by :data:`CONVENTION`."""
 
 from __future__ import annotations
 
@@ -30,11 +24,7 @@ def patch_distances(grid: tuple[int, int], patch_size: int | tuple[int, int]) ->
 def mean_attention_distance(weights: torch.Tensor, grid: tuple[int, int],
                             patch_size: int | tuple[int, int],
                             num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Attention weights (B, H, T, T) -> mean attention distance in pixels (B, H).
-
-    T = ``num_prefix_tokens`` + rows · cols; prefix rows and columns are dropped
-    without renormalising the rest.
-    """
+    """Attention weights (B, H, T, T), T = prefix + rows · cols -> distance in pixels (B, H)."""
     n = to_pair(grid)[0] * to_pair(grid)[1]
     if weights.shape[-1] != num_prefix_tokens + n or weights.shape[-2] != weights.shape[-1]:
         raise ValueError(f"attention of shape {tuple(weights.shape)} does not fit a grid "

@@ -33,11 +33,7 @@ def normalise_tile(tile: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_filters(encoder: nn.Module) -> tuple[torch.Tensor | None, str]:
-    """(the stem's pixel filters (D, C, P, P), "") or (None, why there are none).
-
-    Only a linear patch projection embeds pixels: a stem with a CNN backbone
-    (a hybrid) embeds feature-map cells instead.
-    """
+    """(the stem's pixel filters (D, C, P, P), "") or (None, why there are none)."""
     stem = encoder.patch_embed
     proj = getattr(stem, "proj", None)
     if hasattr(stem, "backbone"):

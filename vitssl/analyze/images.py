@@ -17,8 +17,6 @@ def load_images(spec: str, count: int, size: tuple[int, int], mean: tuple[float,
     Images are resized on the short side and centre-cropped to ``size``; the
     indices are spread evenly over the dataset so one class does not fill them.
     """
-    if count < 1:
-        raise VitsslError(f"--images must be >= 1, got {count}")
     dataset = open_dataset(spec, "train")
     total = len(dataset)
     if total == 0:

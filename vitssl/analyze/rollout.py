@@ -28,11 +28,7 @@ def attention_rollout(weights: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def rollout_map(rollout: torch.Tensor, grid: tuple[int, int],
                 num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Rollout (B, T, T) -> the (B, rows, cols) map over the patches.
-
-    With a class token: its row over the patch columns. Without one: the mean
-    over the patch query rows.
-    """
+    """Rollout (B, T, T) -> the (B, rows, cols) map over the patches (see above)."""
     patches = rollout[:, num_prefix_tokens:, num_prefix_tokens:]
     row = rollout[:, 0, num_prefix_tokens:] if num_prefix_tokens else patches.mean(dim=1)
     return row.reshape(row.shape[0], grid[0], grid[1])

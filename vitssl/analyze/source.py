@@ -1,9 +1,6 @@
-"""What ``vitssl analyze`` reads: a vitssl run or checkpoint, or a timm ViT state dict.
-
-A timm state dict carries no config, so its architecture is read off the
-tensor shapes (width, depth, MLP width, patch size, grid, class token); the
-head count, which no shape reveals, comes from the ViT size table by width,
-or from ``heads``. Loading never unpickles arbitrary objects.
+"""What ``vitssl analyze`` reads: a vitssl run or checkpoint, or a timm ViT state dict, whose
+architecture is read off the tensor shapes (the head count, which no shape reveals, from the
+ViT size table by width, or ``heads``). Loading never unpickles arbitrary objects.
 """
 
 from __future__ import annotations

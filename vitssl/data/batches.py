@@ -1,56 +1,26 @@
 """Deterministic pretraining batches from a map-style dataset.
 
-Batch ``step`` is a pure function of (seed, step): the sample order is a
-per-epoch permutation of the dataset and augmentation runs under an RNG
-seeded from (seed, step, rank) — or, with ``seed_per_sample`` (objective
-views), from (seed, the sample's position in the global stream), so a sample
-gets the same views on any number of ranks. A resumed run sees exactly the
-batches of an uninterrupted one, with any number of workers.
-
-An unreadable sample (:class:`~vitssl.data.decode.CorruptImage`) is replaced by
-the next readable dataset index, counted in the batch's ``"_skipped"`` entry
-and logged by the main process (:func:`counted`), or is fatal with
-``on_error="raise"``. A transform that ``takes_encoded`` gets image files as
-:class:`~vitssl.data.decode.EncodedImage` from a dataset that has
-``encoded(index)``, so it decodes only as much as its crop needs.
+Batch ``step`` is a pure function of (seed, step): samples follow a per-epoch
+permutation and augmentation runs under an RNG seeded from (seed, step, rank)
+or, with ``seed_per_sample`` (objective views), from the sample's position in
+the global stream, so a resumed run sees exactly the batches of an
+uninterrupted one on any number of ranks and workers. An unreadable sample
+(:class:`~vitssl.data.decode.CorruptImage`) is replaced by the next readable
+index and counted, or is fatal with ``on_error="raise"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from vitssl.data.decode import CorruptImage
-from vitssl.data.skips import SkipLog, log
+from vitssl.data.decode import CorruptImage, SkipLog, log
 from vitssl.data.transforms import normalize, to_float
 from vitssl.errors import VitsslError
 from vitssl.seeds import batch_seed, sample_seeds
-
-
-@dataclass
-class BatchPlan:
-    dataset_size: int
-    global_batch: int
-    seed: int
-
-    def indices(self, step: int) -> list[int]:
-        """Dataset indices of global batch ``step`` (wrapping over epochs)."""
-        start = step * self.global_batch
-        out: list[int] = []
-        while len(out) < self.global_batch:
-            epoch, offset = divmod(start + len(out), self.dataset_size)
-            perm = self._permutation(epoch)
-            take = min(self.global_batch - len(out), self.dataset_size - offset)
-            out.extend(perm[offset:offset + take])
-        return out
-
-    def _permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.dataset_size, generator=g).tolist()
 
 
 def stack_outputs(outputs: list, mean: tuple[float, ...],
@@ -70,21 +40,23 @@ def stack_outputs(outputs: list, mean: tuple[float, ...],
     return {"pixels": pixels, "image": normalize(pixels, mean, std)}
 
 
-def finish_batch(batch: dict[str, Any], mean: tuple[float, ...],
-                 std: tuple[float, ...]) -> dict[str, Any]:
+def finish_batch(batch: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device | None = None) -> dict[str, Any]:
     """A compact batch -> ``"pixels"`` in [0, 1] and normalised ``"image"`` (or views).
 
-    Batches cross from DataLoader workers as uint8 (a quarter of the bytes)
-    and are finished in the main process.
+    Batches cross from DataLoader workers as uint8 (a quarter of the bytes) and
+    are finished in the main process, on ``device`` when one is given.
     """
+    def finish(pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            return pixels
+        return to_float(pixels if device is None else pixels.to(device, non_blocking=True))
+
     if "pixels_uint8" in batch:
-        pixels = to_float(batch.pop("pixels_uint8"))
-        batch["pixels"] = pixels
-        batch["image"] = normalize(pixels, mean, std)
+        batch["pixels"] = finish(batch.pop("pixels_uint8"))
+        batch["image"] = normalize(batch["pixels"], mean, std)
     if "view_pixels" in batch:
-        raw = batch["view_pixels"]
-        batch["view_pixels"] = {name: to_float(v) if v.dtype == torch.uint8 else v
-                                for name, v in raw.items()}
+        batch["view_pixels"] = {name: finish(v) for name, v in batch["view_pixels"].items()}
         batch["views"] = {name: normalize(v, mean, std)
                           for name, v in batch["view_pixels"].items()}
     return batch
@@ -104,8 +76,7 @@ class StepBatches(Dataset):
         self.dataset, self.transform, self.seed_per_sample = dataset, transform, seed_per_sample
         self.batch_size, self.rank, self.num_steps = batch_size, rank, num_steps
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
-        self.plan = BatchPlan(len(dataset), batch_size * world_size, seed)
-        self.on_error = on_error
+        self.global_batch, self.on_error = batch_size * world_size, on_error
         SkipLog(on_error)  # validates the setting up front
         self.encoded = bool(getattr(transform, "takes_encoded", False)
                             and hasattr(dataset, "encoded"))
@@ -113,14 +84,23 @@ class StepBatches(Dataset):
     def __len__(self) -> int:
         return self.num_steps
 
+    def indices(self, step: int) -> list[int]:
+        """Dataset indices of global batch ``step`` (wrapping over per-epoch permutations)."""
+        size, start, out = len(self.dataset), step * self.global_batch, []
+        while len(out) < self.global_batch:
+            epoch, offset = divmod(start + len(out), size)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            take = min(self.global_batch - len(out), size - offset)
+            out.extend(torch.randperm(size, generator=g).tolist()[offset:offset + take])
+        return out
+
     def __getitem__(self, step: int) -> dict[str, Any]:
-        indices = self.plan.indices(step)
-        mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        mine = self.indices(step)[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         errors = SkipLog(self.on_error, carry=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(batch_seed(self.seed, step, self.rank))
             samples = [self._read(i, errors) for i in mine]
-            first = step * self.plan.global_batch + self.rank * self.batch_size
+            first = step * self.global_batch + self.rank * self.batch_size
             seeds = sample_seeds(self.seed, first, len(samples)).tolist() \
                 if self.seed_per_sample else None
             outputs, labels = [], []
@@ -134,9 +114,8 @@ class StepBatches(Dataset):
         batch["_skipped"] = torch.tensor(errors.count)
         if errors.messages:
             batch["_skip_messages"] = errors.messages
-        labels = torch.tensor(labels, dtype=torch.long)
-        if bool((labels >= 0).all()):
-            batch["label"] = labels
+        if all(label >= 0 for label in labels):
+            batch["label"] = torch.tensor(labels, dtype=torch.long)
         return batch
 
     def _read(self, index: int, errors: SkipLog, tried: int = 0) -> tuple[Any, int, int, int]:
@@ -180,33 +159,18 @@ def loader_options(num_workers: int, pin_memory: bool = False) -> dict[str, Any]
     return options
 
 
-def step_loader(batches: StepBatches, start_step: int = 0, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """A loader of batches ``start_step, start_step + 1, ...``: one pass over the run's steps."""
-    steps = range(start_step, len(batches))
-    return DataLoader(batches, batch_size=None, sampler=steps,
-                      **loader_options(num_workers, pin_memory))
-
-
 def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
             std: tuple[float, ...], device: torch.device | None = None) -> Iterator[dict]:
-    """Finish each batch, moving its ``"_skipped"`` count to ``owner.skipped``.
+    """Finish each batch (:func:`finish_batch`), moving its ``"_skipped"`` count to ``owner``.
 
-    A ``"_position"`` (streams) goes to ``owner.position.update``; carried skip
-    messages are logged here. With a CUDA ``device`` the uint8 pixels are
-    finished there. Errors raised in workers come out as one line.
+    Carried skip messages are logged here; errors raised in workers come out as one line.
     """
     try:
         for batch in batches:
             owner.skipped += int(batch.pop("_skipped", 0))
             for message in batch.pop("_skip_messages", ()):
                 log.warning("skipping sample: %s", message)
-            position = batch.pop("_position", None)
-            if position is not None:
-                owner.position.update(position)
-            if device is not None and device.type == "cuda":
-                batch = _compact_to(batch, device)
-            yield finish_batch(batch, mean, std)
+            yield finish_batch(batch, mean, std, device)
     except VitsslError as exc:
         # Raised in a DataLoader worker, it arrives with the worker's traceback in its
         # message; its last line is "module.ErrorType: message".
@@ -214,13 +178,3 @@ def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
         if len(lines) <= 1:
             raise
         raise VitsslError(lines[-1].split(": ", 1)[-1]) from None
-
-
-def _compact_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The uint8 pixel entries of a batch on ``device``; everything else as it is."""
-    if "pixels_uint8" in batch:
-        batch["pixels_uint8"] = batch["pixels_uint8"].to(device, non_blocking=True)
-    if "view_pixels" in batch:
-        batch["view_pixels"] = {name: v.to(device, non_blocking=True) if v.dtype == torch.uint8
-                                else v for name, v in batch["view_pixels"].items()}
-    return batch

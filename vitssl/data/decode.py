@@ -1,12 +1,14 @@
-"""Image files and bytes -> RGB PIL images, with one error type for unreadable ones.
+"""Image files and bytes -> RGB PIL images; unreadable ones raise :class:`CorruptImage`.
 
 :class:`EncodedImage` holds a file parsed up to its header, for transforms that
-decode only as much as their crop needs (a JPEG at 1/2, 1/4 or 1/8 scale).
+decode only as much as their crop needs. :class:`SkipLog` skips unreadable
+samples: counted and logged, or fatal with ``data.on_error=raise``.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import Path
 
@@ -20,9 +22,41 @@ from vitssl.errors import VitsslError
 SHARD_KEYS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
+log = logging.getLogger("vitssl.data")
+
 
 class CorruptImage(VitsslError):
     """An image file or shard member that cannot be decoded (skippable in long runs)."""
+
+
+class SkipLog:
+    """Counts and logs skipped samples, or raises when ``on_error == "raise"``.
+
+    With ``carry`` the messages are kept in ``messages`` instead: a batch built
+    in a DataLoader worker carries them (``"_skip_messages"``) to the main
+    process, where :func:`~vitssl.data.batches.counted` logs them.
+    """
+
+    def __init__(self, on_error: str = "skip", carry: bool = False) -> None:
+        if on_error not in ("skip", "raise"):
+            raise VitsslError(f"data.on_error must be 'skip' or 'raise', got '{on_error}'")
+        self.raise_errors = on_error == "raise"
+        self.count = 0
+        self.messages: list[str] | None = [] if carry else None
+
+    def skip(self, message: str) -> None:
+        if self.raise_errors:
+            raise VitsslError(f"{message} (set data.on_error=skip to skip such samples)")
+        self.count += 1
+        if self.messages is not None:
+            self.messages.append(message)
+        else:
+            log.warning("skipping sample: %s", message)
+
+    def take(self) -> int:
+        """The count since the last call."""
+        count, self.count = self.count, 0
+        return count
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:

@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 from vitssl.data.augment import NONE
 from vitssl.errors import VitsslError
 
-NUM_CLASSES = 10
 TEST_SIZE = 500
 
 
@@ -33,15 +32,11 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
 
 
 class Digits(Dataset):
-    """Handwritten digits (scikit-learn/UCI, CC BY 4.0): 10 classes, 8×8, 1,297/500 split.
+    """Handwritten digits (scikit-learn/UCI, CC BY 4.0): 10 classes, 8×8, 1,297/500 split."""
 
-    Map-style dataset of (uint8 tensor (3, 8, 8), label); see :mod:`vitssl.data.digits`.
-    """
-
-    num_classes = NUM_CLASSES
-    # None: a mirrored 2 reads as a 5, a cropped 8 as a 0, and on 8 x 8 scans even a
-    # one-pixel shift moves the digit by an eighth of its box. No colour operations in
-    # self-supervised views: they cost dino 14 points 10-shot (benchmarks/RESULTS.md).
+    num_classes = 10
+    # None: a mirrored 2 reads as a 5, a cropped 8 as a 0, a one-pixel shift is an eighth
+    # of the digit; no colour operations either (benchmarks/RESULTS.md).
     augmentation = NONE
 
     def __init__(self, split: str = "train") -> None:
@@ -52,8 +47,7 @@ class Digits(Dataset):
             sl = slice(len(images) - TEST_SIZE, None)
         else:
             raise VitsslError(f"builtin:digits has no split '{split}'; accepted: train, test")
-        self.images, self.labels = images[sl], labels[sl]
-        self.split = split
+        self.images, self.labels, self.split = images[sl], labels[sl], split
 
     def __len__(self) -> int:
         return len(self.labels)

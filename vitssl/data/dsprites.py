@@ -118,17 +118,16 @@ def split_indices(split: str, test_size: int = DEFAULT_TEST_SIZE) -> np.ndarray:
 
 
 class _DSpritesTask(Dataset):
-    """A VTAB dSprites task, rendered here (Matthey et al. 2017, Apache-2.0; see the module).
+    """A VTAB dSprites task (Matthey et al. 2017, Apache-2.0), rendered here.
 
-    Splits of a fixed seed-0 permutation: train800, val200, train800val200
-    (also ``train``), test (2,000 by default, ``test_size=`` up to 736,280).
+    Splits: :func:`split_indices` (``test_size=`` up to 736,280; default 2,000).
     """
 
     num_classes = 16
 
     def __init__(self, split: str = "train", test_size: int = DEFAULT_TEST_SIZE) -> None:
-        self.split = SPLIT_ALIASES.get(split, split)
         self.indices = split_indices(split, test_size)
+        self.split = SPLIT_ALIASES.get(split, split)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -140,10 +139,7 @@ class _DSpritesTask(Dataset):
 
 
 class DSpritesLoc(_DSpritesTask):
-    """dSprites x-position (VTAB dsprites_loc): 16 classes, 64×64, 800/200/2,000; Apache-2.0.
-
-    Label = posX index // 2.
-    """
+    """dSprites x-position (VTAB dsprites_loc): 16 classes, 64×64, 800/200/2,000; Apache-2.0."""
 
     label_fn = staticmethod(loc_label)
     # The label is the x position: any crop or flip moves it.
@@ -151,10 +147,7 @@ class DSpritesLoc(_DSpritesTask):
 
 
 class DSpritesOri(_DSpritesTask):
-    """dSprites orientation (VTAB dsprites_ori): 16 classes, 64×64, 800/200/2,000; Apache-2.0.
-
-    Label = floor(orientation index / 2.5).
-    """
+    """dSprites orientation (VTAB dsprites_ori): 16 classes, 64×64, 800/200/2,000; Apache-2.0."""
 
     label_fn = staticmethod(ori_label)
     # The label is the orientation: no flip; square crops move and scale, never turn or skew.

@@ -41,21 +41,17 @@ def split_files(root: Path, split: str) -> tuple[Path | None, Path | None]:
     return find("images", 3), find("labels", 1)
 
 
-def _read_bytes(path: Path) -> bytes:
+@lru_cache(maxsize=8)
+def _read_idx(path: str, stamp: tuple[int, int], magic: int) -> np.ndarray:
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+        data = Path(path).read_bytes()
+        data = gzip.decompress(data) if path.endswith(".gz") else data
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise VitsslError(f"idx: {path} is not a complete gzip file ({detail})") from None
     except OSError as exc:
         raise VitsslError(f"idx: cannot read {path}: {exc.strerror or type(exc).__name__}") \
             from None
-
-
-@lru_cache(maxsize=8)
-def _read_idx(path: str, stamp: tuple[int, int], magic: int) -> np.ndarray:
-    data = _read_bytes(Path(path))
     ndim = magic & 0xFF
     what = "uint8 images, 3 dimensions" if magic == IMAGES_MAGIC else "uint8 labels, 1 dimension"
     if len(data) < 4:

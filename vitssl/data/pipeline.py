@@ -1,10 +1,4 @@
-"""The entry points the training loop uses: what the data is, and its pretraining batches.
-
-:func:`data_info` says what the spec's source knows before a sample is read;
-:func:`pretrain_batches` builds the one pipeline of a run: deterministic
-batches of map-style data (:mod:`vitssl.data.batches`), or a stream's
-(:meth:`~vitssl.data.source.Source.stream`).
-"""
+"""What the training loop asks of the data: what it is, and its pretraining batches."""
 
 from __future__ import annotations
 
@@ -17,15 +11,12 @@ from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
 from vitssl.data.augment import resolve_augmentation
-from vitssl.data.batches import StepBatches, counted, step_loader
+from vitssl.data.batches import StepBatches, counted, loader_options
 from vitssl.data.checks import check_num_workers
 from vitssl.data.source import Batches, StreamRequest, parse_spec
 from vitssl.data.transforms import pretrain_transform
 from vitssl.devices import local_ranks, usable_cores
 from vitssl.objective import DataInfo
-
-__all__ = ["PretrainBatches", "data_info", "describe_workers", "pretrain_batches",
-           "resolve_num_workers"]
 
 # The most workers "auto" starts per rank: past it each adds start-up time and memory
 # (a copy of the file list) for a rate one rank's step rarely needs.
@@ -36,13 +27,11 @@ def resolve_num_workers(setting: int | str, *, in_memory: bool, cores: int,
                         ranks: int = 1) -> int:
     """The DataLoader worker count for ``data.num_workers`` (``"auto"`` or a count).
 
-    A count is used as it is. ``"auto"``: 0 for data held in memory
-    (``Source.in_memory``; its pipeline runs about 10x faster than the default
-    step, so a worker would only compete for the cores); otherwise the
-    ``cores`` this process may use, split over the ``ranks`` on the machine,
-    less one per rank for the loop, at most :data:`MAX_AUTO_WORKERS`
-    (measurements: benchmarks/RESULTS.md, "Data loading"). Batches do not
-    depend on the count.
+    ``"auto"``: 0 for data held in memory (``Source.in_memory``: a worker would
+    only compete for the cores), else the ``cores`` this process may use split
+    over the ``ranks`` on the machine, less one per rank for the loop, at most
+    :data:`MAX_AUTO_WORKERS` (benchmarks/RESULTS.md, "Data loading"). Batches
+    do not depend on the count.
     """
     check_num_workers(setting)
     if setting != "auto":
@@ -78,8 +67,7 @@ class PretrainBatches:
     Each batch: ``"image"`` normalised float (B, 3, H, W), ``"pixels"`` the same
     images in [0, 1] (or, with an objective's views, ``"views"`` and
     ``"view_pixels"``: name -> (B, V, 3, h, w)), and ``"label"`` long (B,) when
-    the data is labelled. They restart exactly from the step alone: no
-    ``resume_note``, nothing to save.
+    the data is labelled. They restart exactly from the step alone.
     """
 
     batches: StepBatches
@@ -102,18 +90,15 @@ class PretrainBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         cuda = self.device is not None and self.device.type == "cuda"
         if self._loader is None:  # one loader, so persistent workers are reused
-            self._loader = step_loader(self.batches, self.start_step, self.num_workers,
-                                       pin_memory=cuda)
+            self._loader = DataLoader(self.batches, batch_size=None,
+                                      sampler=range(self.start_step, len(self.batches)),
+                                      **loader_options(self.num_workers, pin_memory=cuda))
         return counted(iter(self._loader), self, self.batches.mean, self.batches.std,
                        device=self.device if cuda else None)
 
 
 def data_info(cfg: DataConfig) -> DataInfo:
-    """What the spec's source knows before the pipeline is built: labelled? class count?
-
-    ``wds:`` reads its first sample; the answer is remembered, so the
-    pipeline built next does not open the first shard again.
-    """
+    """What the spec's source knows before the pipeline is built: labelled? class count?"""
     spec = parse_spec(cfg.spec)
     labelled, classes = spec.source.info(spec.target, spec.split or cfg.split, cfg.options)
     return DataInfo(cfg.spec, labelled, classes)
@@ -128,8 +113,8 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
 
     Augmentation keys of ``cfg`` still unset take the source's values.
     ``views`` (an objective's multi-view transform) replaces the single
-    augmented view. ``stream_state`` (streams): what a checkpoint saved,
-    ``{"world_size": N, "ranks": [state, ...]}``. ``device``: on CUDA,
+    augmented view. ``stream_state``: what a checkpoint saved of a stream
+    (:class:`~vitssl.data.source.StreamRequest`). ``device``: on CUDA,
     map-style batches come through pinned memory and are finished there.
     """
     cfg = resolve_augmentation(cfg)  # returns cfg itself when nothing is unset

@@ -1,12 +1,8 @@
-"""``vitssl shard``: write webdataset tar shards from any data spec.
+"""``vitssl shard``: write webdataset tar shards from any data spec (docs/data.md).
 
-Sample ``i`` gets key ``%08d`` of ``i``, its image under ``jpg``/``png``/``webp``
-(files in those formats copied byte for byte once they decode, anything else
-encoded once as PNG), when labelled its label as ASCII under ``cls``, and its
-provenance as ``json``: ``{"source": PATH}`` or ``SPEC#i`` for in-memory data.
-A stream (``wds:``) is re-sharded member for member (``{"source": "URL#KEY"}``
-when it has no ``json``). Unreadable samples are skipped, logged and counted.
-Each shard is written to ``NAME.partial`` and renamed when complete.
+Sample ``i`` gets key ``%08d`` of ``i``, its image, its label as ASCII ``cls``
+when labelled, and its provenance as ``json``. A stream (``wds:``) is
+re-sharded member for member (``{"source": "URL#KEY"}`` when it has no ``json``).
 """
 
 from __future__ import annotations
@@ -25,8 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitssl.data.decode import CorruptImage, ImageFiles, decode_image
-from vitssl.data.skips import SkipLog
+from vitssl.data.decode import CorruptImage, ImageFiles, SkipLog, decode_image
 from vitssl.data.source import DataSpec, open_dataset, parse_spec
 from vitssl.errors import VitsslError
 

@@ -1,13 +1,8 @@
 """Data sources: what a spec kind (``KIND:TARGET[:SPLIT]``) provides, and specs parsed by it.
 
-A source plugin registers a :class:`Source` subclass under its spec prefix::
-
-    @vitssl.hookimpl
-    def register_sources(register):
-        register("npz", NpzSource)     # specs "npz:PATH[:SPLIT]"
-
-The core reads sources only through that class's methods and attributes
-(it never names a kind); ``options`` is ``data.options`` (a dict, maybe empty).
+A source plugin registers a :class:`Source` subclass under its spec prefix
+(``register("npz", NpzSource)`` in ``register_sources``). The core reads
+sources only through that class; ``options`` is ``data.options`` (a dict).
 """
 
 from __future__ import annotations
@@ -30,9 +25,7 @@ SPLITS = ("train", "val", "test", "train800", "val200", "train800val200")
 class Augmentation:
     """Random resized crop (scale, aspect ratio), shift and horizontal flip, or none.
 
-    ``color`` says whether the self-supervised objectives' colour operations (jitter,
-    greyscale, solarisation in :mod:`vitssl.ssl.views`) suit the data; the
-    pretraining transform itself has none.
+    ``color``: whether the colour operations of :mod:`vitssl.ssl.views` suit the data.
     """
 
     augment: bool = True
@@ -49,9 +42,9 @@ IMAGENET_STYLE = Augmentation()
 class Batches(Protocol):
     """A run's pretraining batches, map-style or streamed: ``len()`` batch dicts.
 
-    ``skipped`` counts samples dropped as unreadable so far; ``resume_note``
-    says how a resumed stream restarted when not exactly; :meth:`stream_state`
-    is what a checkpoint saves to continue (None: batches follow from the step).
+    ``skipped``: samples dropped as unreadable so far; ``resume_note``: how a
+    resumed stream restarted when not exactly; :meth:`stream_state`: what a
+    checkpoint saves to continue (None: batches follow from the step).
     """
 
     labelled: bool
@@ -71,10 +64,9 @@ class Batches(Protocol):
 class StreamRequest:
     """What the loop asks a stream for: rank ``rank``'s next ``num_batches`` batches.
 
-    ``data`` is the run's resolved data config; ``num_workers`` the count its
-    ``data.num_workers`` resolves to; ``transform`` maps an image to what
-    :func:`~vitssl.data.batches.stack_outputs` stacks; ``stream_state`` what
-    :meth:`Batches.stream_state` saved, as ``{"world_size": N, "ranks": [...]}``.
+    ``transform`` maps an image to what :func:`~vitssl.data.batches.stack_outputs`
+    stacks; ``stream_state`` is what :meth:`Batches.stream_state` saved, as
+    ``{"world_size": N, "ranks": [...]}``.
     """
 
     data: DataConfig
@@ -161,11 +153,6 @@ class DataSpec:
         return get_source(self.kind)
 
 
-def source_kinds() -> list[str]:
-    """The spec prefixes the registered source plugins provide."""
-    return get_registry().names("sources")
-
-
 def get_source(kind: str) -> Source:
     """The registered source for a spec prefix."""
     factory = get_registry().get("sources", kind)
@@ -181,10 +168,10 @@ def parse_spec(spec: str | DataSpec) -> DataSpec:
     if isinstance(spec, DataSpec):
         return spec
     kind, sep, rest = str(spec).partition(":")
-    if not sep or not rest or kind not in source_kinds():
-        entries = sorted(get_registry().entries["sources"].items())
+    entries = get_registry().entries["sources"]
+    if not sep or not rest or kind not in entries:
         shown = ", ".join(getattr(e.factory, "example", "") or f"{name}:..."
-                          for name, e in entries)
+                          for name, e in sorted(entries.items()))
         raise VitsslError(f"bad data spec '{spec}': expected one of "
                           f"{shown or 'none (no source plugin is loaded: see VITSSL_PLUGINS)'}")
     target, split = get_source(kind).parse(rest)
@@ -195,8 +182,7 @@ def open_dataset(spec: str | DataSpec, split: str = "train", **options: Any) -> 
     """A map-style dataset of ``(image, label)`` for a spec (see :meth:`Source.open`).
 
     The spec's own split (``builtin:digits:test``) wins over ``split``;
-    ``options`` (``data.options``) go to the source. Streams (``wds:``) refuse:
-    use :func:`vitssl.data.pipeline.pretrain_batches`.
+    ``options`` (``data.options``) go to the source.
     """
     spec = parse_spec(spec)
     return spec.source.open(spec.target, spec.split or split, options)

@@ -1,17 +1,16 @@
 """``wds:`` batches for the loop: a fixed number of batches from an endless shard stream.
 
-:class:`StreamBatches` hands out exactly the batches a run needs and follows
-the stream's position (:class:`RankPosition`). Resumed with the same world
-size and worker count, a stream continues exactly; with another worker count
-at the next shard boundary; with another world size, or from a checkpoint
-without a position, as a fresh draw seeded by the step (:func:`stream_resume`).
+Resumed with the same world size and worker count, a stream continues
+exactly; with another worker count at the next shard boundary; with another
+world size, or from a checkpoint without a position, as a fresh draw seeded
+by the step (:func:`stream_resume`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,73 +24,42 @@ from vitssl.errors import VitsslError
 
 
 @dataclass
-class RankPosition:
-    """One rank's stream position: per logical worker the position after its last batch.
-
-    The loader's physical worker ``p`` plays logical worker ``(p + next_worker)
-    % num_workers``, so the DataLoader's round robin resumes where it stopped.
-    """
-
-    num_workers: int
-    num_shards: int
-    resampled: bool
-    workers: list[dict[str, Any] | None] = field(default_factory=list)
-    next_worker: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.workers:
-            self.workers = [None] * self.num_workers
-
-    def update(self, position: dict[str, Any]) -> None:
-        """Record the position a worker reported with the batch just consumed."""
-        worker = int(position["worker"])
-        self.workers[worker] = {k: v for k, v in position.items() if k != "worker"}
-        self.next_worker = (worker + 1) % self.num_workers
-
-    def to_state(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "num_shards": self.num_shards,
-                "resampled": self.resampled, "next_worker": self.next_worker,
-                "workers": list(self.workers)}
-
-
-@dataclass
 class StreamBatches:
     """:class:`~vitssl.data.source.Batches` of ``num_batches`` batches from a ``wds:`` stream.
 
-    ``position`` follows the batches handed out (:meth:`stream_state` is what a
-    checkpoint saves).
+    ``position``: this rank's, per logical worker the position after its last
+    batch. Physical worker ``p`` plays logical worker ``(p + next_worker) %
+    num_workers``, so the DataLoader's round robin resumes where it stopped.
     """
 
     stream: ShardStream
     num_batches: int
     num_workers: int
     labelled: bool
-    num_classes: int | None = None  # unknown without reading every shard
-    skipped: int = field(default=0)
-    position: RankPosition | None = None
+    position: dict[str, Any]
     resume_note: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.position is None:
-            self.position = RankPosition(max(1, self.num_workers), len(self.stream.urls),
-                                         self.stream.resampled)
+    num_classes: int | None = None  # unknown without reading every shard
+    skipped: int = 0
 
     def __len__(self) -> int:
         return self.num_batches
 
     def stream_state(self) -> dict[str, Any] | None:
-        """This rank's stream position after the batches handed out, to save with a checkpoint."""
-        return self.position.to_state()
+        """This rank's position after the batches handed out, to save with a checkpoint."""
+        return {**self.position, "workers": list(self.position["workers"])}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False)
-        return counted(self._exactly(loader), self, self.stream.mean, self.stream.std)
+        return counted(self._exactly(), self, self.stream.mean, self.stream.std)
 
-    def _exactly(self, loader: DataLoader) -> Iterator[dict]:
+    def _exactly(self) -> Iterator[dict]:
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers)
         count = 0
-        for batch in itertools.islice(iter(loader), self.num_batches):
+        for batch in itertools.islice(loader, self.num_batches):
             count += 1
+            position = batch.pop("_position")
+            worker = int(position.pop("worker"))
+            self.position["workers"][worker] = position
+            self.position["next_worker"] = (worker + 1) % self.position["num_workers"]
             yield batch
         if count < self.num_batches:
             raise VitsslError(f"wds: the stream ran dry after {count} of {self.num_batches} "
@@ -117,8 +85,11 @@ def open_stream(pattern: str, request: StreamRequest, *, shuffle_buffer: int = 1
     if request.data.num_workers == "auto" and saved \
             and int(saved["world_size"]) == request.world_size and saved["ranks"][request.rank]:
         workers = int(saved["ranks"][request.rank]["num_workers"])
-    note = stream_resume(stream, saved, request.start_step, max(1, workers))
-    return StreamBatches(stream, request.num_batches, workers, labelled, resume_note=note)
+    logical = max(1, workers)
+    note = stream_resume(stream, saved, request.start_step, logical)
+    position = {"num_workers": logical, "num_shards": len(urls), "resampled": resampled,
+                "next_worker": 0, "workers": [None] * logical}
+    return StreamBatches(stream, request.num_batches, workers, labelled, position, note)
 
 
 def boundary(saved: dict[str, Any], resampled: bool, rank_shards: int) -> tuple[int, int]:

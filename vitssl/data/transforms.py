@@ -1,9 +1,8 @@
 """Image transforms (torchvision v2): pretraining augmentation and evaluation resizing.
 
 Both return float pixels in [0, 1], (3, H, W) for ``image_size`` an int (H = W)
-or (H, W) — or, with ``as_uint8``, the same pixels as uint8 (4× less to send
-from a DataLoader worker; :func:`to_float` finishes them). Normalisation
-happens when batches are assembled, so objectives can also see the pixels.
+or (H, W), or with ``as_uint8`` the same pixels as uint8 (:func:`to_float`
+finishes them). Normalisation happens when batches are assembled.
 """
 
 from __future__ import annotations
@@ -48,15 +47,11 @@ def pretrain_transform(image_size: int | tuple[int, int],
 class PretrainTransform:
     """Random resized crop, then shift and flip: of a decoded image, or of an image file.
 
-    A decoded image (PIL or a (C, H, W) uint8 tensor) goes through torchvision's
-    ``RandomResizedCrop``. An :class:`~vitssl.data.decode.EncodedImage` gets the
-    same crop box (the same RNG calls on the size its header gives); a crop
-    under :data:`REDUCE_FROM` times the output per side is then decoded in full
-    and resized exactly as a decoded image (bit for bit), a larger one is
-    decoded at a reduced scale where the format allows (JPEG: 1/2, 1/4, 1/8,
-    keeping :data:`REDUCING_GAP` pixels per output pixel) and resampled by PIL:
-    the same box, shift and flip, pixels within a grey level on average. The
-    shift and flip draw after the crop either way, so the RNG advances alike.
+    An :class:`~vitssl.data.decode.EncodedImage` gets the crop box a decoded image
+    would (the same RNG calls, on its header's size); a crop under
+    :data:`REDUCE_FROM` times the output per side is then resized bit for bit as
+    a decoded one, a larger one decoded at a reduced scale where the format
+    allows and resampled by PIL (pixels within a grey level on average).
     """
 
     takes_encoded = True

@@ -2,17 +2,15 @@
 
 A task folder holds ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
 ``test.txt``; each line is ``images/<split>/000123.jpg <label>`` (a path
-relative to the task folder, a space, a 0-based label). A folder named after
-one of the 19 VTAB tasks has the class count of the table below; any other is
-a custom task whose count is given (``:classes=N`` or the ``num_classes``
-option) or inferred as one more than the largest label of its four lists
-(stderr says which). Splits: the four lists; ``train`` means
-``train800val200`` (the protocol's final training set), ``val`` ``val200``.
+relative to the task folder, a space, a 0-based label). Class counts: the
+table below, else ``:classes=N`` (or ``num_classes``), else inferred. Splits:
+the four lists; ``train`` means ``train800val200``, ``val`` ``val200``.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import cache
 from pathlib import Path
 
 from vitssl.data.decode import ImageFiles
@@ -71,16 +69,11 @@ def split_target(target: str) -> tuple[str, int | None]:
     return head, int(value)
 
 
-_ANNOUNCED: set[tuple[str, int, str]] = set()
-
-
-def _announce(root: Path, num_classes: int, how: str) -> None:
-    """Say once per process how a custom task's class count was found."""
-    key = (str(root.resolve()), num_classes, how)
-    if key not in _ANNOUNCED:
-        _ANNOUNCED.add(key)
-        print(f"vtab1k: {root.name} is not a VTAB task: {num_classes} classes {how}",
-              file=sys.stderr, flush=True)
+@cache
+def _announce(resolved: Path, name: str, num_classes: int, how: str) -> None:
+    """Say once per process (and task folder) how a custom task's class count was found."""
+    print(f"vtab1k: {name} is not a VTAB task: {num_classes} classes {how}",
+          file=sys.stderr, flush=True)
 
 
 def infer_num_classes(root: Path) -> int:
@@ -104,11 +97,11 @@ def task_num_classes(root: Path, given: int | None = None) -> int:
                               f"got classes={given}")
         return fixed
     if given is not None:
-        _announce(root, int(given), "(given)")
+        _announce(root.resolve(), root.name, int(given), "(given)")
         return int(given)
     inferred = infer_num_classes(root)
-    _announce(root, inferred, "inferred from the labels of its four lists (set "
-                              "vtab1k:PATH:classes=N to give the count)")
+    _announce(root.resolve(), root.name, inferred, "inferred from the labels of its four "
+              "lists (set vtab1k:PATH:classes=N to give the count)")
     return inferred
 
 

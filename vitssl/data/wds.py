@@ -1,26 +1,20 @@
-"""``wds:URLS``: reading webdataset tar shards, sample by sample.
+"""``wds:URLS``: reading webdataset tar shards, sample by sample (opened with ``gopen``).
 
-URLS is a brace pattern (``/data/shard-{000000..000127}.tar``), several
-patterns joined by ``::``, local paths, ``file:``, ``pipe:CMD`` or http(s)
-URLs (opened with webdataset's ``gopen``). A sample is the group of
-consecutive tar members sharing a key; its image is the ``jpg`` (or ``jpeg``,
-``png``, ``webp``) member and its label the optional ``cls`` member (ASCII
-integer). The data counts as labelled when the first sample has ``cls``.
-
-A sample without a readable image or, in labelled data, a valid ``cls``, and
-the sample being read when a shard turns out truncated or unreadable, are
-skipped: logged with shard and key, and counted (:class:`~vitssl.data.skips.SkipLog`).
+A sample is the group of consecutive tar members sharing a key: a ``jpg``
+(``jpeg``, ``png``, ``webp``) image and, when labelled, a ``cls`` ASCII integer.
+A sample without either, and the one being read when a shard turns out
+truncated or unreadable, are skipped (:class:`~vitssl.data.decode.SkipLog`).
 """
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vitssl.data.decode import CorruptImage, decode_image
-from vitssl.data.skips import SkipLog
+from vitssl.data.decode import CorruptImage, SkipLog, decode_image
 from vitssl.errors import VitsslError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -133,26 +127,20 @@ def first_sample(urls: list[str]) -> dict[str, Any]:
     raise VitsslError(f"wds: no readable samples in {len(urls)} shard(s) (e.g. {urls[0]})")
 
 
-_LABELLED: dict[tuple, bool] = {}
-
-
-def _stamp(url: str) -> tuple:
-    """What identifies a shard's contents cheaply: the URL, and size and mtime when local."""
-    path = _local(url)
-    if path is None:
-        return (url,)
-    stat = path.stat()
-    return url, stat.st_size, stat.st_mtime_ns
-
-
 def is_labelled(urls: list[str]) -> bool:
     """Whether the first readable sample has a ``cls`` member.
 
-    Remembered per process for unchanged shards, so a run that asks before
-    and while building its pipeline opens the first shard once.
+    Remembered for the latest unchanged shards (URL, and size and mtime when
+    local), so a run that asks before building its pipeline opens them once.
     """
-    key = tuple(_stamp(url) for url in urls)
-    if key not in _LABELLED:
-        _LABELLED.clear()  # one stream per run: keep only the latest answer
-        _LABELLED[key] = "cls" in first_sample(urls)
-    return _LABELLED[key]
+    return _has_cls(tuple(_stamp(url) for url in urls))
+
+
+def _stamp(url: str) -> tuple:
+    path = _local(url)
+    return (url,) if path is None else (url, path.stat().st_size, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _has_cls(stamps: tuple[tuple, ...]) -> bool:
+    return "cls" in first_sample([stamp[0] for stamp in stamps])

@@ -22,8 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vitssl.data.batches import stack_outputs
-from vitssl.data.decode import CorruptImage
-from vitssl.data.skips import SkipLog
+from vitssl.data.decode import CorruptImage, SkipLog
 from vitssl.data.source import StreamRequest
 from vitssl.data.wds import decode_sample, shard_samples
 from vitssl.errors import VitsslError
@@ -40,10 +39,10 @@ def derive_seed(*parts: int) -> int:
 def _reread(urls: list[str], refs: list[tuple[int, int]]) -> list[tuple[int, int, Any]]:
     """The shuffle buffer's samples ``(shard, index in shard)``, read again from their shards."""
     found: dict[tuple[int, int], Any] = {}
+    wanted = set(refs)
     for shard in sorted({s for s, _ in refs}):
-        wanted = {i for s, i in refs if s == shard}
         for index, sample in enumerate(shard_samples(urls[shard], SkipLog("skip"))):
-            if index in wanted:
+            if (shard, index) in wanted:
                 found[(shard, index)] = sample
     missing = [ref for ref in refs if ref not in found]
     if missing:
@@ -55,11 +54,7 @@ def _reread(urls: list[str], refs: list[tuple[int, int]]) -> list[tuple[int, int
 
 
 class WorkerStream:
-    """One worker's stream of decoded samples, with a position that can be saved and restored.
-
-    Samples run: this pass's shards (from ``shard``/``offset``) -> shuffle
-    buffer (emptied at the end of each pass) -> decode.
-    """
+    """One worker's stream of decoded samples, with a position that can be saved and restored."""
 
     def __init__(self, stream: ShardStream, worker: int, num_workers: int, errors: SkipLog,
                  position: dict[str, Any] | None = None) -> None:
@@ -80,12 +75,9 @@ class WorkerStream:
     def snapshot(self) -> dict[str, Any]:
         """Where the next sample comes from, in plain values and tensors (``weights_only``).
 
-        ``epoch`` (pass), ``shard`` (in this worker's list for the pass) and
-        ``offset`` (samples read from it); ``held``: the shuffle buffer's
-        samples as (shard, index) rows, re-read on resume; ``draining``: the
-        buffer is being emptied; ``rng`` / ``aug``: shuffle and augmentation
-        RNG states; ``good`` / ``empty``: readable samples in this pass and
-        passes in a row without one.
+        ``shard`` indexes this worker's list for pass ``epoch``; ``held`` is the
+        shuffle buffer as (shard, index) rows, re-read on resume; ``good`` /
+        ``empty``: readable samples in this pass, passes in a row without one.
         """
         held = [(s, i) for s, i, _ in self.held]
         return {"epoch": self.epoch, "shard": self.shard, "offset": self.offset,
@@ -134,8 +126,8 @@ class WorkerStream:
             yield self.held.pop()[2]
 
     def samples(self) -> Iterator[tuple[Any, int]]:
-        """Decoded (image, label) from the current position, until this worker has no
-        shards or its passes yield nothing readable (1 pass; 20 with resampling)."""
+        """Decoded (image, label) until this worker has no shards or its passes yield
+        nothing readable (1 pass; 20 with resampling)."""
         while True:
             urls = self.stream.pass_shards(self.epoch, self.worker, self.num_workers)
             if not urls and self.stream.pass_shards(self.epoch + 1, self.worker,

@@ -1,19 +1,13 @@
 """Frozen-encoder features: batched, no-grad extraction with an in-memory cache.
 
-Which feature of an image is read is chosen by name (the evaluators' ``features=``):
+The evaluators' ``features=`` names what is read of each image: ``pooled`` (``encoder(images)``,
+the default), ``cls`` (the class token of ``forward_features``), ``mean`` (of its patch tokens),
+``cls+mean`` (both, concatenated), ``blocks:K`` (the last K blocks' outputs after the final
+norm, patch tokens mean-pooled, concatenated oldest first) or ``pre-logits`` (a supervised
+checkpoint's ``encoder.pre_logits`` on the pooled output).
 
-- ``pooled`` — ``encoder(images)``, the encoder's pooled output (B, D); the default.
-- ``cls`` — the class token of ``forward_features`` (B, D); needs a class token.
-- ``mean`` — the mean of the patch tokens of ``forward_features`` (B, D).
-- ``cls+mean`` — the two above concatenated (B, 2D).
-- ``blocks:K`` — the last K blocks' outputs from ``forward_intermediates`` (each
-  after the final norm), patch tokens mean-pooled, concatenated oldest first (B, K·D).
-- ``pre-logits`` — ``encoder.pre_logits(encoder(images))``, where the checkpoint
-  loader attached the supervised objective's pre-logits module as ``pre_logits``.
-
-The cache is keyed by encoder, dataset and feature choice and checks a fingerprint of the
-encoder's tensors (storage and in-place version counters): features are recomputed after any
-optimiser step or weight load, reused across evaluators and sweeps on a frozen encoder.
+The cache is keyed by encoder, dataset and choice and checks the encoder's tensors (storage
+and in-place version counters): features are recomputed after any optimiser step or load.
 """
 
 from __future__ import annotations
@@ -97,13 +91,9 @@ def encode_images(encoder: nn.Module, images: torch.Tensor,
         return torch.cat([out[:, prefix:].mean(dim=1) for out in outputs], dim=-1)
     tokens = encoder.forward_features(images)  # (B, T, D)
     cls, mean = tokens[:, 0], tokens[:, prefix:].mean(dim=1)
-    if features == "cls":
-        return cls
-    if features == "mean":
-        return mean
     if features == "cls+mean":
         return torch.cat([cls, mean], dim=-1)
-    raise VitsslError(f"unknown features '{features}'")
+    return cls if features == "cls" else mean  # the names left after check_features
 
 
 class Features(NamedTuple):
@@ -126,14 +116,14 @@ def _fingerprint(encoder: nn.Module) -> tuple:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-                     device: torch.device | str | None = None, desc: str = "features",
-                     show_progress: bool = True, features: str = "pooled") -> Features:
+                     desc: str = "features", show_progress: bool = True,
+                     features: str = "pooled") -> Features:
     """The chosen ``features`` of the whole dataset in eval mode, without gradients."""
     features = check_features(encoder, features)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VitsslError(f"the feature batch size must be a positive integer, got "
                           f"{batch_size!r}")
-    device = torch.device(device) if device is not None else module_device(encoder)
+    device = module_device(encoder)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     was_training = encoder.training
     encoder.eval()

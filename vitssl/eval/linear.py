@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vitssl.eval.ridge import BIAS_FEATURE, RidgeSolver, signed_onehot
+from vitssl.eval.ridge import BIAS_FEATURE, RidgeSolver, augment, signed_onehot
 
 BN_EPS = 1e-6
 MOMENTUM = 0.9
@@ -131,8 +131,7 @@ def train_ridge(x: torch.Tensor, y: torch.Tensor, num_classes: int,
     targets and a bias feature of 100, as the few-shot solver."""
     x = x.double()
     mean, var = x.mean(0), x.var(0, unbiased=False)
-    z = _standardise(x, mean, var)
-    design = torch.cat([z, z.new_full((len(z), 1), BIAS_FEATURE)], dim=1)
+    design = augment(x, mean, torch.sqrt(var + BN_EPS))
     solver = RidgeSolver.fit(design, signed_onehot(y, num_classes))
     weights = torch.stack([solver.weights(l2) for l2 in l2s]).float()  # (C, D + 1, K)
     return LinearClassifiers(mean.float(), var.float(), weights[:, :-1],

@@ -1,9 +1,5 @@
-"""``vitssl eval``: load a checkpoint, build the labelled task, run one evaluator, report.
-
-Prints a table of metrics and then one JSON line (the record); when the
-checkpoint is given as a run directory the record is also appended to
-``RUN/evals.jsonl``.
-"""
+"""``vitssl eval``: load a checkpoint, build the labelled task, run one evaluator, print a
+table and the JSON record (appended to ``RUN/evals.jsonl`` for a run directory)."""
 
 from __future__ import annotations
 

@@ -1,24 +1,11 @@
-"""The VTAB-1k protocol: candidate settings, selection on val200, retraining, test top-1.
+"""The VTAB-1k protocol: each candidate setting trains on ``train800`` and is scored on
+``val200``; the best (ties: the earlier) is retrained on ``train800val200`` and scored on
+``test``. A single candidate skips the selection.
 
-For each candidate setting, train on ``train800`` and score top-1 on
-``val200``; the best setting (ties: the earlier candidate) is retrained on
-``train800val200`` and scored on ``test``. With a single candidate there is
-nothing to select, so the selection run is skipped.
-
-Protocols (each a list of settings, each a dict of options for the
-``finetune`` or ``linear-probe`` evaluator):
-
-- ``paper`` — the ViT paper's VTAB sweep: SGD momentum 0.9, no weight decay,
-  batch 512, cosine decay (no warm-up: PAPER.md names none), gradient
-  clipping at 1, lr {0.001, 0.01} × {500, 2500} steps (4 candidates). Where
-  512 images do not fit in memory, give ``finetune`` a ``micro_batch``
-  (``--set 'options={micro_batch: 64}'``; ``benchmarks/vtab.py --set
-  micro_batch=64``): the same update, accumulated over 8 passes per step.
-- ``petl`` — the PyTorch VTAB community convention: AdamW lr 1e-3, weight
-  decay 1e-4, batch 64, 100 epochs, cosine with 10 warm-up epochs (1 candidate).
-- ``quick`` — a CPU-sized schedule for the default small encoder: SGD momentum
-  0.9, batch 32, 100 steps (10 warm-up), cosine, clipping at 1, lr {0.01, 0.03} (2 candidates,
-  so the selection path runs). Its numbers are not comparable to published ones.
+Protocols: ``paper`` (the ViT paper's sweep, batch 512: where that does not fit in memory,
+give ``finetune`` a ``micro_batch`` for the same update accumulated), ``petl`` (the PyTorch
+VTAB community's AdamW recipe) and ``quick`` (CPU-sized, two candidates so the selection
+runs; not comparable to published numbers). :func:`protocol_settings` spells them out.
 """
 
 from __future__ import annotations
@@ -98,12 +85,10 @@ class VtabOutcome:
         return out
 
 
-Log = Callable[[str], None]
-
-
 def run_protocol(encoder: nn.Module, task: VtabTask, settings: list[Setting],
                  train_and_score: Callable[[nn.Module, Any, Setting], float],
-                 log: Log = lambda _: None, copy_encoder: bool = True) -> VtabOutcome:
+                 log: Callable[[str], None] = lambda _: None,
+                 copy_encoder: bool = True) -> VtabOutcome:
     """Select a setting on val200, retrain on train800val200, score on test.
 
     ``train_and_score(encoder, task, setting)`` trains on ``task.train`` and

@@ -1,17 +1,9 @@
 """VTAB-1k results: task groups, means, reference rows, and the table as text / Markdown / JSON.
 
-A results document is a plain dict (what ``benchmarks/vtab.py`` writes as JSON)::
-
-    {"checkpoint": ..., "protocol": ..., "adapt": ..., "image_size": ...,
-     "tasks": {name: {"status": "ok", "group": ..., "top1": ..., "setting": ...,
-                      "val_top1": {...}, "time_s": ...}
-                     | {"status": "failed", "group": ..., "error": ...}},
-     "summary": {"groups": {group: {"mean": ..., "tasks": [...]}},
-                 "mean_over_tasks": ..., "mean_of_group_means": ..., "num_tasks": ...}}
-
-The VTAB score is the plain mean of top-1 over tasks; group means (Natural,
-Specialized, Structured) are reported beside it, and so is the mean of the
-group means (the two differ unless every group has the same number of tasks).
+A results document is the plain dict ``benchmarks/vtab.py`` writes as JSON: the checkpoint,
+protocol, adaptation and image size, ``tasks`` (name -> status "ok" with top-1 and the chosen
+setting, or "failed" with the error) and :func:`summarize`'s ``summary``. The VTAB score is the
+plain mean of top-1 over tasks; group means and the mean of group means are reported beside it.
 """
 
 from __future__ import annotations
@@ -79,8 +71,7 @@ def _fmt(value: float | None) -> str:
 
 def _ordered(tasks: dict[str, dict[str, Any]]) -> list[str]:
     rank = {g: i for i, g in enumerate(GROUP_ORDER)}
-    return sorted(tasks, key=lambda n: (rank.get(tasks[n].get("group", "other"), 9),
-                                        list(tasks).index(n)))
+    return sorted(tasks, key=lambda n: rank.get(tasks[n].get("group", "other"), 9))  # stable
 
 
 def table_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -133,11 +124,6 @@ def format_markdown(doc: dict[str, Any]) -> str:
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return "\n".join(out) + "\n"
-
-
-def new_document(checkpoint: str, protocol: str, adapt: str, image_size: int) -> dict[str, Any]:
-    return {"checkpoint": checkpoint, "protocol": protocol, "adapt": adapt,
-            "image_size": image_size, "tasks": {}, "summary": summarize({})}
 
 
 def load_document(path: str | Path, *, protocol: str, adapt: str,

@@ -1,12 +1,9 @@
 """The four splits of the VTAB-1k protocol for any labelled spec.
 
-``vtab1k:PATH/TASK`` folders and the embedded dSprites tasks ship their own
-``train800`` / ``val200`` / ``train800val200`` / ``test`` splits. A dataset
-with only ``train`` / ``test`` (``builtin:digits``, ``folder:``) gets them
-carved from its ``train`` split: one seed-0 permutation, ``train800`` = its
-first 800 examples, ``val200`` = the next 200, ``train800val200`` = both
-(with fewer than 1,000 examples: the first 80% and the rest). ``test`` is the
-dataset's own test split, whole.
+``vtab1k:PATH/TASK`` folders and the embedded dSprites tasks ship ``train800`` / ``val200`` /
+``train800val200`` / ``test``. A dataset with only ``train`` / ``test`` gets them carved from
+``train`` by one seeded permutation: its first 800 examples, the next 200 and both (under
+1,000 examples: 80% and the rest); ``test`` is the dataset's own, whole.
 """
 
 from __future__ import annotations
@@ -59,15 +56,6 @@ def carve_indices(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[:train]), np.sort(perm[train:train + val])
 
 
-def carve(train: Dataset, test: Dataset, num_classes: int, name: str,
-          seed: int = 0) -> VtabTask:
-    """Protocol splits carved from a ``train`` split (see the module docstring)."""
-    tr, va = carve_indices(len(train), seed)
-    both = np.sort(np.concatenate([tr, va]))
-    return VtabTask(name, Subset(train, tr.tolist()), Subset(train, va.tolist()),
-                    Subset(train, both.tolist()), test, num_classes)
-
-
 def load_vtab_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN,
                    std: tuple[float, ...] = IMAGENET_STD, seed: int = 0) -> VtabTask:
     """The protocol's four splits of a labelled spec, with evaluation transforms applied."""
@@ -75,27 +63,14 @@ def load_vtab_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAG
     if parsed.split:
         raise VitsslError(f"'{spec}': give the task without a split; the VTAB protocol "
                           f"uses train800, val200, train800val200 and test")
-    if parsed.source.native_splits(parsed.target):
-        select = load_task(spec, image_size, mean=mean, std=std, train_split="train800",
-                           test_split="val200")
-        final = load_task(spec, image_size, mean=mean, std=std, train_split="train800val200",
-                          test_split="test")
-        return VtabTask(final.name, select.train, select.test, final.train, final.test,
-                        final.num_classes)
-    task = load_task(spec, image_size, mean=mean, std=std, train_split="train",
-                     test_split="test")
-    return carve(task.train, task.test, task.num_classes, task.name, seed)
+    train = "train800val200" if parsed.source.native_splits(parsed.target) else "train"
+    return as_vtab_task(load_task(spec, image_size, mean=mean, std=std, train_split=train), seed)
 
 
 def as_vtab_task(task, seed: int = 0) -> VtabTask:  # noqa: ANN001 - any evaluator task
-    """The protocol splits of whatever task an evaluator was handed.
-
-    A :class:`VtabTask` is used as is. A task whose name is a spec with native
-    VTAB splits (``vtab1k:``, embedded dSprites) and whose ``train`` is a
-    transformed dataset is reopened split by split with the same transform, so
-    ``vitssl eval --evaluator vtab --data vtab1k:PATH/TASK`` sees the real
-    train800 / val200 lists. Anything else is carved from ``task.train``.
-    """
+    """The protocol splits of whatever task an evaluator was handed: a :class:`VtabTask` as
+    is; a transformed task of a spec with native splits reopened split by split with the same
+    transform (the real train800 / val200 lists); anything else carved from ``task.train``."""
     if isinstance(task, VtabTask):
         return task
     try:
@@ -113,4 +88,8 @@ def as_vtab_task(task, seed: int = 0) -> VtabTask:  # noqa: ANN001 - any evaluat
 
         return VtabTask(task.name, like("train800"), like("val200"), like("train800val200"),
                         task.test, task.num_classes)
-    return carve(task.train, task.test, task.num_classes, str(task.name), seed)
+    tr, va = carve_indices(len(task.train), seed)
+    both = np.sort(np.concatenate([tr, va]))
+    return VtabTask(str(task.name), Subset(task.train, tr.tolist()),
+                    Subset(task.train, va.tolist()), Subset(task.train, both.tolist()),
+                    task.test, task.num_classes)

@@ -15,7 +15,7 @@ from torch import nn
 from vitssl.config import image_hw
 from vitssl.data.vtab1k import LIST_SPLITS, VTAB_CLASSES, split_target
 from vitssl.errors import VitsslError
-from vitssl.eval.vtab_report import load_document, new_document, task_group, write_document
+from vitssl.eval.vtab_report import load_document, task_group, write_document
 from vitssl.eval.vtab_splits import load_vtab_task
 
 # Embedded tasks: name -> spec. dSprites ship VTAB splits; digits gets 800/200 carved.
@@ -29,16 +29,11 @@ def _stderr(message: str) -> None:
 
 @dataclass
 class TaskRef:
-    """A task to run: its display name, data spec and, when it is fixed, its group."""
+    """A task to run: its display name, data spec and group."""
 
     name: str
     spec: str
-    group: str | None = None  # None: by name (vtab_report.task_group)
-
-
-def _is_task_folder(folder: Path) -> bool:
-    """A folder in the vtab-1k layout: it holds at least one of the four list files."""
-    return folder.is_dir() and any((folder / f"{s}.txt").is_file() for s in LIST_SPLITS)
+    group: str
 
 
 def select_tasks(data_root: str | Path | None,
@@ -57,7 +52,7 @@ def select_tasks(data_root: str | Path | None,
             raise VitsslError(f"unknown embedded task(s) {', '.join(unknown)}; known: "
                               f"{', '.join(EMBEDDED_TASKS)} (or give --data-root for vtab-1k "
                               f"folders)")
-        return [TaskRef(n, EMBEDDED_TASKS[n]) for n in names or EMBEDDED_TASKS], []
+        return [TaskRef(n, EMBEDDED_TASKS[n], task_group(n)) for n in names or EMBEDDED_TASKS], []
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise VitsslError(f"--data-root {root} is not a directory")
@@ -68,8 +63,8 @@ def select_tasks(data_root: str | Path | None,
             raise VitsslError(f"unknown task(s) {', '.join(unknown)}: neither a VTAB task "
                               f"({', '.join(VTAB_CLASSES)}) nor a folder in {root}")
     else:
-        custom = sorted(p.name for p in root.iterdir()
-                        if p.name not in VTAB_CLASSES and _is_task_folder(p))
+        custom = sorted(p.name for p in root.iterdir() if p.name not in VTAB_CLASSES
+                        and any((p / f"{s}.txt").is_file() for s in LIST_SPLITS))
         chosen = [(n, None) for n in VTAB_CLASSES if (root / n).is_dir()]
         chosen += [(n, None) for n in custom]
         if not chosen:
@@ -127,17 +122,15 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
               problems: list[str], evaluator: Any, protocol: str, adapt: str,
               output: str | Path, resume: bool = False, options: dict[str, Any] | None = None,
               log: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """Run ``evaluator`` (a ``vtab`` evaluator) on every task; write JSON + Markdown as it goes.
-
-    Each finished task is written at once, so an interrupted suite can
-    ``resume``; a task that fails (unreadable folder, training error) is
-    recorded with its one-line error and the rest continue.
-    """
+    """Run ``evaluator`` (a ``vtab`` evaluator) on every task, writing JSON + Markdown after
+    each (so an interrupted suite can ``resume``); a failing task is recorded with its one-line
+    error and the rest continue."""
     output = Path(output)
     if resume and output.is_file():
         doc = load_document(output, protocol=protocol, adapt=adapt, image_size=image_size)
     else:
-        doc = new_document(str(checkpoint), protocol, adapt, image_size)
+        doc = {"checkpoint": str(checkpoint), "protocol": protocol, "adapt": adapt,
+               "image_size": image_size, "tasks": {}, "summary": {}}
     doc["overrides"] = dict(options or {})  # --set options applied to every training
     for line in problems:
         log(f"vtab: {line}")
@@ -153,7 +146,6 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
                 f"(top-1 {previous['top1']:.2f}), skipped")
             continue
         log(f"vtab: [{i}/{len(tasks)}] {ref.name} ({ref.spec})")
-        group = ref.group or task_group(ref.name)
         start = time.monotonic()
         try:
             task = load_vtab_task(ref.spec, image_size, mean=mean, std=std)
@@ -164,11 +156,11 @@ def run_suite(*, checkpoint: str, encoder: nn.Module, mean: tuple[float, ...],
                 else str(exc)
             message = message.splitlines()[0] if message else type(exc).__name__
             log(f"vtab: {ref.name}: failed: {message}")
-            doc["tasks"][ref.name] = {"status": "failed", "group": group,
+            doc["tasks"][ref.name] = {"status": "failed", "group": ref.group,
                                       "error": message, "time_s": time.monotonic() - start}
         else:
             doc["tasks"][ref.name] = {
-                "status": "ok", "group": group, "spec": ref.spec,
+                "status": "ok", "group": ref.group, "spec": ref.spec,
                 "top1": outcome.top1, "setting_name": outcome.setting.name,
                 "setting": outcome.setting.options, "val_top1": outcome.val_top1,
                 "train_sizes": [len(task.train800), len(task.val200), len(task.train)],

@@ -15,7 +15,6 @@ import torch._subclasses.fake_tensor
 import torch.nn.functional as F
 
 from vitssl.errors import VitsslError
-from vitssl.kernels.reference import reference_attention
 
 BACKENDS = ("auto", "triton", "sdpa", "reference")
 AUTO_TRITON_DEVICES = ("cuda",)  # device types on which "auto" considers the Triton kernel
@@ -64,11 +63,6 @@ def triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
     return module.unsupported_reason(q, k, v)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-          dropout_p: float = 0.0) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-
-
 def self_check(device: str, head_dim: int, dtype: torch.dtype) -> str | None:
     """Run the Triton kernel once, forward and backward, on a small packed-qkv batch against
     torch SDPA. Returns None if it agrees, else why not (exception or mismatch)."""
@@ -81,7 +75,7 @@ def self_check(device: str, head_dim: int, dtype: torch.dtype) -> str | None:
     dout = torch.randn(b, h, n, d, generator=g).to(device=device, dtype=dtype)
     results = []
     try:
-        for fn in (module.triton_attention, _sdpa):
+        for fn in (module.triton_attention, F.scaled_dot_product_attention):
             leaf = base.detach().requires_grad_()
             q, k, v = leaf.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             with torch.enable_grad():
@@ -157,9 +151,15 @@ def _run(chosen: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
          scale: float | None, dropout_p: float) -> torch.Tensor:
     if chosen == "triton":
         return _triton_module().triton_attention(q, k, v, scale=scale)
-    if chosen == "reference":
-        return reference_attention(q, k, v, scale=scale, dropout_p=dropout_p)
-    return _sdpa(q, k, v, scale, dropout_p)
+    if chosen == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    # plain math
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, N, N)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return torch.matmul(probs, v)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto",
@@ -167,12 +167,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
     """softmax(q kᵀ · scale) v over the last two dimensions; scale defaults to D^-1/2.
 
     ``backend``: ``"triton"`` (our fused kernel), ``"sdpa"`` (torch's
-    scaled_dot_product_attention), ``"reference"`` (plain math) or ``"auto"``
-    (Triton for CUDA tensors it supports, else SDPA). Before "auto" first uses Triton for a
-    (device, D, dtype), ``self_check`` compares it with SDPA; if that fails, it warns once
-    and uses SDPA for them from then on ("triton" raises instead). The Triton kernel has no
-    dropout: with ``dropout_p > 0`` the ``"triton"`` backend warns once and runs
-    SDPA, and ``"auto"`` picks SDPA. See ``choose``.
+    scaled_dot_product_attention), ``"reference"`` (plain math) or ``"auto"``; how "auto"
+    (self-checked Triton on CUDA, else SDPA) and dropout pick one: ``choose``.
     """
     _check(q, k, v)
     chosen = choose(q, k, v, check_backend(backend), dropout_p)

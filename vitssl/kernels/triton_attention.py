@@ -4,21 +4,14 @@ softmax(q kᵀ · scale) v for (B, H, N, D) tensors with any strides whose last
 stride is 1 (views of one packed qkv projection need no copy), any N >= 1
 (ragged last tiles are masked) and any D <= 256 (padded to a power of two with
 a mask). fp16 / bf16 / fp32 inputs accumulate in fp32; fp64 inputs (for
-gradcheck) accumulate in fp64.
-
-Forward: one program per (batch·head, block of BLOCK_M queries) streams the
-keys in tiles of BLOCK_N with an online softmax, so no N×N matrix is ever
-stored; it saves the log-sum-exp (base 2) per query row for the backward.
-
-Backward, deterministic (no atomics): delta = rowsum(dO ∘ O); one kernel per
-block of keys accumulates dK and dV over all query blocks; another per block
-of queries accumulates dQ over all key blocks. Gradients come back in the
-memory layout of the inputs.
+gradcheck) accumulate in fp64. Gradients come back in the memory layout of the
+inputs. The kernels are in :mod:`vitssl.kernels.attention_kernels`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -26,13 +19,13 @@ import triton
 import triton.language as tl
 
 from vitssl.kernels.attention_configs import (
+    DELTA_BLOCK_M,
     INTERPRETER_CONFIG,
     BlockConfig,
     autotune_configs,
-    head_block,
     interpreting,
-    n_bucket,
     pruner,
+    tile,
 )
 from vitssl.kernels.attention_kernels import (
     _attn_bwd_delta,
@@ -46,22 +39,13 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
 # Triton picks compiled vs interpreted kernels when they are decorated, i.e. at import.
 _INTERPRETED = interpreting()
-
-
-_KEY = ["N_BUCKET", "BLOCK_D"]  # the autotuner adds the tensors' dtypes to the key
-
-
-def _tuned(kernel: str, fn):  # noqa: ANN001, ANN202
-    return triton.autotune(autotune_configs(kernel), key=_KEY,
-                           prune_configs_by={"early_config_prune": pruner(kernel)})(fn)
-
-
-_attn_fwd_tuned = _tuned("fwd", _attn_fwd)
-_attn_bwd_dkdv_tuned = _tuned("bwd_dkdv", _attn_bwd_dkdv)
-_attn_bwd_dq_tuned = _tuned("bwd_dq", _attn_bwd_dq)
-
-
-# -- launches -----------------------------------------------------------------------------
+KERNELS = {"fwd": _attn_fwd, "bwd_delta": _attn_bwd_delta, "bwd_dkdv": _attn_bwd_dkdv,
+           "bwd_dq": _attn_bwd_dq}
+# The tiled kernels, autotuned; the autotuner adds the tensors' dtypes to the key.
+_AUTOTUNED = {
+    name: triton.autotune(autotune_configs(name), key=["N_BUCKET", "BLOCK_D"],
+                          prune_configs_by={"early_config_prune": pruner(name)})(KERNELS[name])
+    for name in ("fwd", "bwd_dkdv", "bwd_dq")}
 
 
 def _buffer(like: torch.Tensor, shape: tuple[int, ...] | None = None,
@@ -75,10 +59,6 @@ def _buffer(like: torch.Tensor, shape: tuple[int, ...] | None = None,
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
 
 
-def _bhn(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
 def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
@@ -90,57 +70,38 @@ def _on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _statics(q, interpreted: bool | None = None) -> dict:  # noqa: ANN001
+def _statics(q) -> dict:  # noqa: ANN001
     """Constexprs shared by every kernel: tile width, upcast, dot precision, accumulator."""
-    interpreted = _INTERPRETED if interpreted is None else interpreted
-    upcast = q.dtype == torch.bfloat16 and interpreted  # the interpreter has no bf16 math
-    return {"BLOCK_D": head_block(q.shape[-1]), "UPCAST": upcast,
+    upcast = q.dtype == torch.bfloat16 and _INTERPRETED  # the interpreter has no bf16 math
+    return {"BLOCK_D": tile(q.shape[-1]), "UPCAST": upcast,
             "PRECISION": "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
             "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32}
 
 
-def _tiles(config: BlockConfig | None) -> tuple[dict, bool]:
-    """Launch kwargs for a fixed config, or ({}, True) to let the autotuner choose."""
+def launch_args(kernel: str, tensors: tuple, scale: float = 1.0) -> tuple[tuple, dict]:
+    """(positional args, constexprs) of ``KERNELS[kernel]`` on ``tensors``, its tensor
+    arguments in order ((B, H, N, D) ones and (B·H, N) statistics); the delta kernel's
+    constexprs leave out BLOCK_M, the others' the tiles. The ahead-of-time check
+    (``vitssl.tools.compile_check``) calls this with stand-in tensors."""
+    _, h, n, d = tensors[0].shape
+    args = (*tensors, *[s for t in tensors if t.ndim == 4 for s in t.stride()[:3]], h, n, d)
+    statics = _statics(tensors[0])
+    if kernel == "bwd_delta":
+        return args, {"BLOCK_D": statics["BLOCK_D"], "ACC": statics["ACC"]}
+    scales = (scale * LOG2E,) if kernel == "fwd" else (scale * LOG2E, scale)
+    return (*args, *scales, tile(n)), statics
+
+
+def _launch(kernel: str, tensors: tuple, scale: float, config: BlockConfig | None) -> None:
+    """Run a tiled kernel: autotuned on CUDA, unless ``config`` fixes the tiles."""
+    b, h, n, _ = tensors[0].shape
+    args, statics = launch_args(kernel, tensors, scale)
     if config is None and not _INTERPRETED:
-        return {}, True
-    config = config or INTERPRETER_CONFIG
-    return config.launch_kwargs(), False
-
-
-# Launch arguments, shared with the ahead-of-time check (``vitssl.tools.compile_check``), which
-# calls these with stand-in tensors so that it compiles what a real launch would.
-
-
-def forward_args(q, k, v, o, lse, scale: float) -> tuple[tuple, dict]:  # noqa: ANN001
-    """(positional args, constexprs) of ``_attn_fwd`` for (B, H, N, D) q, k, v, o."""
-    b, h, n, d = q.shape
-    return ((q, k, v, o, lse, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(o),
-             h, n, d, scale * LOG2E, n_bucket(n)), _statics(q))
-
-
-def delta_args(o, do, delta) -> tuple[tuple, dict]:  # noqa: ANN001
-    """(positional args, constexprs) of ``_attn_bwd_delta``, less BLOCK_M."""
-    b, h, n, d = o.shape
-    statics = _statics(o)
-    return ((o, do, delta, *_bhn(o), *_bhn(do), h, n, d),
-            {"BLOCK_D": statics["BLOCK_D"], "ACC": statics["ACC"]})
-
-
-def dkdv_args(q, k, v, do, lse, delta, dk, dv, scale: float) -> tuple[tuple, dict]:  # noqa: ANN001
-    """(positional args, constexprs) of ``_attn_bwd_dkdv``."""
-    b, h, n, d = q.shape
-    return ((q, k, v, do, lse, delta, dk, dv, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(do),
-             *_bhn(dk), *_bhn(dv), h, n, d, scale * LOG2E, scale, n_bucket(n)), _statics(q))
-
-
-def dq_args(q, k, v, do, lse, delta, dq, scale: float) -> tuple[tuple, dict]:  # noqa: ANN001
-    """(positional args, constexprs) of ``_attn_bwd_dq``."""
-    b, h, n, d = q.shape
-    return ((q, k, v, do, lse, delta, dq, *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(do), *_bhn(dq),
-             h, n, d, scale * LOG2E, scale, n_bucket(n)), _statics(q))
-
-
-DELTA_BLOCK_M = 64  # rows per program of the delta kernel (no tuning: it is a row reduction)
+        fn, tiles = _AUTOTUNED[kernel], {}
+    else:
+        fn, tiles = KERNELS[kernel], (config or INTERPRETER_CONFIG).launch_kwargs()
+    block = "BLOCK_N" if kernel == "bwd_dkdv" else "BLOCK_M"  # dK/dV: a program per key block
+    fn[lambda meta: (b * h, triton.cdiv(n, meta[block]))](*args, **statics, **tiles)
 
 
 def _forward(q, k, v, scale: float, config: BlockConfig | None):
@@ -148,10 +109,7 @@ def _forward(q, k, v, scale: float, config: BlockConfig | None):
     o = _buffer(q)  # same dimension order as q: (B, N, H, D) for packed qkv
     stats = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = _buffer(q, (b * h, n), stats)
-    tiles, tuned = _tiles(config)
-    kernel = _attn_fwd_tuned if tuned else _attn_fwd
-    args, statics = forward_args(q, k, v, o, lse, scale)
-    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))](*args, **statics, **tiles)
+    _launch("fwd", (q, k, v, o, lse), scale, config)
     return o, lse
 
 
@@ -159,17 +117,11 @@ def _backward(do, q, k, v, o, lse, scale: float, config: BlockConfig | None):
     b, h, n, d = q.shape
     delta = _buffer(lse)
     block_m = INTERPRETER_CONFIG.block_m if _INTERPRETED else DELTA_BLOCK_M
-    args, statics = delta_args(o, do, delta)
+    args, statics = launch_args("bwd_delta", (o, do, delta))
     _attn_bwd_delta[(b * h, triton.cdiv(n, block_m))](*args, BLOCK_M=block_m, **statics)
-
     dq, dk, dv = _buffer(q), _buffer(k), _buffer(v)
-    tiles, tuned = _tiles(config)
-    kernel = _attn_bwd_dkdv_tuned if tuned else _attn_bwd_dkdv
-    args, statics = dkdv_args(q, k, v, do, lse, delta, dk, dv, scale)
-    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_N"]))](*args, **statics, **tiles)
-    kernel = _attn_bwd_dq_tuned if tuned else _attn_bwd_dq
-    args, statics = dq_args(q, k, v, do, lse, delta, dq, scale)
-    kernel[lambda meta: (b * h, triton.cdiv(n, meta["BLOCK_M"]))](*args, **statics, **tiles)
+    _launch("bwd_dkdv", (q, k, v, do, lse, delta, dk, dv), scale, config)
+    _launch("bwd_dq", (q, k, v, do, lse, delta, dq), scale, config)
     return dq, dk, dv
 
 
@@ -267,6 +219,5 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if q.shape[0] * q.shape[1] == 0:  # nothing to launch; plain math keeps autograd happy
         return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
-    tiles = [] if config is None else [config.block_m, config.block_n, config.num_warps,
-                                       config.num_stages]
+    tiles = [] if config is None else list(dataclasses.astuple(config))
     return fused_attention_fwd(q, k, v, scale, tiles)[0]

@@ -34,6 +34,7 @@ import vitssl
 from vitssl.errors import VitsslError
 from vitssl.ssl.batch import square_side, views
 from vitssl.ssl.centering import sinkhorn_knopp
+from vitssl.ssl.distillation import DinoHead
 from vitssl.ssl.distributed import all_reduce_
 from vitssl.ssl.ema import ema_update, teacher_copy, teacher_momentum
 from vitssl.ssl.heads import freeze_last_norm_bias
@@ -77,18 +78,23 @@ def resolve_options(name: str, recipe: str, recipes: Mapping[str, Mapping[str, A
     return o
 
 
-def head_dims(name: str, width: int, out_dim: int | None, hidden_dim: int | None,
-              bottleneck_dim: int | None, small_out_dim: int,
-              large_out_dim: int) -> tuple[int, int, int]:
-    """(out, hidden, bottleneck): the paper's (large_out_dim, 2048, 256) from width 384, else
-    (small_out_dim, 512, 128), for every size left unset."""
+def given_options(scope: Mapping[str, Any], *skip: str) -> dict[str, Any]:
+    """A constructor's ``locals()`` as options, without ``self``, ``encoder`` and ``skip``."""
+    return {k: v for k, v in scope.items() if k not in ("self", "encoder", "__class__", *skip)}
+
+
+def build_head(name: str, width: int, o: Mapping[str, Any],
+               dims: tuple[int | None, int | None, int | None], large_out_dim: int) -> DinoHead:
+    """DINO's head; unset (out, hidden, bottleneck) sizes are the paper's (``large_out_dim``,
+    2048, 256) from width 384, else (the recipe's ``small_out_dim``, 512, 128)."""
     small = width < 384
-    dims = (int(out_dim or (small_out_dim if small else large_out_dim)),
-            int(hidden_dim or (512 if small else 2048)),
-            int(bottleneck_dim or (128 if small else 256)))
-    if min(dims) < 1:
+    defaults = (o["small_out_dim"], 512, 128) if small else (large_out_dim, 2048, 256)
+    out, hidden, bottleneck = (int(d or default) for d, default in zip(dims, defaults,
+                                                                          strict=True))
+    if min(out, hidden, bottleneck) < 1:
         raise VitsslError(f"{name}: out_dim, hidden_dim and bottleneck_dim must be >= 1")
-    return dims
+    return DinoHead(width, out, hidden, bottleneck, bool(o["norm_last_layer"]),
+                    bool(o["use_bn"]))
 
 
 def teacher_stats(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +176,12 @@ class SelfDistillation(vitssl.Objective):
     def crops(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's global (B, 2, 3, S, S) and local (B, n, 3, s, s) crops, or an error."""
         return views(batch, "global", self.name), (batch.get("views") or {}).get("local")
+
+    def local_logits(self, local: torch.Tensor | None) -> list[torch.Tensor]:
+        """The student's logits (B, n, K) of the local crops, in a list (empty without)."""
+        if local is None:
+            return []
+        return [self.head(self.encoder(local.flatten(0, 1))).view(*local.shape[:2], -1)]
 
     # -- schedules ---------------------------------------------------------------------------
     def teacher_temperature(self, step: int, total_steps: int) -> float:

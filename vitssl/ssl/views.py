@@ -1,9 +1,7 @@
 """Multi-view transforms for objectives that see several crops of each image.
 
-An objective declares its views with a ``views(image_size, data)`` method that
-returns a transform mapping one image to ``{name: (V, 3, S, S) uint8 stack}``
-(see :mod:`vitssl.hookspecs`). The pipeline runs it in the data workers under
-its per-step seeding and delivers ``batch["views"][name]`` (B, V, 3, S, S)
+:meth:`vitssl.Objective.views` returns one of these; the pipeline runs it in the data
+workers under its per-step seeding and delivers ``batch["views"][name]`` (B, V, 3, S, S)
 normalised and ``batch["view_pixels"][name]`` in [0, 1].
 
 :class:`MultiCrop` is DINO's recipe (Caron et al. 2021): two global crops and
@@ -32,9 +30,8 @@ def data_allows(option: bool | None, data: Any, key: str) -> bool:
     """``option`` where set, else what the run's data declares for ``key`` (True without).
 
     ``key`` is ``"hflip"`` or ``"color"``: the :class:`~vitssl.config.DataConfig`
-    fields a dataset fills in (:mod:`vitssl.data.augment`). Digits declare no
-    colour, because the colour operations cost dino 14 points 10-shot on them;
-    Fashion-MNIST and ImageNet-style data keep them (benchmarks/RESULTS.md).
+    fields a dataset fills in (:mod:`vitssl.data.augment`; digits declare no colour,
+    benchmarks/RESULTS.md, "Colour operations follow the data").
     """
     if option is not None:
         return bool(option)

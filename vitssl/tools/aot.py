@@ -1,12 +1,12 @@
 """Compile a Triton kernel ahead of time for a chosen NVIDIA GPU, and read what came out.
 
-No GPU is needed: ``compile_launch`` binds stand-in tensors through Triton's own
+No GPU is needed: ``specialise`` binds stand-in tensors through Triton's own
 launch binder, so the compiled kernel carries the same specialisation a real
-launch would (16-byte-aligned pointers, integers divisible by 16, constexprs),
-then compiles for ``GPUTarget("cuda", arch, 32)``. ``inspect`` reads registers,
-spills and static shared memory from the cubin with the ``cuobjdump`` that ships
-in the triton wheel, and the MMA instruction kind and asynchronous loads of the
-main loop from the PTX.
+launch would (16-byte-aligned pointers, integers divisible by 16, constexprs);
+``compile_specialised`` compiles it for ``GPUTarget("cuda", arch, 32)``.
+``inspect`` reads registers, spills and static shared memory from the cubin with
+the ``cuobjdump`` that ships in the triton wheel, and the MMA instruction kind
+and asynchronous loads of the main loop from the PTX.
 """
 
 from __future__ import annotations
@@ -92,12 +92,6 @@ def compile_specialised(fn: JITFunction, specialised: tuple, arch: int) -> Any:
                           target=GPUTarget("cuda", arch, 32), options=options.__dict__)
 
 
-def compile_launch(fn: JITFunction, args: tuple, constexprs: dict[str, Any], arch: int
-                   ) -> Any:
-    """Compile ``fn`` as ``fn[grid](*args, **constexprs)`` would on an ``sm_<arch>`` GPU."""
-    return compile_specialised(fn, specialise(fn, args, constexprs, arch), arch)
-
-
 @dataclass(frozen=True)
 class Resources:
     """What the compiler made of one kernel."""
@@ -109,28 +103,26 @@ class Resources:
     loop_loads: str  # loads in the main loop: "tma", "cp.async", both joined by "+", or "sync"
 
 
-def cuobjdump() -> str:
-    """The cuobjdump binary bundled with the triton wheel."""
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                        "cuobjdump")
-
-
-def _resource_usage(cubin: bytes) -> dict[str, int]:
+def _resource_usage(cubin: bytes) -> tuple[int, int, int]:
+    """Registers, spill bytes (stack + local) and static shared memory, per cuobjdump."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([cuobjdump(), "-res-usage", f.name], capture_output=True,
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True,
                              text=True, check=True).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if found is None:
         raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{out}")
     reg, stack, shared, local = map(int, found.groups())
-    return {"registers": reg, "stack": stack, "shared": shared, "local": local}
+    return reg, stack + local, shared
 
 
 _LABEL = re.compile(r"^\s*(\$L__BB\d+_\d+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);")
 _MMA_KINDS = (("wgmma", "wgmma.mma_async"), ("tcgen05", "tcgen05.mma"), ("mma.sync", "mma.sync"))
+_LOAD_KINDS = (("tma", r"cp\.async\.bulk\.tensor"), ("cp.async", r"cp\.async\.c[ag]"))
 
 
 def loops(ptx: str) -> list[str]:
@@ -154,21 +146,15 @@ def mma_kind(ptx: str) -> str:
 
 def main_loop_loads(ptx: str) -> str:
     """How loops that multiply matrices load their operands: TMA, cp.async, or plain loads."""
-    bodies = [body for body in loops(ptx) if mma_kind(body) != "none"]
-    kinds = []
-    if any("cp.async.bulk.tensor" in body for body in bodies):
-        kinds.append("tma")
-    if any(re.search(r"cp\.async\.c[ag]", body) for body in bodies):
-        kinds.append("cp.async")
+    bodies = "\n".join(body for body in loops(ptx) if mma_kind(body) != "none")
     if not bodies:
         return "no loop"
-    return "+".join(kinds) or "sync"
+    return "+".join(kind for kind, op in _LOAD_KINDS if re.search(op, bodies)) or "sync"
 
 
 def inspect(kernel: Any) -> Resources:
     """Registers, spills, shared memory, MMA kind and main-loop loads of a compiled kernel."""
-    usage = _resource_usage(kernel.asm["cubin"])
+    registers, spills, shared = _resource_usage(kernel.asm["cubin"])
     ptx = kernel.asm["ptx"]
-    return Resources(registers=usage["registers"], spill_bytes=usage["stack"] + usage["local"],
-                     shared_bytes=kernel.metadata.shared + usage["shared"], mma=mma_kind(ptx),
-                     loop_loads=main_loop_loads(ptx))
+    return Resources(registers, spills, kernel.metadata.shared + shared, mma_kind(ptx),
+                     main_loop_loads(ptx))

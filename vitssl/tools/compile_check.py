@@ -2,27 +2,23 @@
 
     python -m vitssl.tools.compile_check [--dump DIR] [--arch 90 ...] [--head-dims 64 ...]
 
-For every kernel, every configuration the autotuner may pick at ViT lengths,
-head dims 32/64/80/128, fp16 and bf16, sm_80 and sm_90 (and sm_100 when the
-bundled ptxas knows it), on contiguous and packed-qkv tensors, it compiles the
-kernel with the specialisation a real launch applies and prints registers,
-spills, shared memory, the MMA instruction kind and the loads of the main loop.
-It exits 1 when a kernel (sm_80 or sm_90) fails to compile, spills registers,
-needs more shared memory than the architecture has, or on sm_90 multiplies
-without wgmma or loads its main loop without cp.async / TMA; sm_100 findings are
-reported as advisory. ``--dump DIR`` writes each compiled kernel's cubin and PTX
-as ``<kernel>-<config>-sm<arch>.cubin`` / ``.ptx``.
+Every configuration the autotuner may pick at ViT lengths, compiled with the
+specialisation a real launch applies; it exits 1 when a kernel on sm_80 or sm_90
+fails to compile, spills, overflows shared memory, or on sm_90 lacks wgmma or
+asynchronous main-loop loads (sm_100: advisory). What it covers: docs/gpu.md.
 Needs the triton package, no GPU; must run without ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 HEAD_DIMS = (32, 64, 80, 128)
 DTYPES = ("fp16", "bf16")
@@ -53,13 +49,8 @@ class Row:
     """A compiled job and what the check found."""
 
     job: Job
-    registers: int = 0
-    spill_bytes: int = 0
-    shared_bytes: int = 0
-    mma: str = "-"
-    loop_loads: str = "-"
+    res: Any  # aot.Resources; None when no layout compiled
     problems: tuple[str, ...] = ()
-    seconds: float = 0.0
 
 
 def _torch_dtype(name: str):  # noqa: ANN202
@@ -80,23 +71,16 @@ def launch(kernel: str, layout: str, head_dim: int, dtype: str, length: int,
         row = 3 * h * d
         q, k, v = (StandIn((b, h, n, d), (n * row, d, row, 1), dt, offset=i * h * d)
                    for i in range(3))
-        out = lambda: dense((b, n, h, d), dt).permute(0, 2, 1, 3)  # noqa: E731  empty_like(q)
+        out = dense((b, n, h, d), dt).permute(0, 2, 1, 3)  # as empty_like(q) lays it out
     else:
         q, k, v = (dense((b, h, n, d), dt) for _ in range(3))
-        out = lambda: dense((b, h, n, d), dt)  # noqa: E731
+        out = dense((b, h, n, d), dt)
     stats = dense((b * h, n), torch.float32)
-    scale = d ** -0.5
-    if kernel == "fwd":
-        args, consts = ta.forward_args(q, k, v, out(), stats, scale)
-        return ta._attn_fwd, args, consts
-    if kernel == "bwd_delta":
-        args, consts = ta.delta_args(out(), out(), stats)
-        return ta._attn_bwd_delta, args, {**consts, "BLOCK_M": ta.DELTA_BLOCK_M}
-    if kernel == "bwd_dkdv":
-        args, consts = ta.dkdv_args(q, k, v, out(), stats, stats, out(), out(), scale)
-        return ta._attn_bwd_dkdv, args, consts
-    args, consts = ta.dq_args(q, k, v, out(), stats, stats, out(), scale)
-    return ta._attn_bwd_dq, args, consts
+    tensors = {"fwd": (q, k, v, out, stats), "bwd_delta": (out, out, stats),
+               "bwd_dkdv": (q, k, v, out, stats, stats, out, out),
+               "bwd_dq": (q, k, v, out, stats, stats, out)}[kernel]
+    args, consts = ta.launch_args(kernel, tensors, d ** -0.5)
+    return ta.KERNELS[kernel], args, consts
 
 
 def jobs(archs: tuple[int, ...], head_dims: tuple[int, ...], dtypes: tuple[str, ...],
@@ -105,46 +89,33 @@ def jobs(archs: tuple[int, ...], head_dims: tuple[int, ...], dtypes: tuple[str, 
     from vitssl.kernels import attention_configs as ac
 
     found: dict[tuple, Job] = {}
-    for kernel in kernels:
-        for arch in archs:
-            for d in head_dims:
-                for dtype in dtypes:
-                    for n in VIT_LENGTHS:
-                        if kernel == "bwd_delta":
-                            names = [f"m{_delta_block_m()}"]
-                        else:
-                            names = [c.name for c in ac.tuned_configs(
-                                kernel, ac.n_bucket(n), ac.head_block(d),
-                                _torch_dtype(dtype).itemsize, arch)]
-                        for name in names:
-                            key = (kernel, arch, d, dtype, name)
-                            found.setdefault(key, Job(kernel, arch, d, dtype, name, LAYOUTS, n))
+    for kernel, arch, d, dtype, n in itertools.product(kernels, archs, head_dims, dtypes,
+                                                       VIT_LENGTHS):
+        if kernel == "bwd_delta":
+            names = [f"m{ac.DELTA_BLOCK_M}"]
+        else:
+            names = [c.name for c in ac.tuned_configs(kernel, ac.tile(n), ac.tile(d),
+                                                      _torch_dtype(dtype).itemsize, arch)]
+        for name in names:
+            found.setdefault((kernel, arch, d, dtype, name),
+                             Job(kernel, arch, d, dtype, name, LAYOUTS, n))
     return list(found.values())
-
-
-def _delta_block_m() -> int:
-    from vitssl.kernels.triton_attention import DELTA_BLOCK_M
-    return DELTA_BLOCK_M
-
-
-def _parse_config(name: str) -> dict:
-    """``m128n64w8s3`` -> BLOCK_M, BLOCK_N, num_warps, num_stages (absent parts omitted)."""
-    import re
-    keys = {"m": "BLOCK_M", "n": "BLOCK_N", "w": "num_warps", "s": "num_stages"}
-    return {keys[k]: int(v) for k, v in re.findall(r"([mnws])(\d+)", name)}
 
 
 def run_job(job: Job, dump: str | None) -> Row:
     """Compile ``job`` for each layout (identical specialisations compile once) and check."""
+    from vitssl.kernels.attention_configs import BlockConfig
     from vitssl.tools import aot
 
-    start = time.perf_counter()
     problems: list[str] = []
     res = None
     done: dict[str, str] = {}  # specialisation -> the layout that compiled it
     for layout in job.layouts:
         fn, args, consts = launch(job.kernel, layout, job.head_dim, job.dtype, job.length)
-        consts = {**consts, **_parse_config(job.config)}
+        if job.kernel == "bwd_delta":  # one fixed config, m<BLOCK_M>
+            consts["BLOCK_M"] = int(job.config.removeprefix("m"))
+        else:
+            consts.update(BlockConfig.parse(job.config).launch_kwargs())
         try:
             spec = aot.specialise(fn, args, consts, job.arch)
             key = repr(spec[1:3])  # constexprs and attributes (divisibility hints)
@@ -163,15 +134,10 @@ def run_job(job: Job, dump: str | None) -> Row:
         if dump:
             stem = os.path.join(dump, f"{job.kernel}-{_label(job)}-sm{job.arch}")
             suffix = "" if len(done) == 1 else f"-{layout}"
-            with open(f"{stem}{suffix}.cubin", "wb") as f:
-                f.write(kernel.asm["cubin"])
-            with open(f"{stem}{suffix}.ptx", "w") as f:
-                f.write(kernel.asm["ptx"])
-    if res is None:
-        return Row(job, problems=tuple(problems), seconds=time.perf_counter() - start)
-    problems += findings(job, res)
-    return Row(job, res.registers, res.spill_bytes, res.shared_bytes, res.mma, res.loop_loads,
-               tuple(problems), time.perf_counter() - start)
+            for ext, mode in (("cubin", "wb"), ("ptx", "w")):
+                with open(f"{stem}{suffix}.{ext}", mode) as f:
+                    f.write(kernel.asm[ext])
+    return Row(job, res, tuple(problems + (findings(job, res) if res else [])))
 
 
 def findings(job: Job, res) -> list[str]:  # noqa: ANN001
@@ -198,22 +164,26 @@ def _label(job: Job) -> str:
 
 def arch_supported(arch: int) -> str | None:
     """None if the bundled toolchain compiles for ``sm_<arch>``, else why not."""
-    row = run_job(Job("bwd_delta", arch, 64, "fp16", f"m{_delta_block_m()}", ("contiguous",),
-                      197), None)
+    from vitssl.kernels.attention_configs import DELTA_BLOCK_M
+
+    row = run_job(Job("bwd_delta", arch, 64, "fp16", f"m{DELTA_BLOCK_M}", ("contiguous",), 197),
+                  None)
     return "; ".join(row.problems) if any("compile failed" in p for p in row.problems) else None
 
 
 def table(rows: list[Row]) -> str:
     """A Markdown table of the rows."""
-    head = ("| kernel | config | arch | regs | spill B | smem KB | MMA | main-loop loads "
-            "| status |\n|---|---|---|---:|---:|---:|---|---|---|")
-    lines = [head]
+    from vitssl.tools.aot import Resources
+
+    lines = ["| kernel | config | arch | regs | spill B | smem KB | MMA | main-loop loads "
+             "| status |\n|---|---|---|---:|---:|---:|---|---|---|"]
     for r in rows:
+        res = r.res or Resources(0, 0, 0, "-", "-")
         verdict = "FAIL" if r.job.arch in GATING_ARCHS else "advisory"
         status = "ok" if not r.problems else f"{verdict}: " + "; ".join(r.problems)
-        lines.append(f"| {r.job.kernel} | {_label(r.job)} | sm_{r.job.arch} | {r.registers} "
-                     f"| {r.spill_bytes} | {r.shared_bytes / 1024:.1f} | {r.mma} "
-                     f"| {r.loop_loads} | {status} |")
+        lines.append(f"| {r.job.kernel} | {_label(r.job)} | sm_{r.job.arch} | {res.registers} "
+                     f"| {res.spill_bytes} | {res.shared_bytes / 1024:.1f} | {res.mma} "
+                     f"| {res.loop_loads} | {status} |")
     return "\n".join(lines)
 
 
@@ -250,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     archs = []
     for arch in args.arch:
-        if arch not in (80, 90, 100):
+        if arch not in ARCHS:
             parser.error(f"unknown arch {arch}; accepted: 80, 90, 100")
         reason = arch_supported(arch)
         if reason is None:

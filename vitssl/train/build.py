@@ -92,13 +92,8 @@ class Run:
 
 
 def resolve_run_config(cfg: Config) -> Config:
-    """``cfg`` with what the data and the objective decide filled in.
-
-    Unset augmentation keys take the data's values
-    (:func:`~vitssl.data.augment.resolve_augmentation`) and
-    ``model.pos_embed="auto"`` the objective's ``pos_embed`` (``learned`` for a
-    factory that declares none), so ``config.yaml`` records what ran.
-    """
+    """``cfg`` with unset augmentation keys the data's and ``model.pos_embed="auto"`` the
+    objective's ``pos_embed``, so ``config.yaml`` records what ran."""
     cfg = dataclasses.replace(cfg, data=resolve_augmentation(cfg.data))
     if cfg.model.pos_embed != "auto":
         return cfg
@@ -120,10 +115,7 @@ def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
 
 
 def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Run:
-    """Resolve the config, resume point, objective, data, optimiser and wrapper of a run.
-
-    ``cfg`` is not modified: the run holds a resolved copy.
-    """
+    """Resolve the config (into a copy), resume point, objective, data, optimiser and wrapper."""
     requested, cfg = cfg, resolve_run_config(cfg)
     check_entries(cfg.summary_eval.evaluators)  # before training, not after it
     micro = micro_batch_size(cfg, ctx.world_size)

@@ -1,22 +1,11 @@
 """Checkpoints: safetensors weights + a tensors-only training state, written atomically.
 
-Layout of a run directory::
-
-    RUN/config.yaml
-    RUN/metrics.jsonl
-    RUN/checkpoints/step-00000100/model.safetensors   objective state dict; metadata: resolved
-                                                      config, exported modules, options
-    RUN/checkpoints/step-00000100/state.pt            optimizer, scheduler, RNG, step
-    RUN/checkpoints/step-00000100/optimizer/          FSDP runs: the optimizer's sharded state
-                                                      (torch.distributed.checkpoint, one file
-                                                      per rank); state.pt then holds its groups
-
-A checkpoint directory is written under a temporary name and renamed when
-complete, so a killed run never leaves a half-written ``step-*`` directory.
-``state.pt`` holds only tensors and plain containers and is read with
-``torch.load(weights_only=True)``: loading never unpickles arbitrary objects.
-Under FSDP the weights are gathered to rank 0 first, so the safetensors file
-is the same whatever the strategy or world size.
+``RUN/checkpoints/step-00000100/`` holds ``model.safetensors`` (the objective's
+state dict; metadata: resolved config, exports, options), ``state.pt``
+(optimizer, scheduler, RNG, step; read with ``weights_only=True``) and, for FSDP
+runs, ``optimizer/`` (the sharded optimizer state). A checkpoint is written
+under a temporary name and renamed when complete; FSDP weights are gathered
+to rank 0 first, so the weights file is the same for any strategy.
 """
 
 from __future__ import annotations
@@ -46,13 +35,9 @@ ENCODER_PREFIX = "encoder."
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run as (step, directory), oldest first."""
-    root = checkpoint_dir(run_dir)
+    root = Path(run_dir) / "checkpoints"
     return sorted((int(match[1]), child) for child in (root.iterdir() if root.is_dir() else ())
                   if (match := _STEP_DIR.match(child.name))
                   and (child / WEIGHTS).is_file() and (child / STATE).is_file())
@@ -66,13 +51,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
     """Where checkpoint ``step`` lives once complete."""
-    return checkpoint_dir(run_dir) / f"step-{step:08d}"
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
 
 
 def staging_dir(run_dir: str | Path, step: int, fresh: bool = False) -> Path:
     """Where checkpoint ``step`` is assembled before it is renamed into place (``fresh``:
     emptied first; other ranks may then write into it)."""
-    tmp = checkpoint_dir(run_dir) / f".tmp-{step_dir(run_dir, step).name}"
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}")
     if fresh:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -85,20 +71,16 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
                     staged: bool = False, options: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-NNNNNNNN`` atomically and keep the newest ``keep``.
 
-    The weights' metadata records the resolved config, what the objective
-    exports (:meth:`vitssl.Objective.exports`) and the options it was built
-    with, so :func:`load_encoder` can rebuild every exported module.
     ``weights`` replaces ``module.state_dict()`` (FSDP: the gathered full state);
-    ``staged``: the staging directory was prepared and already holds files
-    other ranks wrote (the sharded optimizer state).
+    ``staged``: the staging directory already holds what other ranks wrote.
     """
-    root = checkpoint_dir(run_dir)
     final = step_dir(run_dir, step)
     tmp = staging_dir(run_dir, step, fresh=not staged)
     source = module.state_dict() if weights is None else weights
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     metadata = {"format": "vitssl", "step": str(step), "config": json.dumps(to_dict(cfg)),
-                "exports": json.dumps(exports_of(module)),
+                "exports": json.dumps(module.exports() if isinstance(module, Objective)
+                                      else {"encoder": "encoder"}),  # a plain holder
                 "objective_options": json.dumps(options or {})}
     save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
     torch.save({**state, "step": step}, tmp / STATE)
@@ -106,7 +88,7 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     if final.exists():  # the same step written again after a resume
-        old = root / f".old-{final.name}-{os.getpid()}"
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
         final.rename(old)
         shutil.rmtree(old)
     tmp.rename(final)
@@ -115,14 +97,9 @@ def save_checkpoint(run_dir: str | Path, step: int, module: torch.nn.Module, cfg
     return final
 
 
-def exports_of(module: torch.nn.Module) -> dict[str, str]:
-    """What an objective exports; a plain module holding an ``encoder`` exports that."""
-    return module.exports() if isinstance(module, Objective) else {"encoder": "encoder"}
-
-
 def remove_partial(run_dir: str | Path) -> None:
     """Delete temporary directories left by a run killed while saving."""
-    root = checkpoint_dir(run_dir)
+    root = Path(run_dir) / "checkpoints"
     if root.is_dir():
         for child in root.iterdir():
             if child.name.startswith((".tmp-", ".old-")):
@@ -197,14 +174,11 @@ def _rebuilt_objective(cfg: Config, metadata: dict[str, str]) -> Objective | Non
 
 def load_encoder(path: str | Path,
                  device: str | torch.device = "cpu") -> tuple[VisionTransformer, Config]:
-    """(encoder in eval mode, its config) from a run directory or checkpoint.
+    """(encoder in eval mode, its config) from a run directory, checkpoint directory or file.
 
-    ``path``: a run directory (its newest complete checkpoint), a checkpoint
-    directory ``checkpoints/step-N`` or the ``model.safetensors`` file itself.
-    The encoder is the one the objective exports (e.g. DINO's teacher). Every
-    other module it exports (a feature head such as the supervised pre-logits
-    layer) is rebuilt through the objective's factory and attached to the
-    encoder under its role (``encoder.pre_logits`` for ``features=pre-logits``).
+    The encoder is the one the objective exports (e.g. DINO's teacher); every
+    other module it exports (the supervised pre-logits head) is rebuilt through
+    the objective's factory and attached under its role (``encoder.pre_logits``).
     """
     tensors, metadata = _read(path)
     cfg = config_from_dict(json.loads(metadata["config"]))

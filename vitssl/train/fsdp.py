@@ -1,12 +1,9 @@
-"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for the objective under ``torchrun``.
+"""FSDP2 (``fully_shard``) for the objective under ``torchrun``.
 
-Every transformer block is its own FSDP unit and the root (the objective:
-patch embedding, heads, tokens, norms) is one more, so a rank holds
-``1 / world_size`` of every parameter, gradient and AdamW moment, and gathers
-one block's weights at a time. An objective with an EMA teacher (DINO) gets
-its teacher's blocks sharded exactly like the student's (same shapes, same
-mesh, dim-0 shards), so a parameter-wise ``lerp_`` in a step hook is
-shard-local and equals the whole-model update.
+Every transformer block is its own unit and the objective the root, so a rank
+holds ``1 / world_size`` of every parameter, gradient and AdamW moment. An EMA
+teacher's blocks shard like the student's, so a parameter-wise ``lerp_`` in a
+step hook is shard-local.
 """
 
 from __future__ import annotations
@@ -36,14 +33,11 @@ def transformer_blocks(module: nn.Module) -> list[Block]:
 
 def shard(objective: nn.Module, device: torch.device, world_size: int,
           param_dtype: torch.dtype | None = None) -> nn.Module:
-    """Shard ``objective`` in place: each block, then the root; return it.
-
-    ``param_dtype`` (bf16/fp16) is FSDP's mixed precision: parameters are
-    gathered in that dtype for compute, gradients are reduced in fp32.
-    """
+    """Shard ``objective`` in place, each block then the root; return it. ``param_dtype``:
+    gather parameters in that dtype for compute, reduce gradients in fp32."""
     mesh = init_device_mesh(device.type, (world_size,))
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) \
-        if param_dtype is not None else MixedPrecisionPolicy()
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype,
+                                  reduce_dtype=None if param_dtype is None else torch.float32)
     for block in transformer_blocks(objective):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(objective, mesh=mesh, mp_policy=policy)
@@ -55,11 +49,7 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def set_micro_step(module: nn.Module, last: bool) -> None:
-    """Gradient accumulation: reduce-scatter and reshard only after the last micro-step.
-
-    Earlier micro-steps accumulate unsharded gradients locally and keep the
-    gathered parameters, so accumulation costs one reduce-scatter per step.
-    """
+    """Gradient accumulation: reduce-scatter and reshard only after the last micro-step."""
     if is_sharded(module):
         module.set_requires_gradient_sync(last)
         module.set_reshard_after_backward(last)
@@ -73,11 +63,8 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def sharded_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer
                             ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """(flat ``"state.<fqn>.<key>"`` -> this rank's shard, param groups) of ``optimizer``.
-
-    Keys are parameter names, not positions, so the state reloads into any
-    sharding of the same model; the param groups are plain values.
-    """
+    """(flat ``"state.<fqn>.<key>"`` -> this rank's shard, param groups) of ``optimizer``:
+    keyed by parameter name, so it reloads into any sharding of the same model."""
     osd = get_optimizer_state_dict(module, optimizer)
     tensors = {f"state.{fqn}.{key}": value for fqn, entry in osd["state"].items()
                for key, value in entry.items()}

@@ -1,8 +1,4 @@
-"""AdamW with weight decay on weight matrices only (paper Table 3: Adam, β 0.9 / 0.999).
-
-The update runs as torch's fused AdamW kernel wherever it can (plain float tensors on
-CPU or CUDA): the same update as the per-parameter loop to float rounding, in one call.
-"""
+"""AdamW with weight decay on weight matrices only (paper Table 3), fused where torch allows."""
 
 from __future__ import annotations
 
@@ -10,7 +6,6 @@ import torch
 from torch import nn
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
-FUSED_DEVICES = ("cpu", "cuda")  # device types of torch's fused AdamW used here
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
@@ -48,17 +43,12 @@ class AdamW(torch.optim.AdamW):
 
 def build_optimizer(module: nn.Module, *, lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999)) -> AdamW:
-    """AdamW over :func:`param_groups`, fused where :func:`can_fuse` allows."""
-    groups = param_groups(module, weight_decay)
-    return AdamW(groups, lr=lr, betas=tuple(betas), fused=can_fuse(groups) or None)
-
-
-def can_fuse(groups: list[dict]) -> bool:
-    """Whether torch's fused AdamW takes these parameters: floating point, on one of
-    ``FUSED_DEVICES``, none sharded (FSDP's DTensors keep the default implementation)."""
+    """AdamW over :func:`param_groups`, fused when every parameter is a plain float tensor
+    on CPU or CUDA (FSDP's DTensors keep the default implementation)."""
     from torch.distributed.tensor import DTensor
 
+    groups = param_groups(module, weight_decay)
     params = [p for group in groups for p in group["params"]]
-    return bool(params) and all(
-        p.is_floating_point() and p.device.type in FUSED_DEVICES
-        and not isinstance(p, DTensor) for p in params)
+    fuse = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                and not isinstance(p, DTensor) for p in params)
+    return AdamW(groups, lr=lr, betas=tuple(betas), fused=fuse or None)

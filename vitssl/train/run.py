@@ -1,14 +1,10 @@
 """The one pretraining loop: any objective plugin, one process or ``torchrun`` DDP/FSDP.
 
-Step ``s`` consumes data steps ``s * accum .. s * accum + accum - 1`` of the
-deterministic batch pipeline; each sample also gets a seed (``"sample_seed"``)
-from its position in the run's sample stream (:mod:`vitssl.seeds`). Together
-with the saved optimizer, scheduler and RNG states this makes a resumed run
-repeat an uninterrupted one step for step, and a run on N ranks match one
-process with the same global batch. Read top to bottom: :func:`pretrain`
-builds a :class:`~vitssl.train.build.Run`, trains it with :func:`run_steps`
-(which logs and checkpoints at the run's cadence), then :func:`finish` writes
-the summary. Benchmarks drive :func:`run_steps` themselves.
+Each sample's randomness comes from its position in the run's sample stream
+(:mod:`vitssl.seeds`); with the saved optimizer, scheduler and RNG states a
+resumed run repeats an uninterrupted one, and N ranks match one process.
+:func:`pretrain` builds a :class:`~vitssl.train.build.Run`, trains it with
+:func:`run_steps` (which benchmarks drive themselves), then :func:`finish`.
 """
 
 from __future__ import annotations
@@ -62,11 +58,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 
 def run_steps(run: Run, start: int, stop: int) -> Iterator[int]:
-    """Take optimiser steps ``start .. stop - 1``, yielding the steps done after each.
-
-    Each step is logged and checkpointed at the run's cadence. Parameters the
-    first step's backward left without a gradient are frozen after it.
-    """
+    """Take optimiser steps ``start .. stop - 1``, logged and checkpointed at the run's
+    cadence, yielding the steps done after each."""
     for step in range(start, stop):
         started = time.perf_counter()
         backward(run, step)
@@ -85,11 +78,8 @@ def run_steps(run: Run, start: int, stop: int) -> Iterator[int]:
 
 
 def save_run_checkpoint(run: Run, step: int) -> None:
-    """Write checkpoint ``step`` (collective: every rank calls it); it becomes ``run.checkpoint``.
-
-    With ``train.strategy=fsdp`` the optimizer state goes through DCP (any
-    world size); otherwise it is saved whole by rank 0.
-    """
+    """Write checkpoint ``step`` (collective); it becomes ``run.checkpoint``. Under
+    ``train.strategy=fsdp`` each rank writes its optimizer shard through DCP."""
     run_dir, objective, optimizer, cfg, ctx = (run.run_dir, run.objective, run.optimizer,
                                                run.cfg, run.ctx)
     sharded = cfg.train.strategy == "fsdp"

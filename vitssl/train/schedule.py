@@ -33,11 +33,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmu
                     ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepping :func:`lr_at` (relative to each group's base lr)."""
     base = optimizer.param_groups[0]["lr"]
-    lr_at(0, base_lr=base, total_steps=total_steps, warmup_steps=warmup_steps,
-          schedule=schedule)  # validate the name now
-
-    def factor(step: int) -> float:
-        return lr_at(step, base_lr=base, total_steps=total_steps, warmup_steps=warmup_steps,
-                     min_lr=min_lr, schedule=schedule) / base
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    kw = dict(base_lr=base, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=min_lr,
+              schedule=schedule)
+    lr_at(0, **kw)  # an unknown schedule fails now
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, **kw) / base)

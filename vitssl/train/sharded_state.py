@@ -1,12 +1,8 @@
 """Sharded tensors on disk with ``torch.distributed.checkpoint`` (DCP), read without pickle risk.
 
-Each rank writes its own shards (``__<rank>_0.distcp``) and rank 0 the
-``.metadata`` index; a reader of any world size (one process included) gets
-its own slices back, resharded. Only tensors are stored. DCP's index is a
-pickle, so it is read with an unpickler that builds nothing but DCP's own
-metadata records, tensor sizes and dtypes; tensor data is read with
-``torch.load(weights_only=True)``, and an index naming any non-tensor entry
-(which DCP would unpickle freely) is refused.
+A reader of any world size gets its own slices back. DCP's index is a pickle:
+it is read with an unpickler that builds only DCP's metadata records, sizes
+and dtypes, and an index naming a non-tensor entry is refused.
 """
 
 from __future__ import annotations
@@ -27,13 +23,19 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 from vitssl.errors import VitsslError
 
 _DCP_MODULE = "torch.distributed.checkpoint."
-_SAFE_BUILTINS = {"set", "frozenset", "slice", "tuple", "list", "dict"}
+_PLAIN = {("torch.serialization", "_get_layout"),  # a torch.layout from its name
+          ("collections", "OrderedDict"),
+          *(("pathlib", n) for n in ("Path", "PosixPath", "PurePosixPath", "WindowsPath",
+                                     "PureWindowsPath")),  # the checkpoint id DCP records
+          *(("builtins", n) for n in ("set", "frozenset", "slice", "tuple", "list", "dict"))}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds DCP metadata records, torch sizes, dtypes, layouts and paths; nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN:
+            return super().find_class(module, name)
         if module.startswith(_DCP_MODULE) and "." not in name:
             obj = super().find_class(module, name)
             if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or
@@ -44,15 +46,6 @@ class _MetadataUnpickler(pickle.Unpickler):
             if obj is torch.Size or isinstance(obj, (torch.dtype, torch.layout,
                                                     torch.memory_format)):
                 return obj
-        elif module == "torch.serialization" and name == "_get_layout":
-            return super().find_class(module, name)  # a torch.layout from its name
-        elif module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath",
-                                              "WindowsPath", "PureWindowsPath"):
-            return super().find_class(module, name)  # the checkpoint id DCP records
-        elif module == "collections" and name == "OrderedDict":
-            return super().find_class(module, name)
-        elif module == "builtins" and name in _SAFE_BUILTINS:
-            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint index")
 
 

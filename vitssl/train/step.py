@@ -68,14 +68,9 @@ def _micro_step(run: Run, step: int, i: int) -> tuple[torch.Tensor, dict[str, An
 
 
 def freeze_unused(run: Run) -> None:
-    """Freeze what a backward left without a gradient; DDP stops looking for such parameters.
-
-    An objective may hold parameters it never uses (a post-pooling norm of an
-    objective that never pools); DDP would wait for their gradients forever.
-    Called after the backward of a run's first step, before the objective's
-    hooks (which may drop gradients on purpose). FSDP reduces only the
-    gradients that exist, and keeps its parameters.
-    """
+    """Freeze what a backward left without a gradient (an objective that never pools leaves
+    its post-pooling norm unused), so DDP stops waiting for them; FSDP keeps its parameters.
+    Called after the first step's backward, before the hooks may drop gradients on purpose."""
     if run.sharded:
         return
     for param in run.params:

@@ -1,8 +1,7 @@
 """Losses and metrics kept on the device until a logging step, and the non-finite check.
 
-Metric policy: an objective's metrics are 0-d tensors (left on the device)
-or host numbers; the loop reads every pending step's values in one transfer
-at logging and checkpoint steps - its one host sync between them.
+Metrics are 0-d tensors or host numbers; the loop reads every pending step's
+values in one transfer at logging and checkpoint steps.
 """
 
 from __future__ import annotations
@@ -48,12 +47,9 @@ class DeferredMetrics:
         """
         values = [torch.as_tensor(v, dtype=torch.float64).to(self.ctx.device)
                   for e in self.pending for v in (e["loss"], *e["metrics"].values())]
-        flat = distributed.all_mean(torch.stack(values), self.ctx).tolist()
-        self.values, i = [], 0
-        for entry in self.pending:
-            names = ["loss", *entry["metrics"]]
-            self.values.append(dict(zip(names, flat[i:i + len(names)], strict=True)))
-            i += len(names)
+        flat = iter(distributed.all_mean(torch.stack(values), self.ctx).tolist())
+        self.values = [{name: next(flat) for name in ["loss", *e["metrics"]]}
+                       for e in self.pending]
         bad = [(e["step"], v["loss"]) for e, v in zip(self.pending, self.values, strict=True)
                if not math.isfinite(v["loss"])]
         if bad:

@@ -1,20 +1,7 @@
 """The end-of-run summary: what pretraining bought, in the paper's terms.
 
-``summary_eval.evaluators`` maps evaluator names (looked up in the registry)
-to entries ``{compare, per_class, draws, options}``; ``options`` go to the
-evaluator, the other keys the summary reads itself:
-
-- ``compare``: the encoders scored side by side - ``pretrained`` (the run's
-  exported encoder), ``random_init`` (the same architecture at the
-  initialisation the run started from) and ``raw_pixels`` (an image's
-  normalised pixels, flattened: a reference, never a ViT);
-- ``per_class`` / ``draws``: score on ``draws`` seeded low-data training
-  splits of ``per_class`` images per class (the paper's fine-tuning regime),
-  averaged, the evaluator built with ``seed=draw``; absent: the whole split.
-
-The defaults are the fine-tune comparison on 10 labelled images per class
-and few-shot ridge on frozen features. An entry set to null is skipped; an
-evaluator that is not installed is a one-line warning.
+``summary_eval.evaluators`` maps registered evaluators to entries ``{compare,
+per_class, draws, options}`` (docs/evaluation.md, "The run summary").
 """
 
 from __future__ import annotations
@@ -69,9 +56,8 @@ def check_entries(evaluators: dict[str, Any]) -> None:
     for name, entry in evaluators.items():
         if entry is None:
             continue
-        if not isinstance(entry, dict) or set(entry) - set(SUMMARY_ENTRY_KEYS):
-            extra = sorted(set(entry) - set(SUMMARY_ENTRY_KEYS)) if isinstance(entry, dict) \
-                else entry
+        extra = sorted(set(entry) - set(SUMMARY_ENTRY_KEYS)) if isinstance(entry, dict) else entry
+        if not isinstance(entry, dict) or extra:
             raise VitsslError(f"summary_eval.evaluators.{name}: unknown {extra}; accepted: "
                               f"{', '.join(SUMMARY_ENTRY_KEYS)} (the evaluator's own go in "
                               f"options)")
@@ -171,13 +157,6 @@ def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
     return out
 
 
-def _settings_text(settings: dict[str, Any]) -> str:
-    if "per_class" not in settings:
-        return ""
-    return (f", {settings['per_class']} labelled images per class, mean of "
-            f"{settings.get('draws', 1)} draws")
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable block for the terminal."""
     lines = [f"run directory        {summary['run_dir']}",
@@ -195,8 +174,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             continue
         encoders = [e for e in ENCODERS if e in result]
         gain = {"pretrained", "random_init"} <= set(encoders)
-        lines.append(f"{name} top-1 on {evaluation['data']}"
-                     f"{_settings_text(result.get('settings', {}))} (%)")
+        settings = result.get("settings", {})
+        low_data = f", {settings['per_class']} labelled images per class, mean of " \
+            f"{settings.get('draws', 1)} draws" if "per_class" in settings else ""
+        lines.append(f"{name} top-1 on {evaluation['data']}{low_data} (%)")
         lines.append(f"  {'':<28}" + "".join(f"{e.replace('_', ' '):>13}" for e in encoders)
                      + (f"{'gain':>9}" if gain else ""))
         for metric, value in result[encoders[0]].items():

@@ -1,12 +1,8 @@
 """What a checkpoint holds besides the weights: optimizer, scheduler, scaler, every rank's RNG
-and, with ``wds:`` data, every rank's stream position (a resumed run reads on from there).
+and, with ``wds:`` data, every rank's stream position.
 
-The optimizer state goes into ``state.pt`` whole, except under FSDP: each rank
-writes its shard with ``torch.distributed.checkpoint`` into ``optimizer/``
-(keyed by parameter name, so it reloads on another world size) and
-``state.pt`` keeps the param groups. On resume rank ``r`` restores RNG state
-``r``, so a resumed multi-rank run draws what the uninterrupted one would; on
-another world size the generators are reseeded (said once).
+Rank ``r`` restores RNG state ``r``; on another world size the generators are
+reseeded. Under FSDP the optimizer state is written per rank through DCP.
 """
 
 from __future__ import annotations
@@ -50,11 +46,7 @@ def restore_rng(saved: Any, ctx: distributed.Context, seed: int, step: int) -> N
 
 
 def stream_position(batches: Any, ctx: distributed.Context) -> dict[str, Any]:
-    """``{"stream": every rank's wds stream position}`` (collective), or {} for other data.
-
-    Gathered to every rank in rank order; a resumed run on the same world size
-    hands rank ``r`` entry ``r`` (:func:`vitssl.data.streams.stream_resume`).
-    """
+    """``{"stream": every rank's wds stream position, in rank order}`` (collective), or {}."""
     mine = batches.stream_state()
     if mine is None:
         return {}
