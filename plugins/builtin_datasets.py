@@ -3,7 +3,7 @@
 import vitssl
 from vitssl.data.digits import Digits
 from vitssl.data.dsprites import DSpritesLoc, DSpritesOri
-from vitssl.data.mnist import MNIST, FashionMNIST
+from vitssl.data.idx import MNIST, FashionMNIST
 from vitssl.data.photos import Photos
 
 

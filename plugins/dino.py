@@ -7,17 +7,12 @@ and the loss is the cross-entropy between the teacher's centred, sharpened
 distribution of one global view and the student's log-softmax of every other
 view (:func:`cross_view_loss`). The teacher is the exported encoder.
 
-``recipe=`` sets the defaults of every option left unset: ``"paper"``
-(``PAPER``: teacher temperature 0.04 -> 0.07 over 30% of the run, cosine
-momentum 0.996 -> 1, EMA centre from zero, last-layer norm fixed, no KoLeo,
-global crops of 40-100 % with colour operations; ``configs/dino-s16.yaml``),
-which collapses to a uniform teacher on short runs of small models, or
-``"auto"`` (default, ``SHORT_RUN`` in :mod:`vitssl.ssl.self_distillation`,
-measured in benchmarks/RESULTS.md, "DINO on short runs"): a teacher whose
-total update mass Σ(1 − m) is ``update_mass`` (80) whatever the run's length
-(0.68 for 500 steps; runs of 40,000 steps or more reach the paper's 0.996),
-Sinkhorn–Knopp, head BatchNorm, KoLeo, global crops of 60-100 %, colour
-operations where the data declares them (``data.color``).
+``recipe=`` sets the defaults of every option left unset: ``"paper"`` (``PAPER``,
+``configs/dino-s16.yaml``), which collapses to a uniform teacher on short runs of
+small models, or ``"auto"`` (default, ``SHORT_RUN`` in :mod:`vitssl.ssl.self_distillation`;
+benchmarks/RESULTS.md, "DINO on short runs"): a teacher whose total update mass
+Σ(1 − m) is ``update_mass`` whatever the run's length, Sinkhorn–Knopp, head BatchNorm,
+KoLeo, global crops of 60-100 %, colour operations where the data declares them.
 
 Schedules are pure functions of ``step / total_steps`` (temperature warm-up,
 momentum, the last layer frozen for the first ``freeze_last_layer``).
@@ -42,27 +37,20 @@ from torch import nn
 import vitssl
 from vitssl.ssl.batch import progress
 from vitssl.ssl.distillation import cross_view_loss
-from vitssl.ssl.self_distillation import (
-    SHORT_RUN,
-    SelfDistillation,
-    build_head,
-    given_options,
-    resolve_options,
-    teacher_stats,
-)
+from vitssl.ssl.self_distillation import SHORT_RUN, SelfDistillation, teacher_stats
 
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=True, use_bn=False, teacher_temp=0.07,
     warmup_teacher_temp=0.04, teacher_temp_warmup=0.3, momentum=0.996, update_mass=2.0,
     centering="ema", center_init="zeros", koleo_weight=0.0, num_local=4, color=True,
     global_scale=(0.4, 1.0))
-RECIPES = {"paper": PAPER, "auto": SHORT_RUN}
 
 
 class Dino(SelfDistillation):
     """DINO around an encoder; ``forward(batch)`` reads ``batch["views"]``."""
 
     name = "dino"
+    recipes = {"paper": PAPER, "auto": SHORT_RUN}
 
     def __init__(self, encoder: nn.Module, recipe: str = "auto", out_dim: int | None = None,
                  hidden_dim: int | None = None, bottleneck_dim: int | None = None,
@@ -71,18 +59,12 @@ class Dino(SelfDistillation):
                  teacher_temp_warmup: float | None = None, momentum: float | None = None,
                  update_mass: float | None = None, center_momentum: float = 0.9,
                  freeze_last_layer: float = 0.01, num_local: int | None = None,
-                 local_size: int | None = None,
-                 global_scale: tuple[float, float] | None = None,
-                 local_scale: tuple[float, float] = (0.05, 0.4),
-                 color: bool | None = None, hflip: bool | None = None,
-                 use_bn: bool | None = None,
+                 local_size: int | None = None, global_scale: tuple[float, float] | None = None,
+                 local_scale: tuple[float, float] = (0.05, 0.4), color: bool | None = None,
+                 hflip: bool | None = None, use_bn: bool | None = None,
                  center_init: str | None = None, centering: str | None = None,
                  sinkhorn_iterations: int = 3, koleo_weight: float | None = None) -> None:
-        given = given_options(locals(), "recipe", "out_dim", "hidden_dim", "bottleneck_dim")
-        o = resolve_options(self.name, recipe, RECIPES, given)
-        head = build_head(self.name, encoder.embed_dim, o, (out_dim, hidden_dim, bottleneck_dim),
-                          65536)
-        super().__init__(encoder, head, o, {"center": head.last_layer.out_features})
+        super().__init__(encoder, self.resolve(locals()))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         globals_, local = self.crops(batch)

@@ -1,19 +1,16 @@
 """``few-shot``: closed-form few-shot linear evaluation (ViT paper §4.1, big_vision fewshot_lsr).
 
-For each seed, one permutation of the training set orders every class's
-examples; the ``s``-shot set takes the first ``s`` of each class, so the sets
-are nested across shot counts. A ridge classifier (λ = 2¹⁰ on standardised
-features plus a bias feature of 100, targets in {-1, 1}^K) is solved in closed
-form and scored on the whole test split. Reported: top-1 (percent) per shot
-count, averaged over seeds, as ``fewshot_{s}shot_top1``; with ``l2_sweep``,
-also ``fewshot_{s}shot_top1_l2_{λ}`` for every swept λ.
+For each seed, one permutation of the training set orders every class's examples; the
+``s``-shot set takes the first ``s`` of each class (nested across shot counts). A ridge
+classifier (λ = 2¹⁰ on standardised features plus a bias feature of 100, targets in {-1, 1}^K)
+is solved in closed form and scored on the whole test split. Reported: top-1 (percent) per shot
+count, averaged over seeds, as ``fewshot_{s}shot_top1``; with ``l2_sweep``, also
+``fewshot_{s}shot_top1_l2_{λ}`` for every swept λ.
 
-A class with fewer training examples than a shot count uses what it has, and a
-class with none simply has no training example (it keeps its target column, so
-it is never predicted): big_vision's behaviour, which VTAB-1k's train800 of
-sun397 or caltech101 needs. Each shot count with such classes also reports
-``fewshot_{s}shot_short_classes`` (how many classes had fewer than ``s``) and
-says so on stderr.
+A class with fewer training examples than a shot count uses what it has; one with none keeps
+its target column and is never predicted (big_vision's behaviour, which VTAB-1k's train800 of
+sun397 or caltech101 needs). Such shot counts also report ``fewshot_{s}shot_short_classes``
+(how many classes had fewer than ``s``) and say so on stderr.
 
 ``features``: which feature of each image is used (:mod:`vitssl.eval.features`).
 """

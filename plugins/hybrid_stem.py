@@ -3,14 +3,10 @@
 The paper's hybrids (R50+ViT-B/16 and friends) feed a ResNet feature map to the
 transformer: GroupNorm instead of BatchNorm, weight-standardised convolutions
 with TensorFlow "SAME" padding, and the ResNet v1.5 bottleneck (stride on the
-3x3 convolution, ReLU after the residual sum) as in the paper's released
-hybrids. ``preact=True`` swaps in BiT's pre-activation bottlenecks (norm + ReLU
-before each convolution, a final norm after the last stage). A 1x1 (or k x k)
-projection maps the feature channels to the width D.
-
-Parameter names follow timm's ``HybridEmbed`` over ``ResNetV2`` (``preact`` as here)
-(``backbone.stem.conv``, ``backbone.stages.i.blocks.j.conv1`` ..., ``proj``), so
-timm hybrid weights map one-to-one (see :func:`vitssl.interop.from_timm`).
+3x3 convolution, ReLU after the residual sum); ``preact=True`` swaps in BiT's
+pre-activation bottlenecks. A 1x1 (or k x k) projection maps the feature
+channels to the width D. Parameter names follow timm's ``HybridEmbed`` over
+``ResNetV2``, so timm hybrid weights map one-to-one (:func:`vitssl.interop.from_timm`).
 
 The registered stems are the ``LAYOUTS`` below; for each, ``patch_size`` (pixels
 per token) is the backbone's down-sampling times the projection's kernel.
@@ -154,15 +150,6 @@ class PreActBottleneck(nn.Module):
         return x + shortcut
 
 
-def resnet_stage(in_chs: int, out_chs: int, depth: int, stride: int,
-                 block: type[nn.Module] = Bottleneck, **options) -> nn.Sequential:
-    """``depth`` bottlenecks (as ``blocks``); the first projects the shortcut and strides."""
-    return nn.Sequential(OrderedDict(blocks=nn.Sequential(*[
-        block(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1,
-              project=i == 0, **options)
-        for i in range(depth)])))
-
-
 class ResNetBackbone(nn.Module):
     """7x7/2 convolution, GroupNorm + ReLU, 3x3/2 max pool, then the stages.
 
@@ -188,8 +175,10 @@ class ResNetBackbone(nn.Module):
         block = PreActBottleneck if preact else Bottleneck
         stages, prev = [], stem_width
         for i, (depth, width) in enumerate(zip(layers, channels[:len(layers)], strict=True)):
-            stages.append(resnet_stage(prev, width, depth, 1 if i == 0 else 2, block,
-                                       num_groups=num_groups, eps=eps))
+            # The first block of a stage projects the shortcut and strides (except stage 0).
+            blocks = [block(width if j else prev, width, 1 if i == 0 or j else 2, project=j == 0,
+                            num_groups=num_groups, eps=eps) for j in range(depth)]
+            stages.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks))))
             prev = width
         self.stages = nn.Sequential(*stages)
         self.norm = GroupNormAct(prev, num_groups) if preact else nn.Identity()

@@ -26,17 +26,10 @@ Masks: per global crop, a ratio from ``pred_ratio`` / ``pred_ratio_var`` (iBOT's
 ``"rand"``, drawn from a generator seeded by the sample's ``"sample_seed"``, so
 a sample is masked the same way on any rank, batch or resumed run.
 
-``recipe="paper"`` (``PAPER``) is the published ViT-S/16 run (README: teacher
-temperatures 0.04 -> 0.07 over 30 of 800 epochs, shared head, 8192 prototypes,
-10 local crops, global scale (0.25, 1), local (0.05, 0.25), ``pred_ratio``
-(0, 0.3) with ``pred_ratio_var`` (0, 0.2), last layer not normalised; the rest
-main_ibot.py's defaults: momentum 0.996, EMA centres, last layer frozen for one
-epoch; ``configs/ibot-vit-s16.yaml``). ``recipe="auto"`` (default, ``AUTO``)
-takes DINO's measured short-run choices for both heads (Sinkhorn–Knopp,
-temperature 0.02, head BatchNorm, KoLeo 0.1, update mass 80, no local crops,
-global scale (0.6, 1), colour operations as the data declares) and keeps the
-paper's masking. The teacher (built without drop-path, as in iBOT) is the
-exported encoder.
+``recipe="paper"`` (``PAPER``) is the published ViT-S/16 run with main_ibot.py's
+defaults (``configs/ibot-vit-s16.yaml``); ``recipe="auto"`` (default, ``AUTO``) takes
+DINO's short-run choices (``SHORT_RUN``) for both heads and keeps the paper's
+masking. The teacher (built without drop-path, as in iBOT) is the exported encoder.
 """
 
 from __future__ import annotations
@@ -54,15 +47,7 @@ from vitssl.ssl.batch import batch_seeds, progress
 from vitssl.ssl.distillation import cross_view_loss, prototypes
 from vitssl.ssl.ema import teacher_copy
 from vitssl.ssl.masking import block_mask, draw_ratio, random_mask
-from vitssl.ssl.self_distillation import (
-    SHORT_RUN,
-    SelfDistillation,
-    build_head,
-    given_options,
-    resolve_options,
-    teacher_stats,
-    warmup,
-)
+from vitssl.ssl.self_distillation import SHORT_RUN, SelfDistillation, teacher_stats, warmup
 
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=False, use_bn=False, teacher_temp=0.07,
@@ -75,7 +60,6 @@ AUTO: dict[str, Any] = {
     **PAPER, **SHORT_RUN, "teacher_patch_temp": SHORT_RUN["teacher_temp"],
     "warmup_teacher_patch_temp": SHORT_RUN["warmup_teacher_temp"],
     "local_scale": (0.05, 0.4), "freeze_last_layer": 0.01}
-RECIPES = {"paper": PAPER, "auto": AUTO}
 SHAPES = ("block", "rand")
 
 
@@ -99,6 +83,8 @@ class Ibot(SelfDistillation):
     """iBOT around an encoder; ``forward(batch)`` reads ``batch["views"]``."""
 
     name = "ibot"
+    recipes = {"paper": PAPER, "auto": AUTO}
+    large_out_dim = 8192
 
     def __init__(self, encoder: nn.Module, recipe: str = "auto", out_dim: int | None = None,
                  patch_out_dim: int | None = None, hidden_dim: int | None = None,
@@ -120,9 +106,7 @@ class Ibot(SelfDistillation):
                  hflip: bool | None = None, use_bn: bool | None = None,
                  center_init: str | None = None, centering: str | None = None,
                  sinkhorn_iterations: int = 3, koleo_weight: float | None = None) -> None:
-        given = given_options(locals(), "recipe", "out_dim", "patch_out_dim", "hidden_dim",
-                              "bottleneck_dim")
-        o = resolve_options(self.name, recipe, RECIPES, given)
+        o = self.resolve(locals())
         ratios = _floats(o["pred_ratio"])
         spread = _floats(o["pred_ratio_var"])
         spread = spread * len(ratios) if len(spread) == 1 else spread
@@ -136,15 +120,14 @@ class Ibot(SelfDistillation):
             raise VitsslError(f"ibot: need pred_shape in {', '.join(SHAPES)} (got "
                               f"{pred_shape!r}), 0 < pred_aspect_ratio low <= high, pred_start "
                               f"in [0, 1] and lambda1, lambda2 >= 0")
-        head = build_head(self.name, encoder.embed_dim, o, (out_dim, hidden_dim, bottleneck_dim),
-                          8192)
-        out_dim = head.last_layer.out_features
+        super().__init__(encoder, o)
+        out_dim = self.head.last_layer.out_features
         patch_dim = out_dim if shared_head else int(patch_out_dim or out_dim)
-        super().__init__(encoder, head, o, {"center": out_dim, "patch_center": patch_dim})
+        self.add_centre("patch_center", patch_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         self.shared_head = bool(shared_head)
         if not self.shared_head:
-            self.patch_last_layer = prototypes(head.last_layer.in_features, patch_dim,
+            self.patch_last_layer = prototypes(self.head.last_layer.in_features, patch_dim,
                                                bool(o["norm_last_layer"]))
             self.teacher_patch_last_layer = teacher_copy(self.patch_last_layer)
             self.ema_pairs.append(("teacher_patch_last_layer", "patch_last_layer"))

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import vitssl
-from vitssl.data.augment import NONE, Augmentation
 from vitssl.data.idx import IdxImages
-from vitssl.data.source import Source, check_options
+from vitssl.data.source import NONE, Augmentation, Source, check_options
 
 
 class IdxSource(Source):

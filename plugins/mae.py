@@ -25,6 +25,7 @@ Each image's mask is drawn from its ``"sample_seed"`` (:mod:`vitssl.ssl.batch`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -40,18 +41,13 @@ from vitssl.ssl.masking import random_masking
 ENCODER_INITS = ("keep", "xavier")
 
 
-@torch.no_grad()
-def xavier_init(encoder: nn.Module) -> None:
-    """MAE's encoder initialisation: xavier-uniform linear layers and patch projection
-    (zero biases), class token normal with std 0.02; norms and position embeddings kept."""
-    for module in encoder.modules():
+def xavier_linears(modules: Iterable[nn.Module]) -> None:
+    """MAE's initialisation of the linear layers among ``modules``: xavier-uniform, zero bias."""
+    for module in modules:
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-    xavier_patch_projection(encoder.patch_embed)
-    if getattr(encoder, "cls_token", None) is not None:
-        nn.init.normal_(encoder.cls_token, std=0.02)
 
 
 class MaskedAutoencoder(vitssl.Objective):
@@ -84,8 +80,11 @@ class MaskedAutoencoder(vitssl.Objective):
         if not isinstance(patch, int):
             raise VitsslError(f"mae needs square patches; the encoder's are {patch}")
         self.encoder = encoder
-        if encoder_init == "xavier":
-            xavier_init(encoder)
+        if encoder_init == "xavier":  # MAE's; norms and position embeddings kept
+            xavier_linears(encoder.modules())
+            xavier_patch_projection(encoder.patch_embed)
+            if getattr(encoder, "cls_token", None) is not None:
+                nn.init.normal_(encoder.cls_token, std=0.02)
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.num_keep(encoder.grid_size[0] * encoder.grid_size[1])  # refuse empty grids now
         self.decoder_embed = nn.Linear(width, decoder_dim)
@@ -95,10 +94,7 @@ class MaskedAutoencoder(vitssl.Objective):
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, patch * patch * 3)
         nn.init.normal_(self.mask_token, std=0.02)
-        for module in (*self.decoder_blocks.modules(), self.decoder_embed, self.decoder_pred):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        xavier_linears([*self.decoder_blocks.modules(), self.decoder_embed, self.decoder_pred])
 
     def num_keep(self, num_patches: int) -> int:
         """int(N * (1 - mask_ratio)); a :class:`VitsslError` when nothing is kept or masked."""

@@ -55,7 +55,6 @@ def quantise_colour(values: torch.Tensor, bits: int = 3) -> torch.Tensor:
 class MaskedPatchPrediction(vitssl.Objective):
     """Masked patch prediction around an encoder; ``forward(batch)`` -> loss and metrics."""
 
-
     def __init__(self, encoder: nn.Module, target: str = "mean-color",
                  corrupt_ratio: float = 0.5, mask_prob: float = 0.8, random_prob: float = 0.1,
                  bits: int = 3) -> None:

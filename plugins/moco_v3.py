@@ -18,12 +18,9 @@ the paper (hidden 4096, out 256) for encoders of width >= 384 and are scaled
 down for narrower ones (hidden 512, out 128), as ``dino`` does.
 
 Momentum: cosine from ``momentum`` to 1 over the run (the reference's
-per-iteration schedule). The paper's 0.99 over ~94k ImageNet steps gives the
-momentum encoder a total update mass Σ(1 − m) of ~470. The default
-(``momentum=None``) picks the base so that the run's mass is ``update_mass``
-(80: base 0.68 for 500 steps), capped at the paper's 0.99 (runs of 16,000
-steps or more; :func:`vitssl.ssl.ema.run_scaled_momentum`); the masses
-measured are in benchmarks/RESULTS.md, "MoCo v3".
+per-iteration schedule). The default (``momentum=None``) picks the base so that
+the run's total update mass Σ(1 − m) is ``update_mass``, capped at the paper's 0.99
+(:func:`vitssl.ssl.ema.run_scaled_momentum`; benchmarks/RESULTS.md, "MoCo v3").
 
 Position embeddings: the reference's fixed 2-D sin-cos table (``pos_embed =
 "sincos"``, what ``model.pos_embed=auto`` picks; ``model.pos_embed=learned``
@@ -107,17 +104,9 @@ class MocoV3(vitssl.Objective):
         self.crop = dict(scale=None if crop_scale is None else tuple(crop_scale),
                          color=color, hflip=hflip)
 
-    def exports(self) -> dict[str, str]:
-        """The base encoder: the one MoCo v3's linear probe and fine-tuning read."""
-        return {"encoder": "encoder"}
-
     def views(self, size: tuple[int, int], data: Any = None) -> TwoViews:
         """BYOL's two views at the model's (square) size; flip and colour as the data allows.
-
-        Below 64 px the default crops are milder than BYOL's (60-100 % of the
-        image): on 16 px digits BYOL's 8 % crops and colour kept the loss at
-        chance for a whole short run (benchmarks/RESULTS.md).
-        """
+        Below 64 px the default crops are milder (60-100 %; benchmarks/RESULTS.md)."""
         height = square_side("moco-v3", size)
         scale = self.crop["scale"] or ((0.6, 1.0) if height < SMALL_IMAGE else (0.08, 1.0))
         return TwoViews(height, scale=scale, hflip=data_allows(self.crop["hflip"], data, "hflip"),

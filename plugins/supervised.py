@@ -90,12 +90,6 @@ class Supervised(vitssl.Objective):
             raise VitsslError(f"labels must be class indices (B,) or multi-hot (B, "
                               f"{self.num_classes}); got shape {tuple(labels.shape)}")
 
-    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
-        """Dense (B, C) targets: one-hot of class indices, or the given multi-hot rows."""
-        if labels.ndim == 1:
-            return F.one_hot(labels, self.num_classes).float()
-        return labels.float()
-
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.label_smoothing:
             targets = targets * (1.0 - self.label_smoothing) + \
@@ -107,7 +101,9 @@ class Supervised(vitssl.Objective):
         return F.cross_entropy(logits, targets)  # soft targets: -sum(t * log_softmax)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
-        targets = self._targets(batch["label"])
+        labels = batch["label"]  # class indices (B,) or multi-hot rows (B, C)
+        targets = F.one_hot(labels, self.num_classes) if labels.ndim == 1 else labels
+        targets = targets.float()
         logits = self.logits(batch["image"])
         out: dict[str, torch.Tensor | float] = {"loss": self.loss(logits, targets)}
         with torch.no_grad():

@@ -1,20 +1,18 @@
 """``vtab``: the VTAB-1k protocol on one task (:mod:`vitssl.eval.vtab_protocol`).
 
-Each training is a run of ``finetune`` (on its own copy of the encoder) or, with
-``adapt="linear-probe"``, of ``linear-probe`` (frozen features, cached across the sweep); the
-encoder handed in is never changed. Protocol epochs become ``finetune`` steps of full batches
-and steps become ``linear-probe`` epochs. Splits: :mod:`vitssl.eval.vtab_splits` (``vtab1k:``
-lists as shipped; a task with only train/test gets 800/200 carved from train).
+Each training is a run of ``finetune`` (on its own copy of the encoder; protocol epochs become
+steps of full batches) or, with ``adapt="linear-probe"``, of ``linear-probe`` (frozen features
+cached across the sweep; steps become epochs); the encoder handed in is never changed. Splits:
+:mod:`vitssl.eval.vtab_splits` (``vtab1k:`` lists as shipped, else 800/200 carved from train).
 
-Options: ``protocol``, ``adapt``, ``image_size`` (``vitssl eval`` builds the
-task at this size; ``finetune`` resamples its copy's position embeddings),
-``features`` (with ``adapt="linear-probe"``: the frozen feature probed, as
-``linear-probe``'s option of that name; ``finetune`` trains on the pooled output),
-``options`` (extra delegate options, e.g. ``{eval_batch_size: 64}``), ``seed``.
+Options: ``protocol``, ``adapt``, ``image_size`` (the task's size; ``finetune`` resamples its
+copy's position embeddings), ``features`` (with ``adapt="linear-probe"``: the frozen feature
+probed; ``finetune`` trains on the pooled output), ``options`` (extra delegate options, e.g.
+``{eval_batch_size: 64}``), ``seed``.
 
-Reported: ``vtab_top1`` (test), ``vtab_val200_top1`` (the chosen setting),
-``vtab_chosen_lr`` / ``vtab_chosen_steps`` (or ``_epochs``),
-``vtab_val200_top1[SETTING]`` per candidate, ``vtab_time_s``.
+Reported: ``vtab_top1`` (test), ``vtab_val200_top1`` (the chosen setting), ``vtab_chosen_lr`` /
+``vtab_chosen_steps`` (or ``_epochs``), ``vtab_val200_top1[SETTING]`` per candidate and
+``vtab_time_s``.
 """
 
 from __future__ import annotations

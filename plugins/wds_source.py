@@ -20,7 +20,6 @@ from vitssl.errors import VitsslError
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``data.options`` of a stream, checked."""
     out = check_options("wds", options, ("shuffle_buffer", "resampled"))
     buffer, resampled = out.get("shuffle_buffer", 0), out.get("resampled")
     if type(buffer) is not int or buffer < 0 or resampled not in (None, True, False):
@@ -41,11 +40,6 @@ class WdsSource(Source):
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
         _options(options)
         return is_labelled(expand_urls(target)), None
-
-    def open(self, target: str, split: str, options: Mapping[str, Any]):
-        raise VitsslError(f"'wds:{target}' is a stream of webdataset shards, not a map-style "
-                          f"dataset; use it for pretraining, or use builtin:, idx:, folder: or "
-                          f"vtab1k: here")
 
     def stream(self, target: str, request: StreamRequest) -> StreamBatches:
         return open_stream(target, request, **_options(request.data.options))

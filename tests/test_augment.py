@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitssl.config import DataConfig, load_config
-from vitssl.data.augment import IMAGENET_STYLE, dataset_augmentation, resolve_augmentation
+from vitssl.data.source import IMAGENET_STYLE, dataset_augmentation, resolve_augmentation
 from vitssl.data.transforms import pretrain_transform
 
 

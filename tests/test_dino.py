@@ -10,7 +10,7 @@ from ema_check import train_and_check_ema
 from vitssl_plugins.dino import Dino
 
 from vitssl.config import DataConfig, ModelConfig
-from vitssl.data.augment import resolve_augmentation
+from vitssl.data.source import resolve_augmentation
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.ssl.distillation import dino_loss

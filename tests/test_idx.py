@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitssl.config import DataConfig, load_config
-from vitssl.data import mnist
+from vitssl.data import idx
 from vitssl.data.pipeline import data_info, pretrain_batches
 from vitssl.data.source import open_dataset
 from vitssl.data.tasks import load_task
@@ -79,7 +79,7 @@ def test_idx_feeds_pretraining_evaluation_and_shards(tmp_path):
 
 
 def test_idx_defaults_to_no_augmentation(tmp_path):
-    from vitssl.data.augment import resolve_augmentation
+    from vitssl.data.source import resolve_augmentation
 
     resolved = resolve_augmentation(DataConfig(spec=f"idx:{tmp_path}"))
     assert resolved.augment is False and resolved.hflip is False
@@ -135,7 +135,7 @@ def test_missing_files_and_splits(tmp_path):
 def no_system_copy(monkeypatch, tmp_path):
     """Neither $VITSSL_DATA nor the Debian directory holds anything."""
     monkeypatch.delenv("VITSSL_DATA", raising=False)
-    monkeypatch.setattr(mnist, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "system")
 
 
 def test_builtin_fashion_mnist_looks_in_vitssl_data(tmp_path, monkeypatch, no_system_copy):
@@ -170,12 +170,12 @@ def test_nothing_found_says_where_it_looked_and_how_to_install(no_system_copy, t
 
 
 def test_fashion_mnist_declares_its_augmentation_and_is_listed():
-    from vitssl.data.augment import dataset_augmentation
+    from vitssl.data.source import dataset_augmentation
     from vitssl.plugins import get_registry
 
     assert {"fashion-mnist", "mnist"} <= set(get_registry().names("datasets"))
     assert "idx" in get_registry().names("sources")
-    assert dataset_augmentation("builtin:fashion-mnist") == mnist.FashionMNIST.augmentation
+    assert dataset_augmentation("builtin:fashion-mnist") == idx.FashionMNIST.augmentation
     assert dataset_augmentation("builtin:mnist").hflip is False
 
 

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from vitssl_plugins.moco_v3 import MocoV3, contrastive_loss
 
 from vitssl.config import DataConfig, ModelConfig
-from vitssl.data.augment import resolve_augmentation
+from vitssl.data.source import resolve_augmentation
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.ssl.ema import cosine_momentum

@@ -15,8 +15,7 @@ from readme_code import readme_code
 
 from vitssl.config import DataConfig
 from vitssl.data import wds
-from vitssl.data.checks import validate_data_config
-from vitssl.data.pipeline import data_info, pretrain_batches
+from vitssl.data.pipeline import data_info, pretrain_batches, validate_data_config
 from vitssl.data.source import parse_spec
 from vitssl.errors import VitsslError
 from vitssl.plugins import get_registry
@@ -36,7 +35,7 @@ def test_a_new_source_is_one_file_and_one_registration(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(plugin), "OMP_NUM_THREADS": "1"}
     script = textwrap.dedent(f"""
         from vitssl.config import DataConfig
-        from vitssl.data.augment import resolve_augmentation
+        from vitssl.data.source import resolve_augmentation
         from vitssl.data.pipeline import data_info, pretrain_batches
         cfg = resolve_augmentation(DataConfig(spec="npz:{tmp_path / 'toy.npz'}"))
         info = data_info(cfg)

@@ -48,7 +48,7 @@ class DataConfig:
     num_workers: int | str = "auto"  # or a count; 0: the main process
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    # Augmentation: None takes the dataset's own (vitssl.data.augment); a value wins.
+    # Augmentation: None takes the dataset's own (vitssl.data.source); a value wins.
     crop_scale: tuple[float, float] | None = None
     hflip: bool | None = None
     augment: bool | None = None

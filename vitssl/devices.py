@@ -42,12 +42,8 @@ def _cpus(fields: list[str]) -> int | None:
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
                      own: Path = Path("/proc/self/cgroup")) -> int | None:
-    """The CPU quota of this process's cgroup in whole CPUs (rounded up), or None if unlimited.
-
-    Containers (Docker ``--cpus``, Kubernetes limits) set it without changing the
-    affinity mask. cgroup v2: ``cpu.max`` of the process's group and every group
-    above it; v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``. The tightest counts.
-    """
+    """The tightest CPU quota (containers set it, not the affinity mask) of this process's
+    cgroup and those above it (v2 ``cpu.max``, v1 ``cpu.cfs_*``), in whole CPUs; None if none."""
     v2 = root / next((f[3:] for f in _fields(own) if f.startswith("0::")), "").lstrip("/")
     folders = [v2, *v2.parents][:len(v2.relative_to(root).parts) + 1]
     limits = [_cpus(_fields(folder / "cpu.max")) for folder in folders]
@@ -72,12 +68,8 @@ def local_ranks(world_size: int = 1) -> int:
 
 
 def fit_cpu_threads(cores: int, ranks: int = 1) -> int:
-    """Cap torch's intra-op threads at this rank's share of ``cores``; the count in use.
-
-    torch starts one thread per core of the machine, which oversubscribes a
-    container limited by a cgroup quota or ranks sharing a machine. An explicit
-    ``OMP_NUM_THREADS`` is left as it is.
-    """
+    """Cap torch's intra-op threads (one per core of the machine) at this rank's share of
+    ``cores``, unless ``OMP_NUM_THREADS`` is set; the count in use."""
     if "OMP_NUM_THREADS" not in os.environ:
         share = max(1, cores // max(1, ranks))
         if torch.get_num_threads() > share:

@@ -35,8 +35,7 @@ def run_dir_of(path: Path) -> Path | None:
     return None
 
 
-def timm_config(encoder: torch.nn.Module, cfg: Config,
-                facts: dict[str, Any] | None = None) -> dict[str, Any]:
+def timm_config(encoder: torch.nn.Module, cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
     """The ``config.json`` timm's hub loader reads (plus a ``vitssl`` section it ignores)."""
     name, model_args, first_conv = timm_architecture(encoder)
     height, width = encoder.patch_embed.image_size
@@ -50,7 +49,7 @@ def timm_config(encoder: torch.nn.Module, cfg: Config,
             "vitssl": {"version": vitssl.__version__, "model": cfg.model.name,
                        "stem": cfg.model.stem, "pos_embed": cfg.model.pos_embed,
                        "objective": cfg.objective.name,
-                       "data": cfg.data.spec, **(facts or {})}}
+                       "data": cfg.data.spec, **facts}}
 
 
 def check_with_timm(encoder: torch.nn.Module, config: dict[str, Any],
@@ -172,9 +171,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     run_dir = run_dir_of(source)
     with safe_open(str(weights_file(source)), framework="pt") as fh:
         metadata = fh.metadata() or {}
-    facts: dict[str, Any] = {}
-    if "step" in metadata:
-        facts["step"] = int(metadata["step"])
+    facts = {"step": int(metadata["step"])} if "step" in metadata else {}
     if "exports" in metadata:
         facts["exported"] = json.loads(metadata["exports"]).get("encoder", "encoder")
     config = timm_config(encoder, cfg, facts)
@@ -188,9 +185,8 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if fmt == "hf":
-        summary_file = run_dir / "summary.json" if run_dir is not None else None
-        summary = (json.loads(summary_file.read_text())
-                   if summary_file is not None and summary_file.is_file() else None)
+        found = run_dir is not None and (run_dir / "summary.json").is_file()
+        summary = json.loads((run_dir / "summary.json").read_text()) if found else None
         (out / CARD).write_text(model_card(config, cfg, summary, out))
     if diff is not None:
         print(f"checked: timm's {config['architecture']} gives the encoder's features "

@@ -26,18 +26,15 @@ def _is_identity(module: Any) -> bool:
 
 
 def _check_timm_model(model: Any) -> None:
-    if getattr(model, "num_reg_tokens", 0):
-        raise _unsupported("register tokens")
-    if getattr(model, "no_embed_class", False):
-        raise _unsupported("no_embed_class position embeddings")
-    if not _is_identity(getattr(model, "norm_pre", None)):
-        raise _unsupported("a pre-norm before the blocks")
-    if getattr(model, "attn_pool", None) is not None:
-        raise _unsupported("attention pooling")
-    if getattr(model, "pool_include_prefix", False):
-        raise _unsupported("pooling over prefix tokens")
-    if model.global_pool not in ("token", "avg"):
-        raise _unsupported(f"global_pool='{model.global_pool}'")
+    for what, present in (
+            ("register tokens", getattr(model, "num_reg_tokens", 0)),
+            ("no_embed_class position embeddings", getattr(model, "no_embed_class", False)),
+            ("a pre-norm before the blocks", not _is_identity(getattr(model, "norm_pre", None))),
+            ("attention pooling", getattr(model, "attn_pool", None) is not None),
+            ("pooling over prefix tokens", getattr(model, "pool_include_prefix", False)),
+            (f"global_pool='{model.global_pool}'", model.global_pool not in ("token", "avg"))):
+        if present:
+            raise _unsupported(what)
     for i, block in enumerate(model.blocks):
         attn = block.attn
         extras = [getattr(block, "ls1", None), getattr(block, "ls2", None),

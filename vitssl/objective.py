@@ -82,11 +82,8 @@ class Encoder(Protocol):
 
     def encode(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """Patch tokens (B, n, D) -> final-norm features (B, prefix + n, D).
-
-        ``positions`` (B, n): the grid index of each token, for a subset of the
-        patches (MAE's visible ones); ``grid``: the patch grid of the image.
-        """
+        """Patch tokens (B, n, D) -> final-norm features (B, prefix + n, D); ``positions``
+        (B, n): grid indices of a subset of the patches (MAE's visible ones)."""
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> final-norm features (B, T, D)."""
@@ -95,8 +92,7 @@ class Encoder(Protocol):
         """Features (B, T, D) -> (B, D): the class token or the patch mean, per config."""
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Features (B, T, D) -> pooled features (B, D) after ``fc_norm``: what
-        ``encoder(images)`` returns and evaluation reads."""
+        """Features (B, T, D) -> pooled features (B, D) after ``fc_norm``."""
 
 
 class Objective(nn.Module):
@@ -111,21 +107,16 @@ class Objective(nn.Module):
 
     @classmethod
     def options_from_data(cls, data: DataInfo) -> dict[str, Any]:
-        """Factory options the data supplies (e.g. ``{"num_classes": data.num_classes}``).
-
-        Called before the objective is built; options the user set win.
-        """
+        """Factory options the data supplies (``{"num_classes": ...}``); the user's win."""
         return {}
 
     def views(self, size: tuple[int, int], data: Any) -> Views | None:
         """A transform of one image into named views, or None for the loop's single view.
 
-        ``size`` is the model's (height, width); ``data`` the resolved data config
-        (``data.hflip`` and ``data.color``: whether a flip and colour operations suit
-        the data; :func:`vitssl.ssl.views.data_allows`). The transform maps a PIL image
-        or uint8 (C, H, W) tensor to ``{name: (V, C, h, w) uint8 tensor}``; it runs in
-        the data workers, seeded per sample. Raise :class:`VitsslError` to refuse a
-        size the views cannot be made at (:func:`vitssl.ssl.batch.square_side`).
+        ``size`` is the model's (height, width); ``data`` the resolved data config (whether
+        a flip and colour operations suit it: :func:`vitssl.ssl.views.data_allows`). The
+        transform maps a PIL image or uint8 (C, H, W) tensor to ``{name: (V, C, h, w) uint8}``
+        in the data workers, seeded per sample; raise :class:`VitsslError` to refuse a size.
         """
         return None
 

@@ -1,13 +1,7 @@
-"""Shipped recipes: the YAML files in the top-level ``configs/`` folder.
-
-A recipe opens with a comment block: a one-line description, then the fields
-``Source:``, ``Hardware:``, ``Expected:``, ``Changed:`` (and ``Format:``), each
-continuing on further comment lines. A pretraining recipe holds sections of
-:class:`vitssl.config.Config`; an evaluation recipe one ``evaluate:`` section
-(``evaluator``, optional ``data`` and ``options``), run through ``vitssl eval``
-or ``benchmarks/vtab.py`` (``vitssl configs NAME`` prints the command). The
-folder ships in the wheel as ``vitssl/configs``; a recipe is named ``NAME``,
-``NAME.yaml`` or ``configs/NAME.yaml``.
+"""Shipped recipes: the YAML files of the top-level ``configs/`` folder (in the wheel
+``vitssl/configs``; docs/training.md). Each opens with a comment block: a one-line
+description, then ``Source:``, ``Hardware:``, ``Expected:``, ``Changed:`` (and ``Format:``)
+fields, each continuing on further comment lines.
 """
 
 from __future__ import annotations
@@ -116,8 +110,7 @@ def load_pretrain(recipe: Recipe, overrides: list[str] = ()) -> Config:
 
 def load_evaluation(recipe: Recipe) -> Evaluation:
     """The ``evaluate:`` section, checked: known keys, a registered evaluator, its options."""
-    from vitssl.eval.run import accepted_options
-    from vitssl.plugins import get_registry
+    from vitssl.eval.run import build_evaluator
 
     data = read_yaml_mapping(recipe.path, "recipe")
     if set(data) != {"evaluate"}:
@@ -134,17 +127,7 @@ def load_evaluation(recipe: Recipe) -> Evaluation:
     options = section.get("options") or {}
     if not isinstance(options, dict):
         raise VitsslError(f"recipe {recipe.path}: 'evaluate.options' must be a mapping")
-    factory = get_registry().get("evaluators", name)
-    accepted = accepted_options(factory)
-    bad = sorted(set(options) - set(accepted)) if accepted is not None else []
-    if bad:
-        raise VitsslError(f"recipe {recipe.path}: unknown option(s) {', '.join(bad)} for "
-                          f"evaluator '{name}'; accepted: {', '.join(accepted)}")
-    try:
-        factory(**options)  # the evaluator's own checks of the values
-    except (TypeError, ValueError) as exc:
-        raise VitsslError(f"recipe {recipe.path}: bad options for evaluator '{name}': "
-                          f"{str(exc).splitlines()[0]}") from None
+    build_evaluator(name, dict(options), f"recipe {recipe.path}: ")  # its own checks too
     data_spec = section.get("data")
     return Evaluation(name, None if data_spec is None else str(data_spec), dict(options))
 

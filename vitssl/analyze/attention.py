@@ -1,8 +1,7 @@
 """Attention weights by explicit maths: softmax(q kᵀ · scale) in fp32 from each block's q and k.
 
-Fused kernels never materialise the weights, so :func:`iter_attention` runs the encoder's
-blocks itself in ``Block.forward``'s order (``x + attn(norm1(x))``, then
-``x + mlp(norm2(x))``). Nothing on the model is changed or hooked.
+Fused kernels never materialise the weights, so :func:`iter_attention` runs the blocks itself in
+``Block.forward``'s order; nothing on the model is changed or hooked.
 """
 
 from __future__ import annotations

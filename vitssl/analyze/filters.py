@@ -12,9 +12,8 @@ def filter_components(weight: torch.Tensor, k: int = NUM_COMPONENTS
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv weight (D, C, P, P) -> (top-k components (k, C, P, P), explained variance ratio (k,)).
 
-    Each of the D output filters is one sample of dimension C·P·P; samples are
-    mean-centred over D, and each component is reshaped back in the weight's
-    own (C, P, P) layout. Signs are arbitrary. ``k`` is capped by the rank.
+    The D filters are samples of dimension C·P·P, mean-centred over D; signs are arbitrary and
+    ``k`` is capped by the rank.
     """
     d, *patch = weight.shape
     x = weight.detach().reshape(d, -1).double()

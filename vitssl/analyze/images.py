@@ -12,11 +12,8 @@ from vitssl.errors import VitsslError
 
 def load_images(spec: str, count: int, size: tuple[int, int], mean: tuple[float, ...],
                 std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pixels in [0, 1], normalised images), both (n, 3, H, W), n = min(count, len(data)).
-
-    Images are resized on the short side and centre-cropped to ``size``; the
-    indices are spread evenly over the dataset so one class does not fill them.
-    """
+    """(pixels in [0, 1], normalised images), both (n, 3, H, W), n = min(count, len(data)):
+    resized and centre-cropped to ``size``, spread evenly over the dataset (not one class)."""
     dataset = open_dataset(spec, "train")
     total = len(dataset)
     if total == 0:

@@ -1,9 +1,8 @@
 """Attention rollout (Abnar & Zuidema 2020), as used for the paper's Fig. 6.
 
-Average the heads of each block, add the identity for the residual path,
-re-normalise the rows, and multiply the blocks in order, later blocks on the
-left: ``R = Â_L ⋯ Â_1``. The map of an image is ``R[class token, patches]``;
-without a class token, the mean of ``R``'s patch query rows over the patches.
+Average the heads of each block, add the identity for the residual path, re-normalise the rows
+and multiply the blocks in order: ``R = Â_L ⋯ Â_1``. The map of an image is
+``R[class token, patches]``; without a class token, the mean of ``R``'s patch query rows.
 """
 
 from __future__ import annotations

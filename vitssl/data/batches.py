@@ -25,7 +25,7 @@ from vitssl.seeds import batch_seed, sample_seeds
 
 def stack_outputs(outputs: list, mean: tuple[float, ...],
                   std: tuple[float, ...]) -> dict[str, Any]:
-    """One batch's transform outputs -> its image entries (finished by :func:`finish_batch`).
+    """One batch's transform outputs -> its image entries (finished by :func:`counted`).
 
     A transform returns a (3, S, S) tensor — uint8 (kept compact as
     ``"pixels_uint8"``) or float in [0, 1] — or a dict of named view stacks
@@ -38,28 +38,6 @@ def stack_outputs(outputs: list, mean: tuple[float, ...],
     if pixels.dtype == torch.uint8:
         return {"pixels_uint8": pixels}
     return {"pixels": pixels, "image": normalize(pixels, mean, std)}
-
-
-def finish_batch(batch: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...],
-                 device: torch.device | None = None) -> dict[str, Any]:
-    """A compact batch -> ``"pixels"`` in [0, 1] and normalised ``"image"`` (or views).
-
-    Batches cross from DataLoader workers as uint8 (a quarter of the bytes) and
-    are finished in the main process, on ``device`` when one is given.
-    """
-    def finish(pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.dtype != torch.uint8:
-            return pixels
-        return to_float(pixels if device is None else pixels.to(device, non_blocking=True))
-
-    if "pixels_uint8" in batch:
-        batch["pixels"] = finish(batch.pop("pixels_uint8"))
-        batch["image"] = normalize(batch["pixels"], mean, std)
-    if "view_pixels" in batch:
-        batch["view_pixels"] = {name: finish(v) for name, v in batch["view_pixels"].items()}
-        batch["views"] = {name: normalize(v, mean, std)
-                          for name, v in batch["view_pixels"].items()}
-    return batch
 
 
 class StepBatches(Dataset):
@@ -161,16 +139,31 @@ def loader_options(num_workers: int, pin_memory: bool = False) -> dict[str, Any]
 
 def counted(batches: Iterator[dict], owner: Any, mean: tuple[float, ...],
             std: tuple[float, ...], device: torch.device | None = None) -> Iterator[dict]:
-    """Finish each batch (:func:`finish_batch`), moving its ``"_skipped"`` count to ``owner``.
+    """Finish each batch, moving its ``"_skipped"`` count to ``owner``.
 
-    Carried skip messages are logged here; errors raised in workers come out as one line.
+    Batches cross from DataLoader workers as uint8 (a quarter of the bytes) and get
+    ``"pixels"`` in [0, 1] and a normalised ``"image"`` (or views) here, on ``device``
+    when one is given. Carried skip messages are logged here; errors raised in
+    workers come out as one line.
     """
+    def finish(pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            return pixels
+        return to_float(pixels if device is None else pixels.to(device, non_blocking=True))
+
     try:
         for batch in batches:
             owner.skipped += int(batch.pop("_skipped", 0))
             for message in batch.pop("_skip_messages", ()):
                 log.warning("skipping sample: %s", message)
-            yield finish_batch(batch, mean, std, device)
+            if "pixels_uint8" in batch:
+                batch["pixels"] = finish(batch.pop("pixels_uint8"))
+                batch["image"] = normalize(batch["pixels"], mean, std)
+            if "view_pixels" in batch:
+                batch["view_pixels"] = {k: finish(v) for k, v in batch["view_pixels"].items()}
+                batch["views"] = {k: normalize(v, mean, std)
+                                  for k, v in batch["view_pixels"].items()}
+            yield batch
     except VitsslError as exc:
         # Raised in a DataLoader worker, it arrives with the worker's traceback in its
         # message; its last line is "module.ErrorType: message".

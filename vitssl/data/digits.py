@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitssl.data.augment import NONE
+from vitssl.data.source import NONE
 from vitssl.errors import VitsslError
 
 TEST_SIZE = 500

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitssl.data.augment import Augmentation
+from vitssl.data.source import Augmentation
 from vitssl.data.vtab1k import LIST_SPLITS, SPLIT_ALIASES
 from vitssl.errors import VitsslError
 
@@ -59,16 +59,11 @@ def latent_values(index: int) -> dict[str, float | str]:
             "posX": float(POSITIONS[x]), "posY": float(POSITIONS[y])}
 
 
-@lru_cache(maxsize=1)
-def _pixel_centres() -> tuple[np.ndarray, np.ndarray]:
-    coords = np.arange(SIZE, dtype=np.float64) + 0.5
-    return np.meshgrid(coords, coords)  # (col x, row y), each (64, 64)
-
-
 def render(index: int) -> np.ndarray:
     """The (64, 64) uint8 image of ``index``: 255 inside the sprite, 0 elsewhere."""
     s, k, o, x, y = latent_indices(index)
-    px, py = _pixel_centres()
+    centres = np.arange(SIZE, dtype=np.float64) + 0.5
+    px, py = np.meshgrid(centres, centres)  # (col x, row y), each (64, 64)
     radius = RADIUS * SCALES[k]
     dx = px - (MARGIN + (SIZE - 2 * MARGIN) * POSITIONS[x])
     dy = -(py - (MARGIN + (SIZE - 2 * MARGIN) * POSITIONS[y]))  # y up, so rotation is CCW

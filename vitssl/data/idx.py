@@ -1,4 +1,4 @@
-"""IDX files, the format of MNIST and its family (Fashion-MNIST, KMNIST, EMNIST...).
+"""IDX files, the format of MNIST and its family, and the installed ``builtin:`` (fashion-)mnist.
 
 An IDX file is a 4-byte magic number (two zero bytes, a type code — 0x08 for
 unsigned bytes — and the number of dimensions), one big-endian uint32 per
@@ -12,6 +12,7 @@ maybe gzipped and with ``.`` for the last ``-``; PREFIX is ``train`` or ``t10k``
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitssl.data.source import NONE, Augmentation
 from vitssl.errors import VitsslError
 
 PREFIXES = {"train": "train", "test": "t10k"}
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # uint8, 3 dims / uint8, 1 dim
+SYSTEM_DIR = Path("/usr/share/datasets")  # where Debian's dataset packages install
 
 
 def split_files(root: Path, split: str) -> tuple[Path | None, Path | None]:
@@ -141,3 +144,56 @@ class IdxImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(np.array(self.images[index])).unsqueeze(0).expand(3, -1, -1)
         return image.contiguous(), int(self.labels[index])
+
+
+class FashionMNIST(IdxImages):
+    """Fashion-MNIST (Zalando, MIT): 10 clothing classes, grey 28×28, 60k/10k, installed IDX.
+
+    Never downloaded: read from ``data.options.root`` (that folder or torchvision's
+    ``ROOT/FashionMNIST/raw``) if given, else ``$VITSSL_DATA/fashion-mnist``, then
+    ``/usr/share/datasets/fashion-mnist`` (:class:`MNIST` alike; docs/data.md).
+    """
+
+    num_classes = 10
+    # Flip only, and colour in self-supervised views: benchmarks/RESULTS.md,
+    # "Fashion-MNIST augmentation".
+    augmentation = Augmentation(hflip=True, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                                color=True)
+    NAME, TORCHVISION, INSTALL = "fashion-mnist", "FashionMNIST", (
+        "install it with 'apt-get install dataset-fashion-mnist', put the four IDX files in "
+        "$VITSSL_DATA/fashion-mnist, or set data.options.root=ROOT to a folder holding them "
+        "(or torchvision's ROOT/FashionMNIST/raw)")
+
+    def __init__(self, split: str = "train", root: str | Path | None = None) -> None:
+        if split not in PREFIXES:
+            raise VitsslError(f"builtin:{self.NAME} has no split '{split}'; accepted: "
+                              f"{', '.join(PREFIXES)}")
+        super().__init__(self._folder(root), split, num_classes=10)
+
+    def _folder(self, root: str | Path | None) -> Path:
+        """The first folder holding the train images; one line saying where it looked if none."""
+        if root is not None:
+            root = Path(root).expanduser()
+            candidates = [root, root / self.TORCHVISION / "raw"]
+        else:
+            candidates = [Path(os.environ["VITSSL_DATA"]).expanduser() / self.NAME] \
+                if os.environ.get("VITSSL_DATA") else []
+            candidates.append(SYSTEM_DIR / self.NAME)
+        for folder in candidates:
+            if folder.is_dir() and split_files(folder, "train")[0] is not None:
+                return folder
+        looked = ", ".join(str(c) for c in candidates)
+        unset = "" if root is not None or os.environ.get("VITSSL_DATA") else " ($VITSSL_DATA unset)"
+        raise VitsslError(f"builtin:{self.NAME}: no train-images-idx3-ubyte[.gz] in "
+                          f"{looked}{unset}; {self.INSTALL}")
+
+
+class MNIST(FashionMNIST):
+    """MNIST handwritten digits: 10 classes, grey 28×28, 60k/10k, from installed IDX files."""
+
+    # None, as for builtin:digits: a mirrored 2 reads as a 5, a cropped 8 as a 0.
+    augmentation = NONE
+    NAME, TORCHVISION, INSTALL = "mnist", "MNIST", (
+        "put the four IDX files in $VITSSL_DATA/mnist, or set data.options.root=ROOT to a "
+        "folder holding them (or torchvision's ROOT/MNIST/raw, written by "
+        "torchvision.datasets.MNIST(ROOT, download=True) on a machine with internet)")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vitssl.data.augment import IMAGENET_STYLE
+from vitssl.data.source import IMAGENET_STYLE
 from vitssl.errors import VitsslError
 
 PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg",
@@ -78,8 +78,7 @@ class Photos(Dataset):
         rng = np.random.default_rng([self.seed, index])
         photo = int(rng.integers(len(PHOTOS)))
         width, height = _photos()[photo].size
-        short = min(width, height)
-        side = int(round(short * rng.uniform(0.25, 1.0)))
+        side = int(round(min(width, height) * rng.uniform(0.25, 1.0)))
         left = int(rng.integers(0, width - side + 1))
         top = int(rng.integers(0, height - side + 1))
         return photo, (left, top, left + side, top + side)

@@ -1,4 +1,4 @@
-"""What the training loop asks of the data: what it is, and its pretraining batches."""
+"""What the training loop asks of the data: its settings checked, what it is, its batches."""
 
 from __future__ import annotations
 
@@ -10,17 +10,44 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
-from vitssl.data.augment import resolve_augmentation
 from vitssl.data.batches import StepBatches, counted, loader_options
-from vitssl.data.checks import check_num_workers
-from vitssl.data.source import Batches, StreamRequest, parse_spec
+from vitssl.data.source import Batches, StreamRequest, parse_spec, resolve_augmentation
 from vitssl.data.transforms import pretrain_transform
 from vitssl.devices import local_ranks, usable_cores
+from vitssl.errors import VitsslError
 from vitssl.objective import DataInfo
 
 # The most workers "auto" starts per rank: past it each adds start-up time and memory
 # (a copy of the file list) for a rate one rank's step rarely needs.
 MAX_AUTO_WORKERS = 16
+
+
+def check_num_workers(value: Any) -> None:
+    """Refuse a ``data.num_workers`` that is neither ``"auto"`` nor a count >= 0."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                           and value >= 0):
+        return
+    raise VitsslError(f"data.num_workers must be 'auto' or a whole number >= 0 (0 loads in "
+                      f"the main process), got {value!r}")
+
+
+def validate_data_config(dc: DataConfig) -> None:
+    """Refuse, in one line, data settings no pipeline can use (unset augmentation keys pass)."""
+    check_num_workers(dc.num_workers)
+    if dc.crop_scale is not None:
+        lo, hi = dc.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise VitsslError(f"data.crop_scale must satisfy 0 < low <= high <= 1, "
+                              f"got {[lo, hi]}")
+    if dc.crop_ratio is not None:
+        lo, hi = dc.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
+    if dc.translate is not None and not 0.0 <= dc.translate < 1.0:
+        raise VitsslError(f"data.translate must lie in [0, 1), got {dc.translate}")
+    if not isinstance(dc.options, dict):
+        raise VitsslError(f"data.options must be a mapping of option names to values, "
+                          f"got {dc.options!r}")
 
 
 def resolve_num_workers(setting: int | str, *, in_memory: bool, cores: int,

@@ -39,10 +39,6 @@ def encode_png(image: Any) -> bytes:
     return out.getvalue()
 
 
-def _provenance(source: str) -> bytes:
-    return json.dumps({"source": source}).encode()
-
-
 def _map_samples(spec: DataSpec, skips: SkipLog) -> tuple[Iterator[dict[str, Any]], int]:
     dataset = open_dataset(spec)
     raw = getattr(dataset, "raw", None)
@@ -66,7 +62,8 @@ def _map_samples(spec: DataSpec, skips: SkipLog) -> tuple[Iterator[dict[str, Any
             except OSError as exc:
                 skips.skip(f"cannot read image {source}: {exc.strerror or exc}")
                 continue
-            sample = {"__key__": f"{index:08d}", ext: data, "json": _provenance(source)}
+            sample = {"__key__": f"{index:08d}", ext: data,
+                      "json": json.dumps({"source": source}).encode()}
             if int(label) >= 0:
                 sample["cls"] = str(int(label)).encode()
             yield sample
@@ -77,7 +74,8 @@ def _map_samples(spec: DataSpec, skips: SkipLog) -> tuple[Iterator[dict[str, Any
 def _stream_samples(spec: DataSpec, skips: SkipLog) -> Iterator[dict[str, Any]]:
     for sample in spec.source.samples(spec.target, skips):
         out = {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
-        out.setdefault("json", _provenance(f"{sample.get('__url__', spec)}#{sample['__key__']}"))
+        where = f"{sample.get('__url__', spec)}#{sample['__key__']}"
+        out.setdefault("json", json.dumps({"source": where}).encode())
         yield out
 
 

@@ -8,7 +8,7 @@ sources only through that class; ``options`` is ``data.options`` (a dict).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 from torch.utils.data import Dataset
@@ -37,6 +37,8 @@ class Augmentation:
 
 
 IMAGENET_STYLE = Augmentation()
+NONE = Augmentation(augment=False, hflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                    color=False)
 
 
 class Batches(Protocol):
@@ -96,7 +98,11 @@ class Source:
         return rest, None
 
     def augmentation(self, target: str) -> Augmentation:
-        """The pretraining augmentation the data's labels survive (default: ImageNet-style)."""
+        """The pretraining augmentation the data's labels survive (default: ImageNet-style).
+
+        Unset (``None``) augmentation keys of ``data`` take these values
+        (:func:`resolve_augmentation`); a value given explicitly wins.
+        """
         return IMAGENET_STYLE
 
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
@@ -186,3 +192,18 @@ def open_dataset(spec: str | DataSpec, split: str = "train", **options: Any) -> 
     """
     spec = parse_spec(spec)
     return spec.source.open(spec.target, spec.split or split, options)
+
+
+def dataset_augmentation(spec: str) -> Augmentation:
+    """The augmentation a spec's source gives its data by default."""
+    parsed = parse_spec(spec)
+    return parsed.source.augmentation(parsed.target)
+
+
+def resolve_augmentation(data: DataConfig) -> DataConfig:
+    """``data`` with every unset augmentation key filled in from its source (itself if none)."""
+    unset = [f.name for f in fields(Augmentation) if getattr(data, f.name) is None]
+    if not unset:
+        return data
+    own = dataset_augmentation(data.spec)
+    return replace(data, **{name: getattr(own, name) for name in unset})

@@ -96,13 +96,11 @@ def task_num_classes(root: Path, given: int | None = None) -> int:
             raise VitsslError(f"vtab1k:{root}: {root.name} is a VTAB task with {fixed} classes; "
                               f"got classes={given}")
         return fixed
-    if given is not None:
-        _announce(root.resolve(), root.name, int(given), "(given)")
-        return int(given)
-    inferred = infer_num_classes(root)
-    _announce(root.resolve(), root.name, inferred, "inferred from the labels of its four "
-              "lists (set vtab1k:PATH:classes=N to give the count)")
-    return inferred
+    how = "(given)" if given is not None else ("inferred from the labels of its four lists "
+                                               "(set vtab1k:PATH:classes=N to give the count)")
+    count = int(given) if given is not None else infer_num_classes(root)
+    _announce(root.resolve(), root.name, count, how)
+    return count
 
 
 class Vtab1kTask(ImageFiles):
@@ -115,11 +113,9 @@ class Vtab1kTask(ImageFiles):
             raise VitsslError(f"vtab1k:{path}: classes={given} disagrees with "
                               f"num_classes={num_classes}")
         self.root = Path(target).expanduser()
-        self.task = self.root.name
         if not self.root.is_dir():
             raise VitsslError(f"vtab1k:{self.root}: no such task directory")
-        self.num_classes = task_num_classes(self.root, given if given is not None
-                                            else num_classes)
+        self.num_classes = task_num_classes(self.root, num_classes if given is None else given)
         self.split = SPLIT_ALIASES.get(split, split)
         if self.split not in LIST_SPLITS:
             raise VitsslError(f"vtab1k has no split '{split}'; accepted: "

@@ -38,12 +38,10 @@ def derive_seed(*parts: int) -> int:
 
 def _reread(urls: list[str], refs: list[tuple[int, int]]) -> list[tuple[int, int, Any]]:
     """The shuffle buffer's samples ``(shard, index in shard)``, read again from their shards."""
-    found: dict[tuple[int, int], Any] = {}
     wanted = set(refs)
-    for shard in sorted({s for s, _ in refs}):
-        for index, sample in enumerate(shard_samples(urls[shard], SkipLog("skip"))):
-            if (shard, index) in wanted:
-                found[(shard, index)] = sample
+    found = {(shard, index): sample for shard in sorted({s for s, _ in refs})
+             for index, sample in enumerate(shard_samples(urls[shard], SkipLog("skip")))
+             if (shard, index) in wanted}
     missing = [ref for ref in refs if ref not in found]
     if missing:
         shard, index = missing[0]

@@ -1,10 +1,8 @@
 """Linear classifiers on frozen features: BatchNorm without affine, then one linear layer.
 
-As in MAE's linear probing, the parameter-free BatchNorm uses mini-batch statistics while
-training with SGD and the whole training set's at evaluation (the features are frozen, so
-these are what its running averages converge to). A sweep of SGD settings trains as one
-stacked model: the same batches, a (C, D, K) weight for C settings, and per-setting learning
-rate and weight decay. ``train_ridge`` solves every λ from one eigendecomposition.
+As in MAE, the BatchNorm uses mini-batch statistics while training with SGD and the whole
+training set's at evaluation (what its running averages converge to on frozen features). A
+sweep of C SGD settings trains as one stacked model: the same batches, a (C, D, K) weight.
 """
 
 from __future__ import annotations

@@ -29,31 +29,34 @@ def accepted_options(factory: Callable[..., Any]) -> list[str] | None:
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
 
 
+def _check_names(options: dict[str, Any], factory: Callable[..., Any], name: str,
+                 where: str) -> None:
+    accepted = accepted_options(factory)
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise VitsslError(f"{where}unknown option(s) {', '.join(unknown)} for evaluator "
+                          f"'{name}'; accepted: {', '.join(accepted)}")
+
+
 def parse_options(items: Sequence[str], factory: Callable[..., Any],
                   name: str) -> dict[str, Any]:
     """``["shots=[5,10]", "seeds=2"]`` -> {"shots": [5, 10], "seeds": 2}, checked by name."""
-    accepted = accepted_options(factory)
-    options: dict[str, Any] = {}
-    for item in items:
-        keys, value = parse_override(item)
-        key = ".".join(keys)
-        if accepted is not None and key not in accepted:
-            raise VitsslError(f"unknown option '{key}' for evaluator '{name}'; accepted: "
-                              f"{', '.join(accepted)}")
-        options[key] = value
+    options = {".".join(keys): value for keys, value in map(parse_override, items)}
+    _check_names(options, factory, name, "")
     return options
 
 
-def build_evaluator(name: str, overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
-    """The evaluator instance for ``name`` with ``--set`` options, and the parsed options."""
+def build_evaluator(name: str, options: dict[str, Any], where: str = "") -> Any:
+    """Evaluator ``name`` built with ``options``, checked by name and by the evaluator itself
+    (``where`` starts the one-line errors)."""
     from vitssl.plugins import get_registry
 
     factory = get_registry().get("evaluators", name)
-    options = parse_options(overrides, factory, name)
+    _check_names(options, factory, name, where)
     try:
-        return factory(**options), options
+        return factory(**options)
     except (TypeError, ValueError) as exc:
-        raise VitsslError(f"bad options for evaluator '{name}' {options}: "
+        raise VitsslError(f"{where}bad options for evaluator '{name}' {options}: "
                           f"{str(exc).splitlines()[0]}") from None
 
 
@@ -82,9 +85,11 @@ def evaluate_cli(evaluator: str, checkpoint: str, data: str, overrides: Sequence
                  device: str = "auto") -> int:
     """Run ``evaluator`` on ``data`` with the encoder of ``checkpoint``; print and record."""
     from vitssl.data.tasks import load_task
+    from vitssl.plugins import get_registry
     from vitssl.train.checkpoint import load_encoder
 
-    instance, options = build_evaluator(evaluator, overrides)
+    options = parse_options(overrides, get_registry().get("evaluators", evaluator), evaluator)
+    instance = build_evaluator(evaluator, options)
     dev = resolve_device(device)
     encoder, cfg = load_encoder(checkpoint, device=dev)
     image_size = getattr(instance, "image_size", None) or cfg.model.image_size

@@ -1,11 +1,8 @@
 """The VTAB-1k protocol: each candidate setting trains on ``train800`` and is scored on
 ``val200``; the best (ties: the earlier) is retrained on ``train800val200`` and scored on
-``test``. A single candidate skips the selection.
-
-Protocols: ``paper`` (the ViT paper's sweep, batch 512: where that does not fit in memory,
-give ``finetune`` a ``micro_batch`` for the same update accumulated), ``petl`` (the PyTorch
-VTAB community's AdamW recipe) and ``quick`` (CPU-sized, two candidates so the selection
-runs; not comparable to published numbers). :func:`protocol_settings` spells them out.
+``test``. Protocols (:func:`protocol_settings`): ``paper`` (the ViT paper's sweep, batch 512;
+``finetune``'s ``micro_batch`` accumulates it), ``petl`` (the PyTorch VTAB community's AdamW
+recipe) and ``quick`` (CPU-sized, two candidates; not comparable to published numbers).
 """
 
 from __future__ import annotations
@@ -91,10 +88,9 @@ def run_protocol(encoder: nn.Module, task: VtabTask, settings: list[Setting],
                  copy_encoder: bool = True) -> VtabOutcome:
     """Select a setting on val200, retrain on train800val200, score on test.
 
-    ``train_and_score(encoder, task, setting)`` trains on ``task.train`` and
-    returns top-1 (percent) on ``task.test``. With ``copy_encoder`` each call
-    gets its own deep copy, so ``encoder`` is never changed; without it (frozen
-    -feature adaptation) the same encoder is passed, so cached features are reused.
+    ``train_and_score(encoder, task, setting)`` trains on ``task.train`` and returns top-1
+    (percent) on ``task.test``, each call on its own deep copy of ``encoder`` unless
+    ``copy_encoder`` is false (a delegate that copies, or keeps cached frozen features).
     """
     fresh = copy.deepcopy if copy_encoder else (lambda module: module)
     if not settings:

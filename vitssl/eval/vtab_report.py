@@ -1,9 +1,8 @@
 """VTAB-1k results: task groups, means, reference rows, and the table as text / Markdown / JSON.
 
-A results document is the plain dict ``benchmarks/vtab.py`` writes as JSON: the checkpoint,
-protocol, adaptation and image size, ``tasks`` (name -> status "ok" with top-1 and the chosen
-setting, or "failed" with the error) and :func:`summarize`'s ``summary``. The VTAB score is the
-plain mean of top-1 over tasks; group means and the mean of group means are reported beside it.
+A results document is the dict ``benchmarks/vtab.py`` writes as JSON: the run's settings,
+``tasks`` (name -> status "ok" with top-1 and the chosen setting, or "failed" with the error)
+and :func:`summarize`'s ``summary`` (the VTAB score: the plain mean of top-1 over tasks).
 """
 
 from __future__ import annotations

@@ -24,10 +24,8 @@ TRAIN, VAL = 800, 200
 
 @dataclass
 class VtabTask:
-    """A task with the protocol's splits; ``train`` / ``test`` as any evaluator expects.
-
-    ``train`` is ``train800val200`` (the final training set), ``test`` the test split.
-    """
+    """A task with the protocol's splits; ``train`` (= ``train800val200``) and ``test`` as any
+    evaluator expects."""
 
     name: str
     train800: Dataset

@@ -1,17 +1,13 @@
-"""Centring of a teacher's logits: DINO's EMA centre and DINOv2's Sinkhorn–Knopp.
+"""DINOv2's Sinkhorn–Knopp centring of a teacher's logits (DINO's EMA centre is a
+buffer of :class:`~vitssl.ssl.self_distillation.SelfDistillation`).
 
-- EMA centre (Caron et al. 2021, facebookresearch/dino ``DINOLoss``): subtract a
-  running mean of the teacher's logits, then sharpen with a low temperature.
-  It lives in the objective as a buffer (see ``plugins/dino.py``).
-- Sinkhorn–Knopp (Cuturi 2013; SwAV, Caron et al. 2020; DINOv2, Oquab et al.
-  2023, ``sinkhorn_knopp_teacher`` with 3 iterations): find the assignment
-  ``Q`` (B, K) closest to ``softmax(logits / temp)`` whose prototypes share
-  the batch equally (each column sums to B / K) and whose rows are
-  distributions (each row sums to 1). Computed here in log space, so logits
-  at temperature 0.04 (exponents of several hundred) never overflow; under
-  torch.distributed the prototype marginals and the batch size are reduced
-  over ranks, so 2 ranks give the assignment of one process with their
-  joint batch.
+Sinkhorn–Knopp (Cuturi 2013; SwAV, Caron et al. 2020; DINOv2, Oquab et al. 2023,
+``sinkhorn_knopp_teacher`` with 3 iterations) finds the assignment ``Q`` (B, K)
+closest to ``softmax(logits / temp)`` whose prototypes share the batch equally
+(each column sums to B / K) and whose rows are distributions (each row sums to 1).
+Computed in log space, so logits at temperature 0.04 never overflow; under
+torch.distributed the prototype marginals and the batch size are reduced over
+ranks, so 2 ranks give the assignment of one process with their joint batch.
 """
 
 from __future__ import annotations

@@ -27,10 +27,8 @@ def run_scaled_momentum(total_steps: int, update_mass: float = 2.0,
     """Base momentum of a cosine schedule to 1 whose Σ(1 − m) over the run is ``update_mass``.
 
     The cosine from ``base`` to 1 sums to about ``(1 - base) * T / 2``, so
-    ``base = 1 - 2 * update_mass / T``, capped at ``cap`` (the paper's 0.996,
-    reached by runs of ``2 * update_mass / (1 - cap)`` steps or more). With the
-    paper's 0.996 over 500 steps the sum is about 1: the teacher barely leaves
-    its random initialisation (e^-1 of it remains); a mass of 2 leaves e^-2.
+    ``base = 1 - 2 * update_mass / T``, capped at ``cap`` (the paper's 0.996); the
+    teacher keeps about ``e ** -update_mass`` of its random initialisation.
     """
     if total_steps < 1 or update_mass <= 0:
         raise ValueError("run_scaled_momentum needs total_steps >= 1 and update_mass > 0")

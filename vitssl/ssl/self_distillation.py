@@ -3,22 +3,13 @@
 :class:`SelfDistillation` is the base of an objective whose student (``encoder``
 and a :class:`~vitssl.ssl.distillation.DinoHead` ``head``) learns from an EMA
 teacher of itself (``teacher_encoder``, ``teacher_head``; the exported encoder).
-It holds:
-
-- option resolution (:func:`resolve_options`): a recipe's defaults under the
-  options the user set, checked in one place, the objective's name in every
-  message; head sizes that scale with width (:func:`head_dims`);
-- schedules as pure functions of ``step / total_steps``: the teacher
-  temperature's linear warm-up, the teacher momentum (cosine to 1 from
-  ``momentum``, or from the run-scaled base of :func:`run_scaled_momentum`
-  whose total update mass Σ(1 − m) is ``update_mass``), the last layers frozen
-  for the first ``freeze_last_layer`` of the run;
-- centring of the teacher's logits (:meth:`SelfDistillation.targets`):
-  ``"ema"`` subtracts a centre buffer (``NAME`` with its flag ``NAME_ready``),
-  moved once per optimiser step towards the teacher's mean of that step
-  (summed over micro-batches, all-reduced over ranks), from zero or the first
-  mean (``center_init``); ``"sinkhorn-knopp"`` balances the batch instead;
-- DINO's multi-crop views (square only) and the teacher's EMA update.
+It holds the options (a recipe's defaults under those the user set, checked in one
+place), the head sized by width, schedules as pure functions of ``step /
+total_steps`` (teacher temperature warm-up, momentum, last layers frozen at the
+start), centring of the teacher's logits (:meth:`SelfDistillation.targets`: an
+``"ema"`` centre buffer ``NAME`` with its flag ``NAME_ready``, moved once per
+optimiser step by the mean over micro-batches and ranks, from zero or the first
+mean; or ``"sinkhorn-knopp"``), DINO's multi-crop views and the EMA update.
 """
 
 from __future__ import annotations
@@ -54,49 +45,6 @@ SHORT_RUN: dict[str, Any] = dict(
 """The choices measured on short runs of small models (dino's and ibot's ``recipe=auto``)."""
 
 
-def resolve_options(name: str, recipe: str, recipes: Mapping[str, Mapping[str, Any]],
-                    given: Mapping[str, Any]) -> dict[str, Any]:
-    """``recipes[recipe]`` under every option in ``given`` that is not None, checked."""
-    if recipe not in recipes:
-        raise VitsslError(f"{name}: recipe must be one of {sorted(recipes)}, got {recipe!r}")
-    o = {"recipe": recipe, **recipes[recipe],
-         **{k: v for k, v in given.items() if v is not None}}
-    for key in POSITIVE:
-        if key in o and o[key] <= 0:
-            raise VitsslError(f"{name}: {key} must be > 0, got {o[key]}")
-    for key in UNIT:
-        if o.get(key) is not None and not 0.0 <= o[key] <= 1.0:
-            raise VitsslError(f"{name}: {key} must lie in [0, 1], got {o[key]}")
-    if o["center_init"] not in ("zeros", "first-batch"):
-        raise VitsslError(f"{name}: center_init must be zeros or first-batch, got "
-                          f"{o['center_init']!r}")
-    if o["centering"] not in CENTERINGS:
-        raise VitsslError(f"{name}: centering must be one of {', '.join(CENTERINGS)}, got "
-                          f"{o['centering']!r}")
-    if int(o["sinkhorn_iterations"]) < 1 or o["koleo_weight"] < 0:
-        raise VitsslError(f"{name}: sinkhorn_iterations must be >= 1 and koleo_weight >= 0")
-    return o
-
-
-def given_options(scope: Mapping[str, Any], *skip: str) -> dict[str, Any]:
-    """A constructor's ``locals()`` as options, without ``self``, ``encoder`` and ``skip``."""
-    return {k: v for k, v in scope.items() if k not in ("self", "encoder", "__class__", *skip)}
-
-
-def build_head(name: str, width: int, o: Mapping[str, Any],
-               dims: tuple[int | None, int | None, int | None], large_out_dim: int) -> DinoHead:
-    """DINO's head; unset (out, hidden, bottleneck) sizes are the paper's (``large_out_dim``,
-    2048, 256) from width 384, else (the recipe's ``small_out_dim``, 512, 128)."""
-    small = width < 384
-    defaults = (o["small_out_dim"], 512, 128) if small else (large_out_dim, 2048, 256)
-    out, hidden, bottleneck = (int(d or default) for d, default in zip(dims, defaults,
-                                                                          strict=True))
-    if min(out, hidden, bottleneck) < 1:
-        raise VitsslError(f"{name}: out_dim, hidden_dim and bottleneck_dim must be >= 1")
-    return DinoHead(width, out, hidden, bottleneck, bool(o["norm_last_layer"]),
-                    bool(o["use_bn"]))
-
-
 def teacher_stats(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean entropy of the target rows (n, K), and the KL of their mean from uniform."""
     entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1).mean()
@@ -116,9 +64,45 @@ class SelfDistillation(vitssl.Objective):
     """Student, EMA teacher, schedules and centring; subclasses write ``forward``."""
 
     name = "self-distillation"  # the objective's name in messages
+    recipes: Mapping[str, Mapping[str, Any]] = {}  # recipe -> defaults of the unset options
+    large_out_dim = 65536  # prototypes from width 384 (narrower: the recipe's small_out_dim)
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, o: Mapping[str, Any],
-                 centres: Mapping[str, int]) -> None:
+    @classmethod
+    def resolve(cls, scope: Mapping[str, Any]) -> dict[str, Any]:
+        """A constructor's ``locals()`` over its recipe's defaults (None: unset), checked."""
+        name, recipe = cls.name, scope["recipe"]
+        if recipe not in cls.recipes:
+            raise VitsslError(f"{name}: recipe must be one of {sorted(cls.recipes)}, got "
+                              f"{recipe!r}")
+        o = {**cls.recipes[recipe], **{k: v for k, v in scope.items() if v is not None and
+                                       k not in ("self", "encoder", "__class__")}}
+        for key in POSITIVE:
+            if key in o and o[key] <= 0:
+                raise VitsslError(f"{name}: {key} must be > 0, got {o[key]}")
+        for key in UNIT:
+            if o.get(key) is not None and not 0.0 <= o[key] <= 1.0:
+                raise VitsslError(f"{name}: {key} must lie in [0, 1], got {o[key]}")
+        if o["center_init"] not in ("zeros", "first-batch"):
+            raise VitsslError(f"{name}: center_init must be zeros or first-batch, got "
+                              f"{o['center_init']!r}")
+        if o["centering"] not in CENTERINGS:
+            raise VitsslError(f"{name}: centering must be one of {', '.join(CENTERINGS)}, got "
+                              f"{o['centering']!r}")
+        if int(o["sinkhorn_iterations"]) < 1 or o["koleo_weight"] < 0:
+            raise VitsslError(f"{name}: sinkhorn_iterations must be >= 1 and koleo_weight >= 0")
+        return o
+
+    def __init__(self, encoder: nn.Module, o: Mapping[str, Any]) -> None:
+        """``o``: the resolved options; unset head sizes (out, hidden, bottleneck) are the
+        paper's (``large_out_dim``, 2048, 256) from width 384, else (``small_out_dim``,
+        512, 128)."""
+        small = encoder.embed_dim < 384
+        defaults = (o["small_out_dim"], 512, 128) if small else (self.large_out_dim, 2048, 256)
+        dims = [int(o.get(key) or default) for key, default in
+                zip(("out_dim", "hidden_dim", "bottleneck_dim"), defaults, strict=True)]
+        if min(dims) < 1:
+            raise VitsslError(f"{self.name}: out_dim, hidden_dim and bottleneck_dim must be >= 1")
+        head = DinoHead(encoder.embed_dim, *dims, bool(o["norm_last_layer"]), bool(o["use_bn"]))
         super().__init__()
         if o["use_bn"] and float(o["koleo_weight"]) <= 0:
             freeze_last_norm_bias(encoder)  # the head's first BatchNorm removes it
@@ -127,11 +111,8 @@ class SelfDistillation(vitssl.Objective):
         # The teacher runs without dropout or drop-path, as DINO's and iBOT's are built.
         self.teacher_encoder = teacher_copy(encoder)
         self.teacher_head = teacher_copy(head)
-        for centre, dim in centres.items():
-            self.register_buffer(centre, torch.zeros(1, dim))
-            # 1 once the centre holds a mean; "first-batch" starts it at the first one.
-            self.register_buffer(f"{centre}_ready",
-                                 torch.tensor(float(o["center_init"] == "zeros")))
+        self.center_init = o["center_init"]
+        self.add_centre("center", dims[0])
         self.recipe, self.centering = o["recipe"], o["centering"]
         self.student_temp, self.teacher_temp = float(o["student_temp"]), float(o["teacher_temp"])
         self.warmup_teacher_temp = float(o["warmup_teacher_temp"])
@@ -155,6 +136,12 @@ class SelfDistillation(vitssl.Objective):
     def exports(self) -> dict[str, str]:
         """The teacher is the encoder these methods evaluate."""
         return {"encoder": "teacher_encoder"}
+
+    def add_centre(self, name: str, dim: int) -> None:
+        """A centre buffer (1, ``dim``) and its flag ``NAME_ready``: 1 once it holds a mean
+        ("first-batch" starts it at the first one)."""
+        self.register_buffer(name, torch.zeros(1, dim))
+        self.register_buffer(f"{name}_ready", torch.tensor(float(self.center_init == "zeros")))
 
     # -- data --------------------------------------------------------------------------------
     def views(self, size: tuple[int, int], data: Any = None) -> MultiCrop:
@@ -216,14 +203,6 @@ class SelfDistillation(vitssl.Objective):
         sums[1] += logits.shape[0]
         return targets
 
-    @torch.no_grad()
-    def _move_centre(self, centre: str, total: torch.Tensor, count: int) -> None:
-        stats = all_reduce_(torch.cat([total.flatten(), total.new_tensor([count])]))
-        buffer, ready = getattr(self, centre), getattr(self, f"{centre}_ready")
-        momentum = self.center_momentum * ready  # 0 on a first-batch start
-        buffer.mul_(momentum).add_((stats[:-1] / stats[-1]).view_as(buffer) * (1.0 - momentum))
-        ready.fill_(1.0)
-
     # -- step hooks --------------------------------------------------------------------------
     def before_optimizer_step(self, step: int, total_steps: int) -> None:
         """Drop the last layers' gradients while they are frozen."""
@@ -238,5 +217,9 @@ class SelfDistillation(vitssl.Objective):
         ema_update([(self.get_submodule(t), self.get_submodule(s)) for t, s in self.ema_pairs],
                    self.teacher_momentum(step, total_steps))
         for centre, (total, count) in self._centre_sums.items():
-            self._move_centre(centre, total, count)
+            stats = all_reduce_(torch.cat([total.flatten(), total.new_tensor([count])]))
+            buffer, ready = getattr(self, centre), getattr(self, f"{centre}_ready")
+            momentum = self.center_momentum * ready  # 0 on a first-batch start
+            buffer.mul_(momentum).add_((stats[:-1] / stats[-1]).view_as(buffer) * (1.0 - momentum))
+            ready.fill_(1.0)
         self._centre_sums = {}

@@ -30,7 +30,7 @@ def data_allows(option: bool | None, data: Any, key: str) -> bool:
     """``option`` where set, else what the run's data declares for ``key`` (True without).
 
     ``key`` is ``"hflip"`` or ``"color"``: the :class:`~vitssl.config.DataConfig`
-    fields a dataset fills in (:mod:`vitssl.data.augment`; digits declare no colour,
+    fields a dataset fills in (:mod:`vitssl.data.source`; digits declare no colour,
     benchmarks/RESULTS.md, "Colour operations follow the data").
     """
     if option is not None:
@@ -121,7 +121,6 @@ class TwoViews:
         if size < 1 or not 0.0 < lo <= hi <= 1.0:
             raise VitsslError(f"two views need size >= 1 and 0 < scale low <= high <= 1, got "
                               f"{size}, {[lo, hi]}")
-
         self.views = [_view(size, scale, ratio, hflip, color, b, blur_sigma, s)
                       for b, s in zip(self.blur_p, self.solarize_p, strict=True)]
         self.prepare = v2.Compose([v2.ToImage(), v2.RGB()])

@@ -17,8 +17,8 @@ from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 
 from vitssl.config import Config, image_hw, image_size_text, save_config
-from vitssl.data.augment import resolve_augmentation
 from vitssl.data.pipeline import Batches, data_info, describe_workers, pretrain_batches
+from vitssl.data.source import resolve_augmentation
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.objective import Objective, build_objective, objective_options

@@ -1,11 +1,10 @@
 """Checkpoints: safetensors weights + a tensors-only training state, written atomically.
 
-``RUN/checkpoints/step-00000100/`` holds ``model.safetensors`` (the objective's
-state dict; metadata: resolved config, exports, options), ``state.pt``
-(optimizer, scheduler, RNG, step; read with ``weights_only=True``) and, for FSDP
-runs, ``optimizer/`` (the sharded optimizer state). A checkpoint is written
-under a temporary name and renamed when complete; FSDP weights are gathered
-to rank 0 first, so the weights file is the same for any strategy.
+``RUN/checkpoints/step-00000100/`` holds ``model.safetensors`` (the objective's state dict;
+metadata: resolved config, exports, options), ``state.pt`` (optimizer, scheduler, RNG, step;
+read with ``weights_only=True``) and, for FSDP runs, ``optimizer/`` (the sharded optimizer
+state). It is written under a temporary name and renamed when complete; FSDP weights are
+gathered to rank 0 first, so the weights file is the same for any strategy.
 """
 
 from __future__ import annotations
@@ -174,12 +173,9 @@ def _rebuilt_objective(cfg: Config, metadata: dict[str, str]) -> Objective | Non
 
 def load_encoder(path: str | Path,
                  device: str | torch.device = "cpu") -> tuple[VisionTransformer, Config]:
-    """(encoder in eval mode, its config) from a run directory, checkpoint directory or file.
-
-    The encoder is the one the objective exports (e.g. DINO's teacher); every
-    other module it exports (the supervised pre-logits head) is rebuilt through
-    the objective's factory and attached under its role (``encoder.pre_logits``).
-    """
+    """(encoder in eval mode, its config) from a run directory, checkpoint directory or file:
+    the one the objective exports (DINO's teacher), other exports (the supervised pre-logits
+    head) rebuilt through the objective's factory and attached by role (``.pre_logits``)."""
     tensors, metadata = _read(path)
     cfg = config_from_dict(json.loads(metadata["config"]))
     encoder = build_encoder(cfg.model)

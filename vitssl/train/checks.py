@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from vitssl.config import Config, config_from_dict, flatten, image_hw, to_dict
-from vitssl.data.checks import validate_data_config
+from vitssl.data.pipeline import validate_data_config
 from vitssl.errors import VitsslError
 from vitssl.train import fsdp
 

@@ -61,14 +61,13 @@ def all_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     return values
 
 
-def all_gather(tensor: torch.Tensor, ctx: Context) -> list[torch.Tensor]:
-    """Every rank's copy of a same-shaped tensor, on the CPU, in rank order."""
+def all_ranks(value: object, ctx: Context) -> list:
+    """Every rank's ``value`` (picklable; CPU tensors stay on the CPU), in rank order."""
     if not ctx.distributed:
-        return [tensor.cpu()]
-    local = tensor.to(ctx.device)
-    parts = [torch.empty_like(local) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, local)
-    return [p.cpu() for p in parts]
+        return [value]
+    ranks = [None] * ctx.world_size
+    dist.all_gather_object(ranks, value)
+    return ranks
 
 
 def broadcast_text(text: str, ctx: Context) -> str:

@@ -1,9 +1,5 @@
-"""FSDP2 (``fully_shard``) for the objective under ``torchrun``.
-
-Every transformer block is its own unit and the objective the root, so a rank
-holds ``1 / world_size`` of every parameter, gradient and AdamW moment. An EMA
-teacher's blocks shard like the student's, so a parameter-wise ``lerp_`` in a
-step hook is shard-local.
+"""FSDP2 (``fully_shard``) for the objective under ``torchrun``: every transformer block
+(a teacher's too, so an EMA ``lerp_`` stays shard-local) is its own unit, the objective the root.
 """
 
 from __future__ import annotations

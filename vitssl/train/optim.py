@@ -25,12 +25,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class AdamW(torch.optim.AdamW):
-    """torch's AdamW whose fused steps also bump the updated parameters' version counters.
-
-    The per-parameter loop's in-place updates count as modifications; the fused
-    kernel's do not, so anything keyed on ``Tensor._version`` (the evaluation
-    feature cache) would miss a fused step without this.
-    """
+    """torch's AdamW whose fused steps also bump the updated parameters' version counters, as
+    the per-parameter loop's in-place updates do (the evaluation feature cache keys on them)."""
 
     def step(self, closure=None):  # noqa: ANN001, ANN201  (torch's signature)
         loss = super().step(closure)

@@ -1,10 +1,8 @@
 """The one pretraining loop: any objective plugin, one process or ``torchrun`` DDP/FSDP.
 
-Each sample's randomness comes from its position in the run's sample stream
-(:mod:`vitssl.seeds`); with the saved optimizer, scheduler and RNG states a
-resumed run repeats an uninterrupted one, and N ranks match one process.
-:func:`pretrain` builds a :class:`~vitssl.train.build.Run`, trains it with
-:func:`run_steps` (which benchmarks drive themselves), then :func:`finish`.
+Sample randomness comes from the position in the sample stream (:mod:`vitssl.seeds`), so a
+resumed run repeats an uninterrupted one and N ranks match one process. :func:`pretrain`
+builds a :class:`~vitssl.train.build.Run`, trains it with :func:`run_steps`, then :func:`finish`.
 """
 
 from __future__ import annotations

@@ -37,11 +37,8 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
 
 
 class RunLog:
-    """Per-step records to ``metrics.jsonl`` (+ TensorBoard); progress on stderr.
-
-    On a terminal a tqdm bar shows step, loss, images/s and ETA; otherwise a
-    plain line is printed every ``log_every`` steps. Only rank 0 makes one.
-    """
+    """Per-step records to ``metrics.jsonl`` (+ TensorBoard) and progress on stderr (on a
+    terminal a tqdm bar, else a line every ``log_every`` steps); only rank 0 is enabled."""
 
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, log_every: int,
                  tensorboard: bool = False, enabled: bool = True) -> None:

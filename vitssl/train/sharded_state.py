@@ -1,8 +1,7 @@
 """Sharded tensors on disk with ``torch.distributed.checkpoint`` (DCP), read without pickle risk.
 
-A reader of any world size gets its own slices back. DCP's index is a pickle:
-it is read with an unpickler that builds only DCP's metadata records, sizes
-and dtypes, and an index naming a non-tensor entry is refused.
+A reader of any world size gets its own slices back. DCP's index, a pickle, is read with an
+unpickler that builds only DCP's metadata records, sizes and dtypes; non-tensor entries are refused.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Losses and metrics kept on the device until a logging step, and the non-finite check.
-
-Metrics are 0-d tensors or host numbers; the loop reads every pending step's
-values in one transfer at logging and checkpoint steps.
-"""
+"""Losses and metrics (0-d tensors or host numbers) kept on the device until a logging or
+checkpoint step reads them all in one transfer, and the non-finite check."""
 
 from __future__ import annotations
 
@@ -40,11 +37,8 @@ class DeferredMetrics:
         self.pending[-1]["dt"] = seconds
 
     def check(self, last_good: Path | None) -> None:
-        """Read the pending steps (rank-averaged, one transfer); raise if a loss is not finite.
-
-        Called before the newest step's update is applied, so a bad newest step
-        is never applied and a bad earlier one is never saved.
-        """
+        """Read the pending steps (rank-averaged); raise if a loss is not finite (before the
+        newest step's update, so a bad step is never applied nor a later one saved)."""
         values = [torch.as_tensor(v, dtype=torch.float64).to(self.ctx.device)
                   for e in self.pending for v in (e["loss"], *e["metrics"].values())]
         flat = iter(distributed.all_mean(torch.stack(values), self.ctx).tolist())

@@ -77,26 +77,17 @@ def low_data_split(task: Task, per_class: int, seed: int) -> Task:
                 test=task.test, num_classes=task.num_classes)
 
 
-def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A seeded random ``limit`` of ``dataset``'s items (the dataset itself when smaller)."""
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
-    return Subset(dataset, keep.tolist())
-
-
 def capped(task: Task, max_train: int | None, max_test: int | None) -> Task:
     """``task`` with its splits cut to seeded random subsets of at most the given sizes."""
-    return Task(name=task.name, train=_subset(task.train, max_train, 0),
-                test=_subset(task.test, max_test, 1), num_classes=task.num_classes)
 
+    def cut(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+        if limit is None or len(dataset) <= limit:
+            return dataset
+        keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+        return Subset(dataset, keep.tolist())
 
-def summary_data(cfg: Config) -> str:
-    """The summary's task: ``summary_eval.data``, else the pretraining data if labelled."""
-    if cfg.summary_eval.data:
-        return cfg.summary_eval.data
-    spec = cfg.data.spec
-    return "builtin:digits" if parse_spec(spec).source.streams else spec
+    return Task(name=task.name, train=cut(task.train, max_train, 0),
+                test=cut(task.test, max_test, 1), num_classes=task.num_classes)
 
 
 def _task(data: str, cfg: Config) -> Task:
@@ -128,8 +119,11 @@ def compare(name: str, entry: dict[str, Any], encoders: dict[str, nn.Module], ta
 
 def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
                        progress: bool = False) -> dict[str, Any]:
-    """Each configured evaluator's scores of the pretrained encoder and its references."""
-    data = summary_data(cfg)
+    """Each configured evaluator's scores of the pretrained encoder and its references, on
+    ``summary_eval.data``, else the pretraining data if labelled."""
+    spec = cfg.data.spec
+    data = cfg.summary_eval.data or ("builtin:digits" if parse_spec(spec).source.streams
+                                     else spec)
     try:
         task = _task(data, cfg)
     except VitsslError as exc:

@@ -1,9 +1,5 @@
-"""What a checkpoint holds besides the weights: optimizer, scheduler, scaler, every rank's RNG
-and, with ``wds:`` data, every rank's stream position.
-
-Rank ``r`` restores RNG state ``r``; on another world size the generators are
-reseeded. Under FSDP the optimizer state is written per rank through DCP.
-"""
+"""What a checkpoint holds besides the weights: optimizer (under FSDP per rank, through DCP),
+scheduler, scaler, every rank's RNG and, with ``wds:`` data, every rank's stream position."""
 
 from __future__ import annotations
 
@@ -25,8 +21,7 @@ def gather_rng_states(ctx: distributed.Context) -> list[dict[str, torch.Tensor]]
     mine = {"torch": torch.get_rng_state()}
     if ctx.device.type == "cuda":
         mine["cuda"] = torch.cuda.get_rng_state(ctx.device)
-    gathered = {k: distributed.all_gather(v, ctx) for k, v in mine.items()}
-    return [{k: gathered[k][r] for k in mine} for r in range(ctx.world_size)]
+    return distributed.all_ranks(mine, ctx)
 
 
 def restore_rng(saved: Any, ctx: distributed.Context, seed: int, step: int) -> None:
@@ -50,11 +45,7 @@ def stream_position(batches: Any, ctx: distributed.Context) -> dict[str, Any]:
     mine = batches.stream_state()
     if mine is None:
         return {}
-    ranks = [mine]
-    if ctx.distributed:
-        ranks = [None] * ctx.world_size
-        torch.distributed.all_gather_object(ranks, mine)
-    return {"stream": {"world_size": ctx.world_size, "ranks": ranks}}
+    return {"stream": {"world_size": ctx.world_size, "ranks": distributed.all_ranks(mine, ctx)}}
 
 
 def load_optimizer(ckpt: Path, state: dict[str, Any], objective: nn.Module,
