@@ -14,7 +14,7 @@ from vitssl.cli import main as cli_main
 from vitssl.config import ModelConfig, load_config
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
-from vitssl.train.checkpoint import list_checkpoints, load_encoder
+from vitssl.train.checkpoint import list_checkpoints, load_encoder, read_metadata
 from vitssl.train.run import pretrain
 
 OBJECTIVES = get_registry().names("objectives")
@@ -82,7 +82,7 @@ def test_two_steps_resume_exactly_and_the_export_round_trips(name, tmp_path, cap
     assert _logged(run) == logged
 
     encoder, _ = load_encoder(run)
-    exported = json.loads(load_file_metadata(last / "model.safetensors")["exports"])["encoder"]
+    exported = json.loads(read_metadata(last)["exports"])["encoder"]
     for key, value in encoder.state_dict().items():
         if not key.startswith("pre_logits."):
             assert torch.equal(value, weights[f"{exported}.{key}"]), key
@@ -101,10 +101,3 @@ def _logged(run) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
             for line in lines]
-
-
-def load_file_metadata(path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as fh:
-        return fh.metadata()

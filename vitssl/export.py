@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 import vitssl
@@ -162,15 +161,14 @@ def model_card(config: dict[str, Any], cfg: Config, summary: dict[str, Any] | No
 
 def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     """Write ``source`` (a run directory or checkpoint) as ``fmt`` into ``out``; its path."""
-    from vitssl.train.checkpoint import load_encoder, weights_file
+    from vitssl.train.checkpoint import load_encoder, read_metadata
 
     if fmt not in FORMATS:
         raise VitsslError(f"unknown export format '{fmt}'; accepted: {', '.join(FORMATS)}")
     source = Path(source)
     encoder, cfg = load_encoder(source, "cpu")
     run_dir = run_dir_of(source)
-    with safe_open(str(weights_file(source)), framework="pt") as fh:
-        metadata = fh.metadata() or {}
+    metadata = read_metadata(source)
     facts = {"step": int(metadata["step"])} if "step" in metadata else {}
     if "exports" in metadata:
         facts["exported"] = json.loads(metadata["exports"]).get("encoder", "encoder")

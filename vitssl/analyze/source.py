@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
@@ -50,11 +49,9 @@ def find_run_dir(path: str | Path) -> Path | None:
 
 
 def _has_vitssl_metadata(file: Path) -> bool:
-    try:
-        with safe_open(str(file), framework="pt") as fh:
-            return "config" in (fh.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise VitsslError(f"'{file}' is not a readable safetensors file: {exc}") from None
+    from vitssl.train.checkpoint import read_metadata
+
+    return "config" in read_metadata(file)
 
 
 def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:

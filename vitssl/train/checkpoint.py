@@ -130,13 +130,19 @@ def weights_file(path: str | Path) -> Path:
                       f"directory or a {WEIGHTS} file")
 
 
-def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of a run's, checkpoint's or file's weights; one-line errors."""
     file = weights_file(path)
     try:
         with safe_open(str(file), framework="pt") as fh:
-            metadata = fh.metadata() or {}
+            return fh.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         raise VitsslError(f"'{file}' is not a readable safetensors file: {exc}") from None
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    file = weights_file(path)
+    metadata = read_metadata(file)
     if "config" not in metadata:
         raise VitsslError(f"'{file}' carries no vitssl config in its metadata; it was not "
                           f"written by vitssl pretrain")
