@@ -56,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        from vitssl.outputs import check_output
         from vitssl.plugins import get_registry
         from vitssl.train.checkpoint import load_encoder
+
+        check_output("vtab", "output", args.output)
 
         protocol = args.protocol or ("paper" if args.data_root else "quick")
         tasks, problems = select_tasks(args.data_root, args.tasks)

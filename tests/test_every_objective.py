@@ -82,7 +82,7 @@ def test_two_steps_resume_exactly_and_the_export_round_trips(name, tmp_path, cap
     assert _logged(run) == logged
 
     encoder, _ = load_encoder(run)
-    exported = json.loads(read_metadata(last)["exports"])["encoder"]
+    exported = read_metadata(last)["exports"]["encoder"]
     for key, value in encoder.state_dict().items():
         if not key.startswith("pre_logits."):
             assert torch.equal(value, weights[f"{exported}.{key}"]), key

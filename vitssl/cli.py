@@ -219,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vitssl`` console script."""
     try:
         args = _parser().parse_args(argv)
+        from vitssl.outputs import check_output
+
+        for option, value in vars(args).items():
+            check_output(args.command, option, value)
         COMMANDS[args.command](args)
         return 0
     except VitsslError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from vitssl.coerce import coerce
+from vitssl.config_values import check_values
 from vitssl.errors import VitsslError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,6 +220,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     cfg = config_from_dict(read_yaml_mapping(p, "config file"))  # a run's own, maybe older
     for item in overrides:
         _override(cfg, *parse_override(item))
+    check_values(flatten(to_dict(cfg)))
     return cfg
 
 

@@ -169,9 +169,9 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     encoder, cfg = load_encoder(source, "cpu")
     run_dir = run_dir_of(source)
     metadata = read_metadata(source)
-    facts = {"step": int(metadata["step"])} if "step" in metadata else {}
+    facts = {"step": metadata["step"]} if "step" in metadata else {}
     if "exports" in metadata:
-        facts["exported"] = json.loads(metadata["exports"]).get("encoder", "encoder")
+        facts["exported"] = metadata["exports"].get("encoder", "encoder")
     config = timm_config(encoder, cfg, facts)
     state = {k: v.contiguous() for k, v in to_timm_state_dict(encoder).items()}
     diff = check_with_timm(encoder, config, state)

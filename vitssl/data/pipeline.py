@@ -11,7 +11,13 @@ from torch.utils.data import DataLoader
 
 from vitssl.config import DataConfig
 from vitssl.data.batches import StepBatches, counted, loader_options
-from vitssl.data.source import Batches, StreamRequest, parse_spec, resolve_augmentation
+from vitssl.data.source import (
+    Batches,
+    StreamRequest,
+    open_dataset,
+    parse_spec,
+    resolve_augmentation,
+)
 from vitssl.data.transforms import pretrain_transform
 from vitssl.devices import local_ranks, usable_cores
 from vitssl.errors import VitsslError
@@ -43,8 +49,6 @@ def validate_data_config(dc: DataConfig) -> None:
         lo, hi = dc.crop_ratio
         if not 0.0 < lo <= hi:
             raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
-    if dc.translate is not None and not 0.0 <= dc.translate < 1.0:
-        raise VitsslError(f"data.translate must lie in [0, 1), got {dc.translate}")
     if not isinstance(dc.options, dict):
         raise VitsslError(f"data.options must be a mapping of option names to values, "
                           f"got {dc.options!r}")
@@ -156,7 +160,7 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
             cfg, transform, batch_size, seed, num_batches=max(0, num_steps - start_step),
             num_workers=workers, start_step=start_step, rank=rank, world_size=world_size,
             stream_state=stream_state))
-    dataset = source.open(spec.target, spec.split or cfg.split, cfg.options)
+    dataset = open_dataset(spec, cfg.split, **cfg.options)
     batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=cfg.mean,
                           std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps,
                           on_error=cfg.on_error, seed_per_sample=views is not None)

@@ -191,7 +191,11 @@ def open_dataset(spec: str | DataSpec, split: str = "train", **options: Any) -> 
     ``options`` (``data.options``) go to the source.
     """
     spec = parse_spec(spec)
-    return spec.source.open(spec.target, spec.split or split, options)
+    split = spec.split or split
+    dataset = spec.source.open(spec.target, split, options)
+    if len(dataset) == 0:
+        raise VitsslError(f"data '{spec.kind}:{spec.target}' holds no images in split '{split}'")
+    return dataset
 
 
 def dataset_augmentation(spec: str) -> Augmentation:

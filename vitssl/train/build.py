@@ -27,9 +27,9 @@ from vitssl.seeds import process_seed
 from vitssl.train import distributed, fsdp
 from vitssl.train.checkpoint import (
     WEIGHTS,
-    latest_checkpoint,
+    checkpoint_problem,
     list_checkpoints,
-    load_training_state,
+    readable_checkpoint,
     remove_partial,
 )
 from vitssl.train.checks import PRECISIONS, check_resumable, micro_batch_size
@@ -108,7 +108,8 @@ def completed_summary(cfg: Config, resume: bool) -> dict[str, Any] | None:
         return None
     found = list_checkpoints(cfg.out)
     done = Path(cfg.out) / "summary.json"
-    if not found or found[-1][0] != cfg.train.steps or not done.is_file():
+    if (not found or found[-1][0] != cfg.train.steps or not done.is_file()
+            or checkpoint_problem(found[-1][1]) is not None):
         return None
     check_resumable(resolve_run_config(cfg), Path(cfg.out), cfg)
     return json.loads(done.read_text())
@@ -165,10 +166,10 @@ def _resume_point(cfg: Config, run_dir: Path, resume: bool,
             raise VitsslError(f"run directory '{run_dir}' already holds checkpoints; pass "
                               f"--resume to continue it or choose another --out")
         return None, None
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
+    found = readable_checkpoint(run_dir)
+    if found is None:
         return None, None
-    state = load_training_state(ckpt)
+    ckpt, state = found
     if int(state["step"]) > cfg.train.steps:
         raise VitsslError(f"checkpoint {ckpt} is at step {state['step']}, past "
                           f"train.steps={cfg.train.steps}")

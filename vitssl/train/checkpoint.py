@@ -48,6 +48,35 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint's weights or training state do not read back (a disk that filled up, a
+    copy cut short), or None when both do."""
+    try:
+        read_metadata(ckpt / WEIGHTS)
+        load_training_state(ckpt)
+    except Exception as exc:  # noqa: BLE001 - any read failure makes it unusable
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def readable_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that reads back completely and its training state (None: the run
+    has none). Newer ones that do not are named on stderr; none readable is one line."""
+    skipped = []
+    for _, ckpt in reversed(list_checkpoints(run_dir)):
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
+            skipped.append(f"{ckpt.name}: {problem}")
+            continue
+        for line in skipped:
+            print(f"warning: skipped checkpoint {line}", file=sys.stderr)
+        return ckpt, load_training_state(ckpt)
+    if skipped:
+        raise VitsslError(f"no checkpoint of '{run_dir}' reads back completely: "
+                          f"{'; '.join(skipped)}")
+    return None
+
+
 def step_dir(run_dir: str | Path, step: int) -> Path:
     """Where checkpoint ``step`` lives once complete."""
     return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
@@ -130,23 +159,50 @@ def weights_file(path: str | Path) -> Path:
                       f"directory or a {WEIGHTS} file")
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The safetensors metadata of a run's, checkpoint's or file's weights; one-line errors."""
+# Metadata values written as JSON, and the type each must decode to.
+JSON_METADATA = {"config": dict, "exports": dict, "objective_options": (dict, type(None)),
+                 "step": int}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The safetensors metadata of a run's, checkpoint's or file's weights, its JSON values
+    (:data:`JSON_METADATA`) decoded; anything unreadable is one line naming the file."""
     file = weights_file(path)
     try:
         with safe_open(str(file), framework="pt") as fh:
-            return fh.metadata() or {}
+            metadata: dict[str, Any] = dict(fh.metadata() or {})
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         raise VitsslError(f"'{file}' is not a readable safetensors file: {exc}") from None
+    for key, kind in JSON_METADATA.items():
+        if key not in metadata:
+            continue
+        try:
+            metadata[key] = json.loads(metadata[key])
+        except json.JSONDecodeError as exc:
+            raise VitsslError(f"'{file}' is damaged: its metadata '{key}' is not valid JSON "
+                              f"({exc.msg} at character {exc.pos})") from None
+        if not isinstance(metadata[key], kind):
+            raise VitsslError(f"'{file}' is damaged: its metadata '{key}' holds "
+                              f"{type(metadata[key]).__name__}, not the expected value")
+    return metadata
 
 
-def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    file = weights_file(path)
-    metadata = read_metadata(file)
+def checkpoint_config(metadata: dict[str, Any], file: str | Path) -> Config:
+    """The run config recorded in a checkpoint's metadata; one line naming ``file`` if unusable."""
     if "config" not in metadata:
         raise VitsslError(f"'{file}' carries no vitssl config in its metadata; it was not "
                           f"written by vitssl pretrain")
-    return load_file(str(file)), metadata
+    try:
+        return config_from_dict(metadata["config"])
+    except VitsslError as exc:
+        raise VitsslError(f"'{file}' records a config this version cannot use: {exc}") from None
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Config]:
+    file = weights_file(path)
+    metadata = read_metadata(file)
+    cfg = checkpoint_config(metadata, file)
+    return load_file(str(file)), metadata, cfg
 
 
 def _submodule_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -157,7 +213,7 @@ def _submodule_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, t
 def _exports(metadata: dict[str, str]) -> dict[str, str]:
     """What the checkpoint's objective exports, by role (older checkpoints: two keys)."""
     if "exports" in metadata:
-        return json.loads(metadata["exports"])
+        return metadata["exports"]
     out = {"encoder": metadata.get("encoder", ENCODER_PREFIX.rstrip("."))}
     if "pre_logits" in metadata:
         out["pre_logits"] = metadata["pre_logits"]
@@ -166,7 +222,7 @@ def _exports(metadata: dict[str, str]) -> dict[str, str]:
 
 def _rebuilt_objective(cfg: Config, metadata: dict[str, str]) -> Objective | None:
     """The checkpoint's objective, rebuilt from the registry (None when it is not installed)."""
-    options = json.loads(metadata.get("objective_options", "null") or "null")
+    options = metadata.get("objective_options")
     options = cfg.objective.options if options is None else options
     try:
         factory = get_registry().get("objectives", cfg.objective.name)
@@ -182,8 +238,7 @@ def load_encoder(path: str | Path,
     """(encoder in eval mode, its config) from a run directory, checkpoint directory or file:
     the one the objective exports (DINO's teacher), other exports (the supervised pre-logits
     head) rebuilt through the objective's factory and attached by role (``.pre_logits``)."""
-    tensors, metadata = _read(path)
-    cfg = config_from_dict(json.loads(metadata["config"]))
+    tensors, metadata, cfg = _read(path)
     encoder = build_encoder(cfg.model)
     exports = _exports(metadata)
     state = _submodule_state(tensors, exports["encoder"])

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from vitssl.config import Config, config_from_dict, flatten, image_hw, to_dict
+from vitssl.config_values import check_values
 from vitssl.data.pipeline import validate_data_config
 from vitssl.errors import VitsslError
 from vitssl.train import fsdp
@@ -24,7 +25,7 @@ RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
 
 
 def micro_batch_size(cfg: Config, world_size: int) -> int:
-    """Validate the train section; return the per-rank micro-batch size."""
+    """Check the config's values (vitssl.config_values); the per-rank micro-batch size."""
     tc = cfg.train
     if tc.precision not in PRECISIONS:
         raise VitsslError(f"unknown train.precision '{tc.precision}'; accepted: "
@@ -32,19 +33,11 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     if tc.strategy not in fsdp.STRATEGIES:
         raise VitsslError(f"unknown train.strategy '{tc.strategy}'; accepted: "
                           f"{', '.join(fsdp.STRATEGIES)}")
-    if tc.steps < 1 or tc.batch_size < 1 or tc.accum_steps < 1:
-        raise VitsslError("train.steps, train.batch_size and train.accum_steps must be >= 1")
+    check_values(flatten(to_dict(cfg)))
     share = world_size * tc.accum_steps
     if tc.batch_size % share:
         raise VitsslError(f"train.batch_size {tc.batch_size} must be divisible by "
                           f"world size x accum_steps = {share}")
-    if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
-        raise VitsslError("train.checkpoint_every and train.keep_checkpoints must be >= 1")
-    if min(tc.warmup_steps, tc.grad_clip, tc.weight_decay) < 0 or tc.lr <= 0:
-        raise VitsslError("train.warmup_steps, train.weight_decay and train.grad_clip must be "
-                          ">= 0 (grad_clip 0 turns clipping off) and train.lr > 0")
-    if not all(0.0 <= b < 1.0 for b in tc.betas):
-        raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
     image_hw(cfg.model.image_size)
     validate_data_config(cfg.data)
     return tc.batch_size // share
