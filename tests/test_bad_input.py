@@ -230,7 +230,9 @@ def finished_run(tmp_path_factory) -> Path:
     (["train.betas=[0.9, 1.5]"], "train.betas must be in [0, 1)"),
     (["model.drop_path_rate=1"], "model.drop_path_rate must be in [0, 1)"),
     (["data.std=[0.2, 0, 0.2]"], "data.std must be > 0"),
-    (["objective.options.corrupt_ratio=.inf"], "objective.options.corrupt_ratio must be a finite"),
+    (["objective.options.corrupt_ratio=inf"], "objective.options.corrupt_ratio must be a finite"),
+    (["summary_eval.evaluators.few-shot.options.shots=[5, nan]"],
+     "summary_eval.evaluators.few-shot.options.shots must be a finite"),
 ])
 def test_bad_values_stop_before_anything_is_written(finished_run, tmp_path, capsys, sets,
                                                    message):
@@ -244,3 +246,10 @@ def test_bad_values_stop_before_anything_is_written(finished_run, tmp_path, caps
     fresh = tmp_path / "fresh"
     _one_line_exit_2(capsys, ["pretrain", "--out", str(fresh), *argv[4:]])
     assert not fresh.exists()
+
+
+@pytest.mark.parametrize("evaluator,option", [("linear-probe", "lr=inf"), ("knn", "k=nan"),
+                                              ("few-shot", "shots=[nan]")])
+def test_non_finite_evaluator_options_are_one_line(finished_run, capsys, evaluator, option):
+    argv = ["eval", "--evaluator", evaluator, "--checkpoint", str(finished_run), "--set", option]
+    assert option.split("=")[0] in _one_line_exit_2(capsys, argv)

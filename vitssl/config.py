@@ -23,6 +23,7 @@ from vitssl.errors import VitsslError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NON_FINITE = ("nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
 
 
 @dataclass
@@ -172,7 +173,19 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return key.strip().split("."), _as_number(value)
+
+
+def _as_number(value: Any) -> Any:
+    """``nan``/``inf`` words (strings to YAML) as floats, at any depth, so the finite checks
+    (vitssl.config_values) see them whatever option takes them."""
+    if isinstance(value, list):
+        return [_as_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_number(v) for k, v in value.items()}
+    if isinstance(value, str) and value.strip().lower() in NON_FINITE:
+        return float(value)
+    return value
 
 
 def _override(cfg: Config, path: list[str], value: Any) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vitssl.config import parse_override
+from vitssl.config_values import check_finite
 from vitssl.devices import resolve_device
 from vitssl.errors import VitsslError
 
@@ -53,6 +54,7 @@ def build_evaluator(name: str, options: dict[str, Any], where: str = "") -> Any:
 
     factory = get_registry().get("evaluators", name)
     _check_names(options, factory, name, where)
+    check_finite(options, f"{where}{name} option ")
     try:
         return factory(**options)
     except (TypeError, ValueError) as exc:
