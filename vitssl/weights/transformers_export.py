@@ -94,7 +94,8 @@ def transformers_config(encoder: VisionTransformer) -> dict[str, Any]:
             "patch_size": _pair(patch), "num_channels": stem.proj.in_channels,
             "qkv_bias": True, "encoder_stride": patch[0],
             "pooler_output_size": encoder.embed_dim, "pooler_act": _pooler(encoder)[1],
-            "torch_dtype": "float32"}
+            "torch_dtype": "float32",  # what transformers does not read, vitssl does:
+            "vitssl": {"pool": encoder.global_pool, "fc_norm": has_fc_norm(encoder)}}
 
 
 def preprocessor_config(encoder: VisionTransformer, mean: list[float],

@@ -81,10 +81,13 @@ def read_transformers_folder(folder: Path, config: dict[str, Any]) -> Loaded:
     for file in files:
         state.update(read_state_file(file))
     timm_state, ignored = to_timm_names(state)
+    ours = config.get("vitssl") or {}  # a vitssl export: its pooling, its norm after pooling
+    if ours.get("fc_norm"):
+        timm_state = {re.sub(r"^norm\.", "fc_norm.", k): v for k, v in timm_state.items()}
     layer_scale = any(k.endswith(".gamma") for k in timm_state)
     (h, w), (ph, pw) = to_pair(config.get("image_size", 224)), to_pair(config.get("patch_size", 16))
     encoder, _ = encoder_from_state(timm_state, heads=config.get("num_attention_heads"),
-                                    grid=(h // ph, w // pw), pool="token")
+                                    grid=(h // ph, w // pw), pool=ours.get("pool", "token"))
     eps = float(config.get("layer_norm_eps", 1e-12))
     for module in encoder.modules():
         if isinstance(module, torch.nn.LayerNorm):
