@@ -89,5 +89,7 @@ def test_transformers_folders_in_and_vitssl_out(tmp_path, capsys):
             torch.testing.assert_close(tokens, encoder.forward_features(images), atol=1e-5,
                                        rtol=0)
             torch.testing.assert_close(pooled, encoder(images), atol=1e-5, rtol=0)
+            back = read_encoder(out).encoder  # and vitssl reads its export back as itself
+            torch.testing.assert_close(back(images), encoder(images), atol=1e-5, rtol=0)
         assert "mean(dim=1)" in (out / "README.md").read_text()
         assert "pooled = " in capsys.readouterr().out

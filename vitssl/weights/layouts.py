@@ -10,6 +10,7 @@ import torch
 
 from vitssl.config import Config
 from vitssl.errors import VitsslError
+from vitssl.models import VisionTransformer
 from vitssl.weights.state import TORCH_SUFFIXES, Loaded
 from vitssl.weights.timm_layout import read_config_json, read_timm_file, read_timm_folder
 from vitssl.weights.transformers_layout import MODEL_TYPES, read_transformers_folder
@@ -75,7 +76,8 @@ def read_encoder(path: str | Path, *, heads: int | None = None,
     return read_timm_file(p, heads, grid)
 
 
-def load_any(path: str | Path, device: str | torch.device = "cpu"):  # noqa: ANN201
+def load_any(path: str | Path,
+             device: str | torch.device = "cpu") -> tuple[VisionTransformer, Config]:
     """(encoder in eval mode, a config describing it) for ``vitssl eval``: a vitssl run's own
     config, or for other layouts one holding their image size and mean / std."""
     kind, _ = layout(path)
