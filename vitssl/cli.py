@@ -51,13 +51,15 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     about = "evaluate a checkpoint with an evaluator plugin"
     p = sub.add_parser("eval", help=about, description=about)
     p.add_argument("--evaluator", required=True, help="evaluator plugin name, e.g. few-shot")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint, timm's layout or a transformers ViT folder")
     p.add_argument("--data", default="builtin:digits", help="labelled data spec")
     _set_and_device(p, "evaluator option, e.g. shots=[5,10]", "auto")
     p = sub.add_parser("analyze", help="draw the paper's section 4.5 figures from a checkpoint",
                        description="Filters, position embeddings, attention distance, rollout "
                                    "and training curves as PNGs plus analysis.json.")
-    p.add_argument("checkpoint", help="run directory, checkpoint, or timm ViT state dict file")
+    p.add_argument("checkpoint", help="run directory, checkpoint, timm's layout (a folder or a "
+                                      "state dict file) or a transformers ViT folder")
     p.add_argument("--data", help="images to attend over (default: the run's data spec)")
     p.add_argument("--images", type=int, default=128, help="images to average over")
     p.add_argument("--out", help="output directory (default: RUN/analysis or ./analysis)")
