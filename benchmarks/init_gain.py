@@ -1,7 +1,7 @@
 """What ``--init`` buys: ``mae`` on ``builtin:fashion-mnist`` from scratch versus started from
 a ``mae`` run on ``builtin:digits``, k-NN top-1 on Fashion-MNIST against training steps.
 
-    python benchmarks/init_gain.py --source-steps 200 --steps 200 --every 50 --out runs/init-gain
+    python benchmarks/init_gain.py --source-steps 200 --steps 40 --every 20 --out runs/init-gain
 
 Prints a Markdown table (and writes ``OUT/init_gain.json``): step 0 is the random encoder of
 the scratch run and the digits run's encoder. k-NN (k=20) on a seeded subset of the split.
