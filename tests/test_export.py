@@ -172,7 +172,7 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
         ([str(tmp_path / "no-such-run"), "--format", "timm"], "checkpoint not found"),
         ([str(pickled), "--format", "timm"], "not a .safetensors file"),
         ([str(fake), "--format", "hf"], "not a readable safetensors file"),
-        ([str(runs("mean")), "--format", "onnx"], "invalid choice: 'onnx'"),
+        ([str(runs("mean")), "--format", "tflite"], "invalid choice: 'tflite'"),
         ([str(runs("mean"))], "required: --format"),
     ]
     for argv, message in cases:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from vitssl.errors import VitsslError
 
-EXPORT_FORMATS = ("timm", "hf")  # vitssl.export.FORMATS, without importing torch for --help
+# vitssl.export.FORMATS, without importing torch for --help
+EXPORT_FORMATS = ("timm", "hf", "transformers", "onnx")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +42,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config file, or a shipped recipe's name (vitssl configs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--init", help="start the encoder from these weights: a vitssl run or "
+                                  "checkpoint, timm's layout or a transformers ViT folder")
     _set_and_device(p, "override a config key, e.g. train.lr=3e-4", None)
 
 
@@ -48,13 +51,15 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     about = "evaluate a checkpoint with an evaluator plugin"
     p = sub.add_parser("eval", help=about, description=about)
     p.add_argument("--evaluator", required=True, help="evaluator plugin name, e.g. few-shot")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint, timm's layout or a transformers ViT folder")
     p.add_argument("--data", default="builtin:digits", help="labelled data spec")
     _set_and_device(p, "evaluator option, e.g. shots=[5,10]", "auto")
     p = sub.add_parser("analyze", help="draw the paper's section 4.5 figures from a checkpoint",
                        description="Filters, position embeddings, attention distance, rollout "
                                    "and training curves as PNGs plus analysis.json.")
-    p.add_argument("checkpoint", help="run directory, checkpoint, or timm ViT state dict file")
+    p.add_argument("checkpoint", help="run directory, checkpoint, timm's layout (a folder or a "
+                                      "state dict file) or a transformers ViT folder")
     p.add_argument("--data", help="images to attend over (default: the run's data spec)")
     p.add_argument("--images", type=int, default=128, help="images to average over")
     p.add_argument("--out", help="output directory (default: RUN/analysis or ./analysis)")
@@ -62,10 +67,12 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                    help="only training_curves.png from the run's metrics.jsonl")
     p.add_argument("--heads", type=int, help="head count of a timm state dict of unusual width")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p = sub.add_parser("export", help="write an encoder in the layouts timm and the HF hub load",
+    p = sub.add_parser("export", help="write an encoder for timm, the HF hub, transformers, ONNX",
                        description="Write a pretrained encoder as timm weights + config.json "
-                                   "(timm), or as a Hugging Face hub folder with a model card "
-                                   "(hf); both load with timm.create_model('local-dir:DIR').")
+                                   "(timm), a Hugging Face hub folder with a model card (hf; "
+                                   "both load with timm.create_model('local-dir:DIR')), a "
+                                   "transformers ViTModel folder (transformers) or an ONNX "
+                                   "model (onnx).")
     p.add_argument("checkpoint", help="run directory, checkpoint directory or model.safetensors")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="target layout")
     p.add_argument("--out", help="output directory (default: RUN/export/FORMAT)")
@@ -98,7 +105,7 @@ def _pretrain_config(args: argparse.Namespace):
     flags = {"objective.name": args.objective, "model.name": args.model, "model.stem": args.stem,
              "data.spec": args.data, "train.steps": args.steps, "out": args.out,
              "train.batch_size": args.batch_size, "model.image_size": args.image_size,
-             "train.device": args.device}
+             "train.device": args.device, "model.init": args.init}
     overrides = [f"{key}={json.dumps(v)}" for key, v in flags.items() if v is not None]
     path = None if args.config is None else config_file(args.config)
     if args.resume and path is None and args.out is not None:
@@ -118,6 +125,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg = _pretrain_config(args)
     get_registry().entry("objectives", cfg.objective.name)  # unknown name: one clear line
+    if args.init and args.resume and cfg.out:
+        from vitssl.train.checkpoint import list_checkpoints
+        from vitssl.weights.init import resume_conflict
+
+        if list_checkpoints(cfg.out):
+            raise resume_conflict(cfg.out)
     from vitssl.train.run import pretrain
 
     pretrain(cfg, resume=args.resume)
@@ -144,11 +157,11 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from vitssl.export import export, timm_load_lines
+    from vitssl.export import export, load_lines
 
     out = export(args.checkpoint, args.format, args.out)
     print(f"wrote {out}; load it with:")
-    for line in timm_load_lines(out, json.loads((out / "config.json").read_text())):
+    for line in load_lines(args.checkpoint, out, args.format):
         print(f"  {line}")
 
 

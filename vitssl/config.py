@@ -41,6 +41,8 @@ class ModelConfig:
     attention: str = "auto"  # "auto" | "triton" | "sdpa" | "reference"
     depth: int | None = None  # None: the variant's layer count; a number cuts it
     pos_embed: str = "auto"  # the objective's (sincos for mae) | "learned" | "sincos" (fixed 2-D)
+    init: str | None = None  # start the encoder from these weights (vitssl, timm, transformers)
+    init_sha256: str | None = None  # their content hash: recorded by the run, checked when set
 
 
 @dataclass

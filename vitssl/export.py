@@ -1,12 +1,15 @@
-"""``vitssl export``: a pretrained encoder in the layouts timm and the Hugging Face hub load
-(docs/export.md). When timm is installed the export is rebuilt in timm and compared first; a
-fixed sin-cos position table is exported as timm's (trainable) ``pos_embed``.
+"""``vitssl export``: a pretrained encoder in the layouts timm, the Hugging Face hub,
+transformers and ONNX Runtime load (docs/export.md). When timm (transformers) is installed
+the export is rebuilt in it and compared first, ONNX always; a fixed sin-cos position table
+is exported as a (trainable) position embedding.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from vitssl.config import Config
 from vitssl.errors import VitsslError
 from vitssl.interop import timm_architecture, to_timm_state_dict
 
-FORMATS = ("timm", "hf")
+FORMATS = ("timm", "hf", "transformers", "onnx")
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
@@ -159,15 +162,23 @@ def model_card(config: dict[str, Any], cfg: Config, summary: dict[str, Any] | No
     return "\n".join(lines)
 
 
-def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    """Write ``source`` (a run directory or checkpoint) as ``fmt`` into ``out``; its path."""
-    from vitssl.train.checkpoint import load_encoder, read_metadata
+def output_dir(source: Path, fmt: str, out: str | Path | None) -> Path:
+    """Where the export goes (default ``RUN/export/FORMAT``), checked before any work."""
+    if out is None:
+        run_dir = run_dir_of(source)
+        base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
+        out = base / "export" / fmt
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VitsslError(f"--out '{out}' is a file; give a folder")
+    return out
 
-    if fmt not in FORMATS:
-        raise VitsslError(f"unknown export format '{fmt}'; accepted: {', '.join(FORMATS)}")
-    source = Path(source)
-    encoder, cfg = load_encoder(source, "cpu")
-    run_dir = run_dir_of(source)
+
+def _write_timm(encoder: torch.nn.Module, cfg: Config, source: Path, fmt: str, folder: Path,
+                out: Path) -> str | None:
+    """timm's layout (plus the hub model card for ``hf``); the check's line, if timm ran."""
+    from vitssl.train.checkpoint import read_metadata
+
     metadata = read_metadata(source)
     facts = {"step": metadata["step"]} if "step" in metadata else {}
     if "exports" in metadata:
@@ -175,18 +186,78 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     config = timm_config(encoder, cfg, facts)
     state = {k: v.contiguous() for k, v in to_timm_state_dict(encoder).items()}
     diff = check_with_timm(encoder, config, state)
-    if out is None:
-        base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
-        out = base / "export" / fmt
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if fmt == "hf":
+        run_dir = run_dir_of(source)
         found = run_dir is not None and (run_dir / "summary.json").is_file()
         summary = json.loads((run_dir / "summary.json").read_text()) if found else None
-        (out / CARD).write_text(model_card(config, cfg, summary, out))
-    if diff is not None:
-        print(f"checked: timm's {config['architecture']} gives the encoder's features "
-              f"(max |diff| {diff:.1e})", file=sys.stderr)
+        (folder / CARD).write_text(model_card(config, cfg, summary, out))
+    return None if diff is None else (f"checked: timm's {config['architecture']} gives the "
+                                      f"encoder's features (max |diff| {diff:.1e})")
+
+
+def _write_transformers(encoder: torch.nn.Module, cfg: Config, source: Path, fmt: str,
+                        folder: Path, out: Path) -> str | None:
+    from vitssl.weights import transformers_export as tx
+
+    card = tx.model_card(encoder, cfg, out)
+    tx.write_transformers(encoder, folder, list(cfg.data.mean), list(cfg.data.std), card)
+    diff = tx.check_with_transformers(folder, encoder)
+    if diff is None:
+        return ("not checked: transformers is not installed (pip install "
+                "'vitssl[export]' to check the export against the encoder)")
+    return f"checked: transformers' ViTModel gives the encoder's tokens (max |diff| {diff:.1e})"
+
+
+def _write_onnx(encoder: torch.nn.Module, cfg: Config, source: Path, fmt: str, folder: Path,
+                out: Path) -> str:
+    from vitssl.weights.onnx_export import write_onnx
+
+    diff = write_onnx(encoder, folder, list(cfg.data.mean), list(cfg.data.std))
+    return (f"checked: onnxruntime gives the encoder's pooled features and tokens at batch "
+            f"sizes 1 and 3 (max |diff| {diff:.1e})")
+
+
+WRITERS = {"timm": _write_timm, "hf": _write_timm, "transformers": _write_transformers,
+           "onnx": _write_onnx}
+
+
+def export(source: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Write ``source`` (a run directory or checkpoint) as ``fmt`` into ``out``; its path.
+    Everything is written and checked in a scratch folder first: a refusal writes nothing."""
+    from vitssl.train.checkpoint import load_encoder
+
+    if fmt not in FORMATS:
+        raise VitsslError(f"unknown export format '{fmt}'; accepted: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        from vitssl.weights.onnx_export import require_onnx
+
+        require_onnx()
+    source = Path(source)
+    out = output_dir(source, fmt, out)
+    encoder, cfg = load_encoder(source, "cpu")
+    with tempfile.TemporaryDirectory() as scratch:
+        line = WRITERS[fmt](encoder, cfg, source, fmt, Path(scratch), out)
+        out.mkdir(parents=True, exist_ok=True)
+        for file in Path(scratch).iterdir():
+            shutil.move(str(file), str(out / file.name))
+    if line:
+        print(line, file=sys.stderr)
     return out
+
+
+def load_lines(source: str | Path, out: Path, fmt: str) -> list[str]:
+    """Python lines that load the export of ``source`` as ``fmt`` written to ``out``."""
+    if fmt == "transformers":
+        from vitssl.train.checkpoint import load_encoder
+        from vitssl.weights.transformers_export import pooling_text
+
+        return ["from transformers import ViTModel",
+                f"model = ViTModel.from_pretrained({str(out)!r})",
+                *pooling_text(load_encoder(source)[0])]
+    if fmt == "onnx":
+        return ["import onnxruntime",
+                f"session = onnxruntime.InferenceSession({str(out / 'model.onnx')!r})",
+                "features, tokens = session.run(None, {'images': images.numpy()})"]
+    return timm_load_lines(out, json.loads((out / CONFIG).read_text()))

@@ -1,25 +1,19 @@
-"""What ``vitssl analyze`` reads: a vitssl run or checkpoint, or a timm ViT state dict, whose
-architecture is read off the tensor shapes (the head count, which no shape reveals, from the
-ViT size table by width, or ``heads``). Loading never unpickles arbitrary objects.
+"""What ``vitssl analyze`` reads: a vitssl run or checkpoint, or any layout
+:mod:`vitssl.weights.layouts` reads (timm's, a transformers folder); a bare timm state dict's
+head count, which no shape reveals, comes from the ViT size table by width, or ``heads``.
+Loading never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
 from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
-from vitssl.errors import VitsslError
-from vitssl.models import VARIANTS, VisionTransformer
-from vitssl.models.patch_embed import PatchEmbed
+from vitssl.models import VisionTransformer
 from vitssl.train.runlog import METRICS
-
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+from vitssl.weights.layouts import describe, layout, read_encoder
 
 
 @dataclass
@@ -27,7 +21,7 @@ class Subject:
     """An encoder to analyse and where it came from."""
 
     encoder: VisionTransformer
-    format: str  # "vitssl" | "timm"
+    format: str  # "vitssl" | "timm" | "transformers"
     path: str
     model: str
     stem: str
@@ -48,93 +42,17 @@ def find_run_dir(path: str | Path) -> Path | None:
     return None
 
 
-def _has_vitssl_metadata(file: Path) -> bool:
-    from vitssl.train.checkpoint import read_metadata
-
-    return "config" in read_metadata(file)
-
-
-def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickles with code, truncated files, ...
-        raise VitsslError(f"cannot read '{file}' as a tensors-only state dict: "
-                          f"{str(exc).splitlines()[0]}") from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise VitsslError(f"'{file}' does not hold a state dict")
-    return state
-
-
-def encoder_from_timm_state(state: dict[str, torch.Tensor],
-                            heads: int | None = None) -> VisionTransformer:
-    """A vitssl encoder holding the weights of a timm ``VisionTransformer`` state dict."""
-    state = {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items()
-             if torch.is_tensor(v)}
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    if any(k.startswith("patch_embed.backbone.") for k in state):
-        raise VitsslError("this timm state dict has a hybrid (CNN) stem, whose layout its "
-                          "shapes do not fix; convert the timm model with "
-                          "vitssl.interop.from_timm and analyse that checkpoint instead")
-    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise VitsslError("not a timm ViT state dict: expected 'patch_embed.proj.weight' and "
-                          "'pos_embed' keys")
-    weight = state["patch_embed.proj.weight"]
-    width, chans, ph, pw = weight.shape
-    depth = 1 + max((int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))),
-                    default=-1)
-    if depth < 1:
-        raise VitsslError("not a timm ViT state dict: no 'blocks.N.*' keys")
-    mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
-    class_token = "cls_token" in state
-    prefix = int(class_token)
-    patches = state["pos_embed"].shape[1] - prefix
-    side = math.isqrt(patches)
-    if side * side != patches:
-        raise VitsslError(f"the position embedding holds {patches} patches, not a square grid; "
-                          f"only square-grid timm state dicts are read")
-    if heads is None:
-        table = [v for v in VARIANTS.values() if v.embed_dim == width]
-        if not table:
-            raise VitsslError(f"width {width} is not in the ViT size table; give the head "
-                              f"count with --heads")
-        heads = table[0].num_heads
-    if width % heads:
-        raise VitsslError(f"width {width} is not divisible by --heads {heads}")
-    stem = PatchEmbed((side * ph, side * pw), (ph, pw), chans, width)
-    fc_norm = "fc_norm.weight" in state
-    encoder = VisionTransformer(stem, embed_dim=width, depth=depth, num_heads=heads,
-                                mlp_dim=mlp, class_token=class_token,
-                                pool="token" if class_token else "mean", fc_norm=fc_norm)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise VitsslError(f"this timm state dict has parts vitssl's ViT lacks: missing "
-                          f"{missing[:3]}, unexpected {unexpected[:3]}")
-    return encoder
-
-
 def load_subject(path: str | Path, heads: int | None = None) -> Subject:
-    """Resolve a run directory, checkpoint, or timm state dict file to an encoder in eval mode."""
-    p = Path(path)
-    if not p.exists():
-        raise VitsslError(f"checkpoint not found: '{p}'; give a run directory, a checkpoint "
-                          f"directory, a model.safetensors file or a timm ViT state dict")
-    is_timm = p.is_file() and (p.suffix in TORCH_SUFFIXES or (
-        p.suffix == ".safetensors" and not _has_vitssl_metadata(p)))
-    if is_timm:
-        encoder = encoder_from_timm_state(_read_state_dict(p), heads)
-        name = f"timm ViT D={encoder.embed_dim} depth={len(encoder.blocks)} /{encoder.patch_size}"
-        return Subject(encoder.eval(), "timm", str(p), name, "patch", notes=[
-            "timm state dict: architecture read from tensor shapes; images normalised with "
-            "ImageNet mean/std"])
-    if p.is_file() and p.suffix not in (".safetensors",):
-        raise VitsslError(f"'{p}' is neither a .safetensors file nor a torch state dict "
-                          f"({', '.join(TORCH_SUFFIXES)})")
+    """Resolve a run, checkpoint, timm or transformers weights to an encoder in eval mode."""
+    kind, p = layout(path)
+    if kind != "vitssl":
+        loaded = read_encoder(p, heads=heads)
+        return Subject(loaded.encoder.eval(), kind, str(loaded.files[0]), describe(loaded),
+                       "patch", mean=loaded.mean or IMAGENET_MEAN,
+                       std=loaded.std or IMAGENET_STD, notes=[
+                           *loaded.notes, "architecture read from the weights; images "
+                           "normalised with " + ("its mean/std" if loaded.mean else
+                                                 "ImageNet mean/std")])
     from vitssl.train.checkpoint import load_encoder, weights_file
 
     weights = weights_file(p)

@@ -88,12 +88,12 @@ def evaluate_cli(evaluator: str, checkpoint: str, data: str, overrides: Sequence
     """Run ``evaluator`` on ``data`` with the encoder of ``checkpoint``; print and record."""
     from vitssl.data.tasks import load_task
     from vitssl.plugins import get_registry
-    from vitssl.train.checkpoint import load_encoder
+    from vitssl.weights.layouts import load_any
 
     options = parse_options(overrides, get_registry().get("evaluators", evaluator), evaluator)
     instance = build_evaluator(evaluator, options)
     dev = resolve_device(device)
-    encoder, cfg = load_encoder(checkpoint, device=dev)
+    encoder, cfg = load_any(checkpoint, device=dev)  # a vitssl run, timm or transformers
     image_size = getattr(instance, "image_size", None) or cfg.model.image_size
     task = load_task(data, image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
     run_dir, source, step = _checkpoint_source(checkpoint)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 
-from vitssl.config import Config, image_hw, image_size_text, save_config
+from vitssl.config import Config, image_hw, image_size_text, load_config, save_config
 from vitssl.data.pipeline import Batches, data_info, describe_workers, pretrain_batches
 from vitssl.data.source import resolve_augmentation
 from vitssl.errors import VitsslError
@@ -39,6 +39,7 @@ from vitssl.train.schedule import build_scheduler
 from vitssl.train.step_metrics import DeferredMetrics
 from vitssl.train.summary import check_entries
 from vitssl.train.train_state import load_optimizer, restore_rng
+from vitssl.weights.init import Init, load_init, resume_conflict
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,12 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     cfg = dataclasses.replace(cfg, out=str(run_dir))
     ckpt, state = _resume_point(cfg, run_dir, resume, requested)
     start = int(state["step"]) if state is not None else 0
-    objective, options, batches = _objective_and_data(cfg, ctx, micro, start, state)
+    if state is not None:
+        cfg = _kept_init(cfg, run_dir, requested)
+    objective, options, batches, init = _objective_and_data(cfg, ctx, micro, start, state)
+    if init is not None:  # config.yaml records where the weights came from
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 init_sha256=init.sha256))
     optimizer, scheduler, scaler = _optimisation(cfg, ctx, objective, ckpt, state)
     data = iter(batches)  # a DataLoader's iterator draws its base seed from the global RNG
     if state is not None:
@@ -148,6 +154,8 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
               data=data, start_step=start, log=log, metrics=DeferredMetrics(ctx),
               cadence=Cadence(tc.log_every, tc.checkpoint_every, tc.steps), checkpoint=ckpt)
     _announce(run, ckpt, resume)
+    if init is not None and ctx.is_main:
+        log.message(init.line)
     return run
 
 
@@ -177,14 +185,33 @@ def _resume_point(cfg: Config, run_dir: Path, resume: bool,
     return ckpt, state
 
 
+def _kept_init(cfg: Config, run_dir: Path, requested: Config) -> Config:
+    """A resumed run's weights come from its checkpoint: ``model.init`` stays what its
+    config.yaml recorded (where the run began) and is not applied again."""
+    saved = run_dir / "config.yaml"
+    began = load_config(saved).model if saved.is_file() else cfg.model
+    if requested.model.init not in (None, began.init):
+        raise resume_conflict(run_dir)
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, init=began.init, init_sha256=began.init_sha256))
+
+
 def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start: int,
-                        state: dict[str, Any] | None) -> tuple[Objective, dict, Batches]:
-    """The objective around a fresh encoder, then the one pipeline with its views."""
+                        state: dict[str, Any] | None
+                        ) -> tuple[Objective, dict, Batches, Init | None]:
+    """The objective around a fresh encoder (or one started from ``model.init`` when not
+    resuming), then the one pipeline with its views."""
     info = data_info(cfg.data)
     factory = get_registry().get("objectives", cfg.objective.name)
     options = objective_options(cfg.objective.name, factory, cfg.objective.options, info)
     torch.manual_seed(cfg.train.seed)
-    objective = build_objective(cfg.objective.name, factory, build_encoder(cfg.model), options)
+    encoder = build_encoder(cfg.model)
+    init = None
+    if cfg.model.init and state is None:  # before the objective copies it into a teacher
+        init = load_init(cfg.model.init, encoder, cfg.model.init_sha256)
+    objective = build_objective(cfg.objective.name, factory, encoder, options)
+    if init is not None:
+        init.start(objective, encoder)
     tc = cfg.train
     batches = pretrain_batches(cfg.data, image_size=cfg.model.image_size, batch_size=micro,
                                seed=tc.seed, num_steps=tc.steps * tc.accum_steps,
@@ -193,7 +220,7 @@ def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start
                                views=objective.views(image_hw(cfg.model.image_size), cfg.data),
                                stream_state=state.get("stream") if state else None,
                                device=ctx.device)
-    return objective, options, batches
+    return objective, options, batches, init
 
 
 def _optimisation(cfg: Config, ctx: distributed.Context, objective: Objective,

@@ -21,7 +21,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers",
                      "train.activation_checkpointing", "train.compile",
-                     "summary_eval.", "log.")
+                     "summary_eval.", "log.", "model.init")  # model.init: how it began
 
 
 def micro_batch_size(cfg: Config, world_size: int) -> int:
