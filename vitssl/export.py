@@ -20,6 +20,7 @@ import vitssl
 from vitssl.config import Config
 from vitssl.errors import VitsslError
 from vitssl.interop import timm_architecture, to_timm_state_dict
+from vitssl.outputs import check_output
 
 FORMATS = ("timm", "hf", "transformers", "onnx")
 WEIGHTS = "model.safetensors"
@@ -168,10 +169,8 @@ def output_dir(source: Path, fmt: str, out: str | Path | None) -> Path:
         run_dir = run_dir_of(source)
         base = run_dir if run_dir is not None else (source if source.is_dir() else source.parent)
         out = base / "export" / fmt
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VitsslError(f"--out '{out}' is a file; give a folder")
-    return out
+    check_output("export", "out", str(out))  # also the default, which the CLI did not see
+    return Path(out)
 
 
 def _write_timm(encoder: torch.nn.Module, cfg: Config, source: Path, fmt: str, folder: Path,
