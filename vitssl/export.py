@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import vitssl
-from vitssl.config import Config
+from vitssl.config import Config, normalisation
 from vitssl.errors import VitsslError
 from vitssl.interop import timm_architecture, to_timm_state_dict
 
@@ -38,17 +38,18 @@ def timm_config(encoder: torch.nn.Module, cfg: Config, facts: dict[str, Any]) ->
     """The ``config.json`` timm's hub loader reads (plus a ``vitssl`` section it ignores)."""
     name, model_args, first_conv = timm_architecture(encoder)
     height, width = encoder.patch_embed.image_size
-    pretrained = {"input_size": [3, height, width], "fixed_input_size": True,
+    mean, std = normalisation(cfg.data)
+    pretrained = {"input_size": [encoder.in_chans, height, width], "fixed_input_size": True,
                   "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
-                  "mean": list(cfg.data.mean), "std": list(cfg.data.std), "num_classes": 0,
+                  "mean": list(mean), "std": list(std), "num_classes": 0,
                   "pool_size": None, "first_conv": first_conv, "classifier": "head"}
     return {"architecture": name, "num_classes": 0, "num_features": encoder.embed_dim,
             "global_pool": model_args["global_pool"], "model_args": model_args,
             "pretrained_cfg": pretrained,
             "vitssl": {"version": vitssl.__version__, "model": cfg.model.name,
                        "stem": cfg.model.stem, "pos_embed": cfg.model.pos_embed,
-                       "objective": cfg.objective.name,
-                       "data": cfg.data.spec, **facts}}
+                       "objective": cfg.objective.name, "in_chans": encoder.in_chans,
+                       "data": cfg.data.spec, "channels": cfg.data.channels, **facts}}
 
 
 def check_with_timm(encoder: torch.nn.Module, config: dict[str, Any],

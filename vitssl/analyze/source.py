@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
+from vitssl.config import IMAGENET_MEAN, IMAGENET_STD, normalisation
 from vitssl.errors import VitsslError
 from vitssl.models import VARIANTS, VisionTransformer
 from vitssl.models.patch_embed import PatchEmbed
@@ -36,6 +36,7 @@ class Subject:
     data_spec: str | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    channels: tuple[int, ...] | None = None  # the run's data.channels
     notes: list[str] = field(default_factory=list)
 
 
@@ -142,4 +143,5 @@ def load_subject(path: str | Path, heads: int | None = None) -> Subject:
     match = re.fullmatch(r"step-(\d+)", weights.parent.name)
     return Subject(encoder.eval(), "vitssl", str(weights), cfg.model.name, cfg.model.stem,
                    step=int(match[1]) if match else None, run_dir=find_run_dir(weights),
-                   data_spec=cfg.data.spec, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+                   data_spec=cfg.data.spec, mean=normalisation(cfg.data)[0],
+                   std=normalisation(cfg.data)[1], channels=cfg.data.channels)
