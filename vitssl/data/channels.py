@@ -87,7 +87,7 @@ def estimate_statistics(data: DataConfig, channels: int, seed: int,
     from vitssl.data.pipeline import pretrain_batches
 
     plain = dataclasses.replace(data, mean=(0.0,) * channels, std=(1.0,) * channels,
-                                augment=False)
+                                augment=False, num_workers=0)
     batch = 64
     total = torch.zeros(channels, dtype=torch.float64)
     square = torch.zeros(channels, dtype=torch.float64)
