@@ -68,8 +68,8 @@ def six_bands(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiff/`` and ``npy/``: the same 2 x 12 labelled 6-band 16-bit images (16 x 16) whose
     class lives only in band 5 (bands 0-4 are noise of one distribution)."""
     import numpy as np
-    import tifffile
 
+    tifffile = pytest.importorskip("tifffile")
     root = tmp_path_factory.mktemp("six-bands")
     rng = np.random.default_rng(0)
     for label in range(2):

@@ -175,8 +175,9 @@ class Bands:
         self.picture = v2.Compose([v2.ToImage(), v2.RGB()])
 
     def __call__(self, image: Any) -> torch.Tensor:
-        if not isinstance(image, torch.Tensor) or image.dtype == torch.uint8:
-            image = self.picture(image)
+        if not isinstance(image, torch.Tensor) or (image.dtype == torch.uint8
+                                                   and image.shape[-3] == 1):
+            image = self.picture(image)  # grey pictures become RGB
         if self.channels is None:
             return image
         bands = image.shape[-3]
