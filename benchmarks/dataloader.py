@@ -23,7 +23,8 @@ fed loop a step on six channels), for each ``--workers`` setting (counts or ``au
 ``--cases`` picks some (folder, digits, fashion-mnist, png16, tiff6). Per case and
 setting: the pipeline alone (batches/s, images/s, steady), the step alone on a batch
 in memory, their ratio, and the two together (the loop fed by the pipeline). Median of
-``--repeats`` interleaved rounds; every rate of a round is measured in the same process, side by side.
+``--repeats`` interleaved rounds; every rate of a round is measured in the same process,
+side by side.
 OpenMP's wait policy is the caller's (the default run's: unset, threads spin a
 while between parallel regions, which on few cores starves workers; set
 ``OMP_WAIT_POLICY=PASSIVE`` to compare).
