@@ -173,3 +173,19 @@ def test_a_run_saved_before_channels_loads_as_rgb_with_its_numbers(monkeypatch):
     model, data = resolve_channels(cfg.model, cfg.data)
     assert model.in_chans == 3 and data.mean == (0.1, 0.2, 0.3)
     assert load_config().model.in_chans == "auto"  # recipes take the data's
+
+
+def test_shards_keep_the_bands_and_their_depth(six_bands, tmp_path, capsys):
+    from vitssl.data.source import get_source
+    from vitssl.data.wds import decode_sample, first_sample
+
+    shard = tmp_path / "shard-000000.tar"
+    assert cli_main(["shard", "--data", f"folder:{six_bands / 'tiff'}", "--output",
+                     str(tmp_path / "shard-%06d.tar")]) == 0
+    fmt = get_source("wds").image_format(str(shard), "train", {})
+    assert (fmt.channels, fmt.bits, fmt.color) == (6, 16, False)
+    image, label = decode_sample(first_sample([str(shard)]), labelled=True)
+    first, first_label = open_dataset(f"folder:{six_bands / 'tiff'}")[0]
+    assert label == first_label
+    np.testing.assert_array_equal(image.numpy(), first.numpy())
+    capsys.readouterr()
