@@ -60,7 +60,11 @@ def is_deep(data: bytes, name: str) -> bool:
     if name.lower().endswith(".npy"):
         return True
     if data[:4] in TIFF_MAGIC:
-        with tifffile_module().TiffFile(io.BytesIO(data)) as tif:
+        try:
+            import tifffile
+        except ImportError:  # PIL reads 8-bit and 16-bit grey TIFFs; others name tifffile
+            return False
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
             return page.bitspersample != 8 or page.samplesperpixel not in (1, 3, 4) \
                 or len(tif.series[0].shape) > 2 + (page.samplesperpixel > 1)

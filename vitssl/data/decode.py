@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from vitssl.data.bands import (
     DEEP_MODES,
+    TIFF_MAGIC,
     ImageFormat,
     check_png_depth,
     count_channels,
@@ -27,6 +28,7 @@ from vitssl.data.bands import (
     grey_bands,
     is_deep,
     read_bands,
+    tifffile_module,
 )
 from vitssl.errors import VitsslError
 
@@ -90,6 +92,8 @@ def decode_image(data: bytes, name: str, layout: str = "auto") -> Image.Image | 
     except VitsslError:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL and tifffile raise many types for bad data
+        if data[:4] in TIFF_MAGIC:
+            tifffile_module()  # a TIFF PIL cannot read: say what reads it
         raise _corrupt(name, exc) from None
 
 
