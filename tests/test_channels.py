@@ -189,3 +189,14 @@ def test_shards_keep_the_bands_and_their_depth(six_bands, tmp_path, capsys):
     assert label == first_label
     np.testing.assert_array_equal(image.numpy(), first.numpy())
     capsys.readouterr()
+
+
+def test_analysis_figures_draw_six_bands(tmp_path):
+    from vitssl.analyze import figures
+    from vitssl.analyze.filters import filter_components
+
+    components, ratio = filter_components(torch.randn(192, 6, 4, 4))
+    assert components.shape == (28, 6, 4, 4)
+    figures.draw_filters(components, ratio, tmp_path)
+    figures.draw_rollout(torch.rand(2, 6, 16, 16), torch.rand(2, 4, 4), tmp_path, "rollout")
+    assert (tmp_path / "filters.png").stat().st_size and (tmp_path / "rollout.png").stat().st_size

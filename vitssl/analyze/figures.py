@@ -107,7 +107,10 @@ def draw_attention_distance(distance: torch.Tensor, uniform: float, out: Path,
 
 
 def draw_rollout(pixels: torch.Tensor, maps: torch.Tensor, out: Path, title: str) -> None:
-    """Per image (n, 3, H, W) in [0, 1]: the input, its rollout map, the input masked by it."""
+    """Per image (n, C, H, W) in [0, 1]: the input, its rollout map, the input masked by it
+    (C != 3: the mean of the bands, in grey)."""
+    if pixels.shape[1] != 3:
+        pixels = pixels.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     with _figure(out, "rollout.png") as fig:
         n = pixels.shape[0]
         masks = F.interpolate(maps[:, None].float(), size=pixels.shape[-2:], mode="bilinear",
