@@ -26,6 +26,16 @@ STATS_IMAGES = 256
 MIN_STD = 1e-6  # a constant band is centred, not divided by zero
 
 
+def check_statistics(data: DataConfig) -> None:
+    """Refuse a ``data.mean`` or ``data.std`` that is neither unset, ``auto`` nor numbers."""
+    for key in ("mean", "std"):
+        value = getattr(data, key)
+        if value not in (None, "auto") and (isinstance(value, str) or not value or (
+                key == "std" and min(value) <= 0)):
+            raise VitsslError(f"data.{key} must be 'auto' or one number per channel"
+                              f"{' (each > 0)' if key == 'std' else ''}, got {value!r}")
+
+
 def data_format(data: DataConfig) -> ImageFormat:
     """What the run's training images hold, as its source declares."""
     spec = parse_spec(data.spec)
@@ -51,6 +61,7 @@ def resolve_channels(model: ModelConfig, data: DataConfig,
     if model.in_chans != "auto" and not (type(model.in_chans) is int and model.in_chans > 0):
         raise VitsslError(f"model.in_chans must be 'auto' or a positive whole number, "
                           f"got {model.in_chans!r}")
+    check_statistics(data)
     recorded = isinstance(data.mean, (tuple, list)) and isinstance(data.std, (tuple, list))
     if recorded and model.in_chans != "auto" and data.color is not None:
         return model, data  # a run's own config.yaml: nothing to read

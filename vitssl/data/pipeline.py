@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from vitssl.config import DataConfig, normalisation
 from vitssl.data.bands import Bands
 from vitssl.data.batches import StepBatches, counted, loader_options
+from vitssl.data.channels import check_statistics
 from vitssl.data.source import Batches, StreamRequest, parse_spec, resolve_augmentation
 from vitssl.data.transforms import pretrain_transform
 from vitssl.devices import local_ranks, usable_cores
@@ -47,6 +48,7 @@ def validate_data_config(dc: DataConfig) -> None:
             raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
     if dc.translate is not None and not 0.0 <= dc.translate < 1.0:
         raise VitsslError(f"data.translate must lie in [0, 1), got {dc.translate}")
+    check_statistics(dc)
     if not isinstance(dc.options, dict):
         raise VitsslError(f"data.options must be a mapping of option names to values, "
                           f"got {dc.options!r}")
