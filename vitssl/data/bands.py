@@ -64,10 +64,13 @@ def is_deep(data: bytes, name: str) -> bool:
             import tifffile
         except ImportError:  # PIL reads 8-bit and 16-bit grey TIFFs; others name tifffile
             return False
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages[0]
-            return page.bitspersample != 8 or page.samplesperpixel not in (1, 3, 4) \
-                or len(tif.series[0].shape) > 2 + (page.samplesperpixel > 1)
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages[0]
+                return page.bitspersample != 8 or page.samplesperpixel not in (1, 3, 4) \
+                    or len(tif.series[0].shape) > 2 + (page.samplesperpixel > 1)
+        except Exception:  # noqa: BLE001 - unreadable: PIL's attempt reports it as corrupt
+            return False
     return False
 
 
