@@ -124,7 +124,7 @@ class VisionTransformer(nn.Module):
         return (height * self.grid_size[0] // image[0], width * self.grid_size[1] // image[1])
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> patch embeddings (B, N, D), before position embeddings."""
+        """Images (B, C, H, W) -> patch embeddings (B, N, D), before position embeddings."""
         return self.patch_embed(images)
 
     @property
@@ -176,7 +176,7 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> features (B, T, D); any input size the stem accepts."""
+        """Images (B, C, H, W) -> features (B, T, D); any input size the stem accepts."""
         grid = self.grid_for(images.shape[-2], images.shape[-1])
         return self.encode(self.embed_patches(images), grid=grid)
 

@@ -76,7 +76,7 @@ class ThreeChannels:
 
 
 class MultiCrop:
-    """One image -> ``{"global": (2, 3, G, G), "local": (n, 3, L, L)}`` uint8 crops.
+    """One image -> ``{"global": (2, C, G, G), "local": (n, C, L, L)}`` uint8 crops.
 
     ``hflip`` and ``color`` turn the flip and the colour jitter / grayscale /
     solarisation off for data whose labels they would change (e.g. digits).
