@@ -17,16 +17,19 @@ with the source's default augmentation, batch 64) against the default run's
 training step (a step of ``--objective`` on Ti/4 cut to 4 blocks, via
 ``loop_step.py``), on a ``folder:`` tree of ``--pngs`` grey ~300 px PNGs cut from
 the bundled photographs (at 32 px) and on ``builtin:digits`` and
-``builtin:fashion-mnist`` (at 28 px), for each ``--workers`` setting (counts or
-``auto``). Per case and setting: the pipeline alone (batches/s, images/s,
-steady), the step alone on a batch in memory, their ratio, and the two
-together (the loop fed by the pipeline). Median of ``--repeats`` interleaved
-rounds; every rate of a round is measured in the same process, side by side.
+``builtin:fashion-mnist`` (at 28 px), and on data beyond 8-bit RGB at 32 px: as many
+16-bit grey PNGs (one channel) and 6-band 16-bit TIFFs of 128 px (six channels, their
+fed loop a step on six channels), for each ``--workers`` setting (counts or ``auto``);
+``--cases`` picks some (folder, digits, fashion-mnist, png16, tiff6). Per case and
+setting: the pipeline alone (batches/s, images/s, steady), the step alone on a batch
+in memory, their ratio, and the two together (the loop fed by the pipeline). Median of
+``--repeats`` interleaved rounds; every rate of a round is measured in the same process,
+side by side.
 OpenMP's wait policy is the caller's (the default run's: unset, threads spin a
 while between parallel regions, which on few cores starves workers; set
 ``OMP_WAIT_POLICY=PASSIVE`` to compare).
 
-    python benchmarks/dataloader.py --pipeline [--workers 0,1,auto] [--repeats 3]
+    python benchmarks/dataloader.py --pipeline [--workers 0,1,auto] [--repeats 3] [--cases ...]
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def time_model_step(batch: int, repeats: int) -> float:
 # -- --pipeline: the default run's pipeline against its training step ----------------------
 
 PIPELINE_BATCH = 64
+CASES = ("folder", "digits", "fashion-mnist", "png16", "tiff6")  # --pipeline --cases names
 
 
 def make_grey_pngs(root: Path, count: int, classes: int = 4) -> None:
@@ -158,10 +162,39 @@ def make_grey_pngs(root: Path, count: int, classes: int = 4) -> None:
         save_in_class(root, i, classes, crop.resize((out, out)), ".png")
 
 
+def make_deep_images(root: Path, count: int, classes: int = 4) -> None:
+    """``count`` 16-bit grey PNGs (``png16/``, the grey crops with random low bytes) and as
+    many 6-band 16-bit TIFFs of 128 px (``tiff6/``: the crop's grey and five noise bands)."""
+    import tifffile
+
+    for i, crop, rng in photo_crops(count, "L"):
+        out = int(rng.integers(260, 341))
+        grey = np.asarray(crop.resize((out, out)), dtype=np.uint16)
+        deep = grey * 256 + rng.integers(0, 256, grey.shape, dtype=np.uint16)
+        save_in_class(root / "png16", i, classes, Image.fromarray(deep), ".png")
+        small = np.asarray(crop.resize((128, 128)), dtype=np.uint16)[..., None] * 257
+        bands = np.concatenate([small, rng.integers(0, 65536, (128, 128, 5), np.uint16)], -1)
+        folder = root / "tiff6" / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / f"{i:06d}.tif", bands, photometric="minisblack",
+                         planarconfig="contig")
+
+
+def _stats(spec: str) -> dict[str, tuple[float, ...]]:
+    """Fixed statistics, one per channel, for the deep cases (none for RGB pictures)."""
+    count = {"png16": 1, "tiff6": 6}.get(Path(spec).name, 3)
+    return {} if count == 3 else {"mean": (0.5,) * count, "std": (0.25,) * count}
+
+
+def _data(spec: str, workers: int | str) -> DataConfig:
+    """The default run's data settings for ``spec``."""
+    return DataConfig(spec=spec, num_workers=workers, **_stats(spec))
+
+
 def time_pipeline(spec: str, workers: int | str, size: int, batches: int) -> tuple[float, float]:
     """(steady, end-to-end) images/s of ``batches`` batches of the default run's pipeline."""
     start = time.perf_counter()
-    data = pretrain_batches(DataConfig(spec=spec, num_workers=workers), image_size=size,
+    data = pretrain_batches(_data(spec, workers), image_size=size,
                             batch_size=PIPELINE_BATCH, seed=0, num_steps=batches)
     arrivals = [time.perf_counter() for _ in data]
     total, steady = _rates(start, arrivals, PIPELINE_BATCH)
@@ -183,7 +216,7 @@ def time_loop(run, spec: str, workers: int | str, size: int, steps: int) -> floa
     """Images/s of the training step fed by the pipeline (after one step of warm-up)."""
     from vitssl.train.run import run_steps
 
-    data = pretrain_batches(DataConfig(spec=spec, num_workers=workers), image_size=size,
+    data = pretrain_batches(_data(spec, workers), image_size=size,
                             batch_size=PIPELINE_BATCH, seed=0, num_steps=steps + 1)
     fixed, run.data = run.data, iter(data)
     try:
@@ -211,20 +244,34 @@ def pipeline_main(args: argparse.Namespace) -> None:
           f"rounds")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "grey"
-        make_grey_pngs(root, args.pngs)
         cases = [(f"folder:{root}", f"folder ({args.pngs} grey PNGs ~300 px)", 32),
                  ("builtin:digits", "builtin:digits", 28),
-                 ("builtin:fashion-mnist", "builtin:fashion-mnist", 28)]
+                 ("builtin:fashion-mnist", "builtin:fashion-mnist", 28),
+                 (f"folder:{root}-deep/png16", f"folder ({args.pngs} 16-bit grey PNGs ~300 px)",
+                  32),
+                 (f"folder:{root}-deep/tiff6", f"folder ({args.pngs} 6-band 16-bit TIFFs 128 px)",
+                  32)]
+        chosen = args.cases.split(",") if args.cases else None
+        cases = [c for i, c in enumerate(cases) if chosen is None or CASES[i] in chosen]
+        if any(c[0] == f"folder:{root}" for c in cases):
+            make_grey_pngs(root, args.pngs)
+        if any("-deep" in c[0] for c in cases):
+            make_deep_images(Path(f"{root}-deep"), args.pngs)
+        # The default run's step (3 channels) at each size; the loop row feeds each data's own.
         steps = {size: loop_step(args.objective, [f"model.image_size={size}"],
                                  PIPELINE_BATCH) for size in {c[2] for c in cases}}
+        loops = {spec: steps[size][1] if "-deep" not in spec else loop_step(
+            args.objective, [f"model.image_size={size}", f"data.spec={spec}",
+                             *(f"data.{k}={list(v)}" for k, v in _stats(spec).items())],
+            PIPELINE_BATCH)[1] for spec, _name, size in cases}
         rows: dict[tuple[str, str], list[tuple[float, ...]]] = {}
         for _ in range(args.repeats):
             for spec, _name, size in cases:
-                step, run = steps[size]
+                step, _ = steps[size]
                 for w in settings:
                     step_rate = time_step(step, args.step_repeats)
                     steady, total = time_pipeline(spec, w, size, args.batches)
-                    loop = time_loop(run, spec, w, size, args.loop_steps)
+                    loop = time_loop(loops[spec], spec, w, size, args.loop_steps)
                     rows.setdefault((spec, str(w)), []).append((steady, total, step_rate, loop))
         print("| data | px | workers | pipeline batches/s | pipeline img/s (steady / end-to-end) "
               "| step img/s | pipeline / step | loop img/s (data + step) |")
@@ -255,6 +302,8 @@ def main() -> None:
                         help="the default run's pipeline against its training step")
     parser.add_argument("--objective", default="masked-patch")
     parser.add_argument("--pngs", type=int, default=2624)
+    parser.add_argument("--cases", default=None,
+                        help=f"--pipeline cases to run, comma-separated: {', '.join(CASES)}")
     parser.add_argument("--batches", type=int, default=20, help="pipeline batches per timing")
     parser.add_argument("--loop-steps", type=int, default=20)
     parser.add_argument("--step-repeats", type=int, default=5)

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vitssl.config import load_config
+from vitssl.config import load_config, normalisation
 from vitssl.data.tasks import load_task
 from vitssl.plugins import get_registry
 from vitssl.train.checkpoint import list_checkpoints, load_encoder
@@ -49,8 +49,8 @@ def main() -> None:
             pretrain(_cfg(run, DATA, args.steps, args.every,
                           *([f"model.init={source}"] if name == "init" else [])))
     cfg = load_encoder(source)[1]
-    task = capped(load_task(DATA, cfg.model.image_size, mean=tuple(cfg.data.mean),
-                            std=tuple(cfg.data.std)), args.train, args.test)
+    task = capped(load_task(DATA, cfg.model.image_size, mean=normalisation(cfg.data)[0],
+                            std=normalisation(cfg.data)[1]), args.train, args.test)
     knn = get_registry().get("evaluators", "knn")(k=[20])
     table: dict[str, dict[int, float]] = {}
     for name, run in runs.items():

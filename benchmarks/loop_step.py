@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from vitssl.config import load_config
+from vitssl.config import load_config, normalisation
 from vitssl.data.transforms import normalize
 from vitssl.objective import Objective
 from vitssl.train import distributed
@@ -30,7 +30,8 @@ def random_batch(objective: Objective, batch_size: int, image_size: int,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
     """A random batch in the shape the loop hands to ``objective`` (its views included)."""
     g = torch.Generator().manual_seed(0)
-    pixels = torch.rand(batch_size, 3, image_size, image_size, generator=g)
+    channels = getattr(objective.encoder, "in_chans", 3)
+    pixels = torch.rand(batch_size, channels, image_size, image_size, generator=g)
     batch = {"pixels": pixels, "image": normalize(pixels, mean, std),
              "label": torch.randint(0, 10, (batch_size,), generator=g)}
     transform = objective.views((image_size, image_size), None)
@@ -52,7 +53,7 @@ def loop_step(objective: str, overrides: list[str], batch_size: int,
     run = build_run(cfg, distributed.setup(device))
     size = cfg.model.image_size if isinstance(cfg.model.image_size, int) else \
         cfg.model.image_size[0]
-    batch = random_batch(run.objective, batch_size, size, cfg.data.mean, cfg.data.std)
+    batch = random_batch(run.objective, batch_size, size, *normalisation(run.cfg.data))
     run.data = itertools.repeat(batch)
     steps = run_steps(run, 0, NEVER)
 

@@ -104,7 +104,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from vitssl.config import Config, image_hw, load_config  # noqa: E402
+from vitssl.config import Config, image_hw, load_config, normalisation  # noqa: E402
 from vitssl.data.pipeline import pretrain_batches  # noqa: E402
 from vitssl.data.tasks import load_task  # noqa: E402
 from vitssl.plugins import get_registry  # noqa: E402
@@ -381,8 +381,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sets.append(f"model.image_size={args.image_size}")
     cfg = load_config(None, sets + list(args.set))
     ctx = distributed.setup(cfg.train.device)
-    task = load_task(cfg.data.spec, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
-                     std=tuple(cfg.data.std), options=cfg.data.options)
+    mean, std = normalisation(cfg.data)
+    task = load_task(cfg.data.spec, image_size=cfg.model.image_size, mean=mean, std=std,
+                     options=cfg.data.options)
     k = task.num_classes
     test = np.random.default_rng(1).permutation(len(task.test))[:args.probe_test]
     probe = low_data_split(task, args.probe_train // k, 0)

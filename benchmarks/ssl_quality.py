@@ -66,7 +66,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from vitssl.config import Config, load_config  # noqa: E402
+from vitssl.config import Config, load_config, normalisation  # noqa: E402
 from vitssl.data.tasks import Task, load_task  # noqa: E402
 from vitssl.plugins import get_registry  # noqa: E402
 from vitssl.train import distributed  # noqa: E402
@@ -121,7 +121,7 @@ class Scorer:
 
     def __init__(self, cfg: Config, args: argparse.Namespace) -> None:
         task = load_task(cfg.data.spec, image_size=cfg.model.image_size,
-                         mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                         mean=normalisation(cfg.data)[0], std=normalisation(cfg.data)[1],
                          options=cfg.data.options)
         k = task.num_classes
         self.probe = subset_task(task, args.probe_train // k, args.probe_test)

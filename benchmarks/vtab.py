@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vitssl.config import normalisation
 from vitssl.devices import resolve_device
 from vitssl.errors import VitsslError
 from vitssl.eval.vtab_protocol import ADAPTATIONS, PROTOCOLS
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vtab: {len(tasks)} task(s), protocol {protocol}, {args.adapt}, {image_size} px; "
               f"results -> {output}", file=sys.stderr, flush=True)
         doc = run_suite(checkpoint=args.checkpoint, encoder=encoder,
-                        mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+                        mean=normalisation(cfg.data)[0], std=normalisation(cfg.data)[1],
                         image_size=image_size, tasks=tasks, problems=problems,
                         evaluator=evaluator, protocol=protocol, adapt=args.adapt,
                         output=output, resume=args.resume, options=extra)

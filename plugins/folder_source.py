@@ -14,12 +14,12 @@ class FolderSource(Source):
     example = "folder:PATH"
 
     def info(self, target: str, split: str, options: Mapping[str, Any]) -> tuple[bool, int | None]:
-        check_options("folder", options)
+        check_options("folder", options, ("layout",))
         return folder_info(target, split)
 
     def open(self, target: str, split: str, options: Mapping[str, Any]):
-        check_options("folder", options)
-        return ImageFolder(target, split)
+        layout = check_options("folder", options, ("layout",)).get("layout", "auto")
+        return ImageFolder(target, split, layout)
 
 
 @vitssl.hookimpl

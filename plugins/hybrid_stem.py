@@ -216,6 +216,7 @@ class HybridStem(nn.Module):
         self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, kernel, kernel)
         self.image_size = to_pair(image_size)
         self.patch_size = patch
+        self.in_chans = in_chans
         self.reduction = reduction
         self.grid_size = self.grid_for(*self.image_size)
         self.reset_parameters(zero_init_last)

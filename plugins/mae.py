@@ -92,7 +92,7 @@ class MaskedAutoencoder(vitssl.Objective):
         self.decoder_blocks = nn.Sequential(*[
             Block(decoder_dim, decoder_heads, 4 * decoder_dim) for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(decoder_dim, patch * patch * 3)
+        self.decoder_pred = nn.Linear(decoder_dim, patch * patch * encoder.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         xavier_linears([*self.decoder_blocks.modules(), self.decoder_embed, self.decoder_pred])
 
@@ -107,7 +107,7 @@ class MaskedAutoencoder(vitssl.Objective):
 
     def decode(self, features: torch.Tensor, ids_restore: torch.Tensor,
                grid: tuple[int, int]) -> torch.Tensor:
-        """Encoded visible tokens (B, prefix + keep, D) -> patch predictions (B, N, 3 p p)."""
+        """Encoded visible tokens (B, prefix + keep, D) -> patch predictions (B, N, C p p)."""
         prefix = self.encoder.num_prefix_tokens
         x = self.decoder_embed(features)
         b, n = ids_restore.shape
@@ -121,7 +121,7 @@ class MaskedAutoencoder(vitssl.Objective):
         return self.decoder_pred(x[:, prefix:])
 
     def targets(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, N, 3 p p) patches of the normalised image, per-patch normalised if asked."""
+        """(B, N, C p p) patches of the normalised image, per-patch normalised if asked."""
         target = patchify(images.float(), grid).flatten(2)
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)

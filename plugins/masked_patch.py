@@ -13,6 +13,11 @@ for 3 bits); ``downsampled-4x4`` - the patch area-resized to 4x4, each of the 16
 cells quantised the same way (16 predictions of 512 classes); ``pixels`` - L2
 regression on the patch of the normalised image.
 
+Images of C != 3 channels: each channel's quantised mean is its own prediction
+(C classifications of ``2**bits`` levels per patch, or per cell): the paper's joint
+colour class exists for RGB, and a joint class over C bands would need ``2**(bits C)``
+outputs (2.6e5 for 6 bands at 3 bits). For C = 3 the target is the paper's.
+
 Randomness: when the batch carries ``"sample_seed"`` (B,) the draws of sample
 ``i`` come from a generator seeded with it (:func:`vitssl.ssl.batch.per_sample_uniform`),
 so a sample is corrupted the same way whichever rank or batch it lands in; otherwise
@@ -76,23 +81,28 @@ class MaskedPatchPrediction(vitssl.Objective):
         dim = encoder.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.num_classes = 2 ** (3 * self.bits)
+        channels = getattr(encoder, "in_chans", 3)
+        # Predictions per patch (or cell), each over num_classes: one joint RGB class, or one
+        # per channel.
+        self.joint = channels == 3
+        self.per_cell = 1 if self.joint else channels
+        self.num_classes = 2 ** (self.bits * (3 if self.joint else 1))
         grid = encoder.grid_size
         self.num_corrupted(grid[0] * grid[1])  # a grid with nothing to corrupt is refused now
         if target == "mean-color":
-            out = self.num_classes
+            out = self.per_cell * self.num_classes
         elif target == "downsampled-4x4":
             patch = getattr(encoder, "patch_size", 0)
             if not isinstance(patch, int) or patch < 4 or patch % 4:
                 raise VitsslError(f"target=downsampled-4x4 needs square patches whose side is "
                                   f"a multiple of 4, got patch size {patch}")
-            out = 16 * self.num_classes
+            out = 16 * self.per_cell * self.num_classes
         else:
             image = getattr(encoder.patch_embed, "image_size", None)
             if image is None:
                 raise VitsslError("target=pixels needs a stem with an image_size")
             ih, iw = (image, image) if isinstance(image, int) else image
-            out = 3 * (ih // grid[0]) * (iw // grid[1])
+            out = channels * (ih // grid[0]) * (iw // grid[1])
         self.head = nn.Linear(dim, out)
         nn.init.zeros_(self.head.bias)
 
@@ -135,20 +145,28 @@ class MaskedPatchPrediction(vitssl.Objective):
 
     # -- targets ------------------------------------------------------------------------------
     def targets(self, batch: dict[str, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-        """(B, N) classes for mean-color, (B, N, 16) for downsampled-4x4, (B, N, 3ph pw) pixels."""
+        """(B, N[, C]) classes for mean-color, (B, N, 16[, C]) for downsampled-4x4 (the channel
+        axis for C != 3), (B, N, C ph pw) pixels."""
         if self.target == "pixels":
             return patchify(batch["image"].float(), grid).flatten(2)
         pixels = batch.get("pixels")
         if pixels is None:
             raise VitsslError("masked-patch colour targets need the un-normalised 'pixels' in "
                               "the batch")
-        patches = patchify(pixels.float(), grid)  # (B, N, 3, ph, pw)
+        patches = patchify(pixels.float(), grid)  # (B, N, C, ph, pw)
         if self.target == "mean-color":
-            return quantise_colour(patches.mean(dim=(-2, -1)), self.bits)
+            return self.quantise(patches.mean(dim=(-2, -1)))
         b, n, c, ph, pw = patches.shape
-        small = F.adaptive_avg_pool2d(patches.reshape(b * n, c, ph, pw), 4)  # (BN, 3, 4, 4)
-        small = small.reshape(b, n, c, 16).transpose(-1, -2)  # (B, N, 16, 3)
-        return quantise_colour(small, self.bits)
+        small = F.adaptive_avg_pool2d(patches.reshape(b * n, c, ph, pw), 4)  # (BN, C, 4, 4)
+        small = small.reshape(b, n, c, 16).transpose(-1, -2)  # (B, N, 16, C)
+        return self.quantise(small)
+
+    def quantise(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., C) values in [0, 1] -> the joint RGB class (...), or per channel (..., C)."""
+        if self.joint:
+            return quantise_colour(values, self.bits)
+        levels = 2 ** self.bits
+        return (values * levels).floor().clamp_(0, levels - 1).long()
 
     # -- the objective ------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
@@ -167,9 +185,8 @@ class MaskedPatchPrediction(vitssl.Objective):
         if self.target == "pixels":
             loss = F.mse_loss(pred, target)
             return {"loss": loss, "mse": loss.detach()}
-        if self.target == "downsampled-4x4":
-            pred = pred.reshape(-1, 16, self.num_classes)
-        loss = F.cross_entropy(pred.reshape(-1, self.num_classes), target.reshape(-1))
+        pred, target = pred.reshape(-1, self.num_classes), target.reshape(-1)
+        loss = F.cross_entropy(pred, target)
         accuracy = (pred.detach().argmax(-1) == target).float().mean()
         return {"loss": loss, "accuracy": accuracy}
 

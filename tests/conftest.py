@@ -61,3 +61,24 @@ def plugin_package(tmp_path: Path) -> Iterator[Callable[..., str]]:
         for module in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
             del sys.modules[module]
     get_registry(refresh=True)
+
+
+@pytest.fixture(scope="session")
+def six_bands(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiff/`` and ``npy/``: the same 2 x 12 labelled 6-band 16-bit images (16 x 16) whose
+    class lives only in band 5 (bands 0-4 are noise of one distribution)."""
+    import numpy as np
+
+    tifffile = pytest.importorskip("tifffile")
+    root = tmp_path_factory.mktemp("six-bands")
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (root / "tiff" / f"c{label}").mkdir(parents=True)
+        (root / "npy" / f"c{label}").mkdir(parents=True)
+        for i in range(12):
+            bands = rng.integers(0, 65536, (6, 16, 16), dtype=np.uint16)
+            bands[5] = rng.integers(0, 24000, (16, 16)) + 40000 * label
+            tifffile.imwrite(root / "tiff" / f"c{label}" / f"{i}.tif", bands.transpose(1, 2, 0),
+                             photometric="minisblack", planarconfig="contig")
+            np.save(root / "npy" / f"c{label}" / f"{i}.npy", bands)
+    return root

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vitssl.data.source import open_dataset
@@ -153,12 +154,11 @@ def test_vtab1k_missing_task_list_and_unknown_name(tmp_path):
         open_dataset(f"vtab1k:{tmp_path / 'cifar'}", "holdout")
 
 
-def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+def test_16_bit_grey_images_keep_every_bit(tmp_path):
     values = np.random.default_rng(0).integers(0, 65536, (12, 10), dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")
     from vitssl.data.decode import load_image
 
-    rgb = np.asarray(load_image(tmp_path / "deep.png"), dtype=np.float64)
-    expected = np.round(values / 257.0)
-    assert rgb.shape == (12, 10, 3)
-    np.testing.assert_array_equal(rgb[..., 0], expected)
+    bands = load_image(tmp_path / "deep.png")  # one band, scaled by 16 bits, not by 255
+    assert bands.shape == (1, 12, 10) and bands.dtype == torch.float32
+    np.testing.assert_array_equal(np.round(bands[0].numpy() * 65535).astype(np.uint16), values)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitssl.config import DataConfig, load_config
+from vitssl.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, load_config
 from vitssl.data import photos
 from vitssl.data.pipeline import pretrain_batches
 from vitssl.data.source import open_dataset
@@ -140,7 +140,7 @@ def test_uint8_transport_matches_float_transform():
     cfg = DataConfig(spec="builtin:photos", crop_scale=(0.35, 1.0))
     got = list(pretrain_batches(cfg, image_size=16, batch_size=4, seed=5, num_steps=2))
     direct = StepBatches(open_dataset("builtin:photos"), pretrain_transform(16), batch_size=4,
-                         seed=5, mean=cfg.mean, std=cfg.std, num_steps=2)
+                         seed=5, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_steps=2)
     for step, batch in enumerate(got):
         reference = direct[step]
         assert reference["pixels"].dtype == torch.float32

@@ -101,3 +101,16 @@ def _logged(run) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
             for line in lines]
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_two_steps_on_six_band_images(name, six_bands, tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain(_cfg(name, run, f"data.spec=folder:{six_bands / 'tiff'}", "data.num_workers=0",
+                  "data.mean=[0.5,0.5,0.5,0.5,0.5,0.5]", "data.std=[0.3,0.3,0.3,0.3,0.3,0.3]"))
+    losses = [entry["loss"] for entry in _logged(run)]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    encoder, cfg = load_encoder(run)
+    assert encoder.in_chans == cfg.model.in_chans == 6
+    assert encoder.forward_features(torch.randn(1, 6, 16, 16)).isfinite().all()
+    capsys.readouterr()

@@ -108,7 +108,7 @@ def test_data_options_reach_builtin_factories():
     with pytest.raises(VitsslError, match="builtin:photos: bad options"):
         pretrain_batches(DataConfig(spec="builtin:photos", options={"colour": 1}),
                          image_size=8, batch_size=4, seed=0, num_steps=1)
-    with pytest.raises(VitsslError, match=r"folder: unknown data.options \['x'\]; it takes none"):
+    with pytest.raises(VitsslError, match=r"folder: unknown data.options \['x'\]; accepted: lay"):
         data_info(DataConfig(spec="folder:/tmp", options={"x": 1}))
 
 

@@ -43,6 +43,7 @@ class ModelConfig:
     pos_embed: str = "auto"  # the objective's (sincos for mae) | "learned" | "sincos" (fixed 2-D)
     init: str | None = None  # start the encoder from these weights (vitssl, timm, transformers)
     init_sha256: str | None = None  # their content hash: recorded by the run, checked when set
+    in_chans: int | str = "auto"  # image channels; "auto": the data's (vitssl.data.channels)
 
 
 @dataclass
@@ -50,8 +51,11 @@ class DataConfig:
     spec: str = "builtin:digits"
     split: str = "train"
     num_workers: int | str = "auto"  # or a count; 0: the main process
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # Per channel; "auto": estimated from the data; None: ImageNet's for 8-bit RGB data, else
+    # "auto" (a run records the numbers it used).
+    mean: tuple[float, ...] | str | None = None
+    std: tuple[float, ...] | str | None = None
+    channels: tuple[int, ...] | None = None  # bands kept, in order; None: all
     # Augmentation: None takes the dataset's own (vitssl.data.source); a value wins.
     crop_scale: tuple[float, float] | None = None
     hflip: bool | None = None
@@ -116,6 +120,14 @@ class SummaryEvalConfig:
                      "options": {"steps": 100, "batch_size": 32}},
         "few-shot": {"compare": ["pretrained", "random_init", "raw_pixels"],
                      "options": {"shots": [5, 10, 25], "seeds": 3, "features": "pooled"}}})
+
+
+def normalisation(data: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel: the recorded numbers, or ImageNet's where unset (RGB)."""
+    if data.mean == "auto" or data.std == "auto":
+        raise VitsslError("data.mean/std 'auto' are estimated when a run starts "
+                          "(vitssl pretrain); give numbers here")
+    return tuple(data.mean or IMAGENET_MEAN), tuple(data.std or IMAGENET_STD)
 
 
 def image_hw(size: Any) -> tuple[int, int]:
@@ -273,11 +285,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
-    """Earlier shapes of a saved config in today's: the stream settings ``data.shuffle_buffer``
+    """Earlier shapes of a saved config in today's: a run that recorded ``data.mean`` but no
+    ``model.in_chans`` (made before channels came from the data) was RGB: ``in_chans`` 3;
+    the stream settings ``data.shuffle_buffer``
     and ``data.resampled`` in ``data.options`` (where set), summary entries' evaluator
     options under ``options``."""
     data = copy.deepcopy(data)
     section = data.get("data") or {}
+    model = data.get("model")
+    if isinstance(model, dict) and section.get("mean") is not None and "in_chans" not in model:
+        model["in_chans"] = 3
     moved = {k: section.pop(k) for k in ("shuffle_buffer", "resampled") if k in section}
     moved = {k: v for k, v in moved.items() if v not in (None, 1000)}  # the defaults
     if moved:

@@ -31,7 +31,9 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
-        if self.high is None:
+        if self.low is None and self.high is None:
+            text = "a number"
+        elif self.high is None:
             text = f"{'>' if self.low_open else '>='} {self.low:g}"
         else:
             text = (f"in {'(' if self.low_open else '['}{self.low:g}, "
@@ -50,9 +52,11 @@ SCALE = Range(0, 1, low_open=True)  # a share of something, e.g. of an image's a
 # new one is missing here); a tuple field's range applies to each of its numbers.
 RANGES: dict[str, Range] = {
     "model.image_size": AT_LEAST_1, "model.depth": AT_LEAST_1,
+    "model.in_chans": Range(1, words=("auto",)), "data.channels": NON_NEGATIVE,
     "model.drop_rate": FRACTION, "model.attn_drop_rate": FRACTION,
     "model.drop_path_rate": FRACTION,
-    "data.num_workers": Range(0, words=("auto",)), "data.mean": ANY, "data.std": POSITIVE,
+    "data.num_workers": Range(0, words=("auto",)), "data.mean": Range(words=("auto",)),
+    "data.std": Range(0, low_open=True, words=("auto",)),
     "data.crop_scale": SCALE, "data.crop_ratio": POSITIVE, "data.translate": FRACTION,
     "train.steps": AT_LEAST_1, "train.batch_size": AT_LEAST_1, "train.accum_steps": AT_LEAST_1,
     "train.lr": NON_NEGATIVE, "train.min_lr": NON_NEGATIVE,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import vitssl
-from vitssl.config import Config
+from vitssl.config import Config, normalisation
 from vitssl.errors import VitsslError
 from vitssl.interop import timm_architecture, to_timm_state_dict
 from vitssl.outputs import check_output
@@ -42,17 +42,18 @@ def timm_config(encoder: torch.nn.Module, cfg: Config, facts: dict[str, Any]) ->
     """The ``config.json`` timm's hub loader reads (plus a ``vitssl`` section it ignores)."""
     name, model_args, first_conv = timm_architecture(encoder)
     height, width = encoder.patch_embed.image_size
-    pretrained = {"input_size": [3, height, width], "fixed_input_size": True,
+    mean, std = normalisation(cfg.data)
+    pretrained = {"input_size": [encoder.in_chans, height, width], "fixed_input_size": True,
                   "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
-                  "mean": list(cfg.data.mean), "std": list(cfg.data.std), "num_classes": 0,
+                  "mean": list(mean), "std": list(std), "num_classes": 0,
                   "pool_size": None, "first_conv": first_conv, "classifier": "head"}
     return {"architecture": name, "num_classes": 0, "num_features": encoder.embed_dim,
             "global_pool": model_args["global_pool"], "model_args": model_args,
             "pretrained_cfg": pretrained,
             "vitssl": {"version": vitssl.__version__, "model": cfg.model.name,
                        "stem": cfg.model.stem, "pos_embed": cfg.model.pos_embed,
-                       "objective": cfg.objective.name,
-                       "data": cfg.data.spec, **facts}}
+                       "objective": cfg.objective.name, "in_chans": encoder.in_chans,
+                       "data": cfg.data.spec, "channels": cfg.data.channels, **facts}}
 
 
 def check_with_timm(encoder: torch.nn.Module, config: dict[str, Any],
@@ -201,7 +202,7 @@ def _write_transformers(encoder: torch.nn.Module, cfg: Config, source: Path, fmt
     from vitssl.weights import transformers_export as tx
 
     card = tx.model_card(encoder, cfg, out)
-    tx.write_transformers(encoder, folder, list(cfg.data.mean), list(cfg.data.std), card)
+    tx.write_transformers(encoder, folder, *map(list, normalisation(cfg.data)), card)
     diff = tx.check_with_transformers(folder, encoder)
     if diff is None:
         return ("not checked: transformers is not installed (pip install "
@@ -213,7 +214,7 @@ def _write_onnx(encoder: torch.nn.Module, cfg: Config, source: Path, fmt: str, f
                 out: Path) -> str:
     from vitssl.weights.onnx_export import write_onnx
 
-    diff = write_onnx(encoder, folder, list(cfg.data.mean), list(cfg.data.std))
+    diff = write_onnx(encoder, folder, *map(list, normalisation(cfg.data)))
     return (f"checked: onnxruntime gives the encoder's pooled features and tokens at batch "
             f"sizes 1 and 3 (max |diff| {diff:.1e})")
 

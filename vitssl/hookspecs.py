@@ -27,7 +27,8 @@ def register_objectives(register: Register) -> None:
 @hookspec
 def register_stems(register: Register) -> None:
     """Register patch stems: ``factory(image_size=, patch_size=, in_chans=, embed_dim=,
-    **options)`` -> a module mapping images (B, 3, H, W) to tokens (B, N, D), with ``grid_size``.
+    **options)`` -> a module mapping images (B, C, H, W), C = ``in_chans`` (kept as its
+    ``in_chans``), to tokens (B, N, D), with ``grid_size``.
     """
 
 

@@ -67,7 +67,8 @@ def _attention(subject: Subject, spec: str, count: int, device: torch.device,
     grid, patch = tuple(encoder.grid_size), to_pair(encoder.patch_size)
     size = getattr(encoder.patch_embed, "image_size", None) or (grid[0] * patch[0],
                                                                grid[1] * patch[1])
-    pixels, images = load_images(spec, count, to_pair(size), subject.mean, subject.std)
+    pixels, images = load_images(spec, count, to_pair(size), subject.mean, subject.std,
+                                 subject.channels)
     prefix = encoder.num_prefix_tokens
     n = images.shape[0]
     total = torch.zeros(len(encoder.blocks), encoder.num_heads, dtype=torch.float64)

@@ -38,7 +38,8 @@ def _figure(out: Path, name: str) -> Iterator[Figure]:
 
 
 def draw_filters(components: torch.Tensor, ratio: torch.Tensor, out: Path) -> None:
-    """Principal components (k, C, P, P), each tile normalised on its own, in a 4 x 7 grid."""
+    """Principal components (k, C, P, P), each tile normalised on its own, in a 4 x 7 grid:
+    RGB for 3 channels, else the C bands side by side in grey."""
     with _figure(out, "filters.png") as fig:
         k = components.shape[0]
         cols = 7
@@ -52,7 +53,10 @@ def draw_filters(components: torch.Tensor, ratio: torch.Tensor, out: Path) -> No
             if tile.shape[0] == 3:
                 ax.imshow(tile.permute(1, 2, 0).numpy(), interpolation="nearest")
             else:
-                ax.imshow(tile.mean(0).numpy(), cmap="gray", interpolation="nearest")
+                gap = torch.full((tile.shape[1], 1), float("nan"))
+                bands = torch.cat([part for band in tile for part in (band, gap)][:-1], dim=1)
+                ax.imshow(np.ma.masked_invalid(bands.numpy()), cmap="gray",
+                          interpolation="nearest")
             ax.set_title(f"{i + 1}: {100 * float(ratio[i]):.1f}%", fontsize=6)
         fig.suptitle("Principal components of the patch-embedding filters "
                      "(% of variance; sign arbitrary)", fontsize=9)
@@ -103,7 +107,10 @@ def draw_attention_distance(distance: torch.Tensor, uniform: float, out: Path,
 
 
 def draw_rollout(pixels: torch.Tensor, maps: torch.Tensor, out: Path, title: str) -> None:
-    """Per image (n, 3, H, W) in [0, 1]: the input, its rollout map, the input masked by it."""
+    """Per image (n, C, H, W) in [0, 1]: the input, its rollout map, the input masked by it
+    (C != 3: the mean of the bands, in grey)."""
+    if pixels.shape[1] != 3:
+        pixels = pixels.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     with _figure(out, "rollout.png") as fig:
         n = pixels.shape[0]
         masks = F.interpolate(maps[:, None].float(), size=pixels.shape[-2:], mode="bilinear",

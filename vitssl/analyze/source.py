@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
+from vitssl.config import IMAGENET_MEAN, IMAGENET_STD, normalisation
 from vitssl.models import VisionTransformer
 from vitssl.train.runlog import METRICS
 from vitssl.weights.layouts import describe, layout, read_encoder
@@ -30,6 +30,7 @@ class Subject:
     data_spec: str | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    channels: tuple[int, ...] | None = None  # the run's data.channels
     notes: list[str] = field(default_factory=list)
 
 
@@ -60,4 +61,5 @@ def load_subject(path: str | Path, heads: int | None = None) -> Subject:
     match = re.fullmatch(r"step-(\d+)", weights.parent.name)
     return Subject(encoder.eval(), "vitssl", str(weights), cfg.model.name, cfg.model.stem,
                    step=int(match[1]) if match else None, run_dir=find_run_dir(weights),
-                   data_spec=cfg.data.spec, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+                   data_spec=cfg.data.spec, mean=normalisation(cfg.data)[0],
+                   std=normalisation(cfg.data)[1], channels=cfg.data.channels)

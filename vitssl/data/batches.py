@@ -27,7 +27,7 @@ def stack_outputs(outputs: list, mean: tuple[float, ...],
                   std: tuple[float, ...]) -> dict[str, Any]:
     """One batch's transform outputs -> its image entries (finished by :func:`counted`).
 
-    A transform returns a (3, S, S) tensor — uint8 (kept compact as
+    A transform returns a (C, S, S) tensor — uint8 (kept compact as
     ``"pixels_uint8"``) or float in [0, 1] — or a dict of named view stacks
     (V, 3, S, S), stacked per name into ``"view_pixels"`` (B, V, 3, S, S).
     """
@@ -43,7 +43,7 @@ def stack_outputs(outputs: list, mean: tuple[float, ...],
 class StepBatches(Dataset):
     """Item ``step`` is this rank's share of global batch ``step`` as a batch dict.
 
-    ``transform`` maps an image to a (3, S, S) tensor (float in [0, 1], or uint8)
+    ``transform`` maps an image to a (C, S, S) tensor (float in [0, 1], or uint8)
     or to a dict of view stacks; see :func:`stack_outputs`.
     """
 

@@ -1,4 +1,4 @@
-"""Image files and bytes -> RGB PIL images; unreadable ones raise :class:`CorruptImage`.
+"""Image files and bytes -> RGB PIL images or bands; unreadable ones raise :class:`CorruptImage`.
 
 :class:`EncodedImage` holds a file parsed up to its header, for transforms that
 decode only as much as their crop needs. :class:`SkipLog` skips unreadable
@@ -11,16 +11,32 @@ import io
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitssl.data.bands import (
+    DEEP_MODES,
+    TIFF_MAGIC,
+    ImageFormat,
+    check_png_depth,
+    count_channels,
+    file_format,
+    grey_bands,
+    is_deep,
+    read_bands,
+    tifffile_module,
+)
 from vitssl.errors import VitsslError
 
 # File suffixes read as images; those in SHARD_KEYS are stored in shards as they are.
-SHARD_KEYS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+SHARD_KEYS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".tif": "tiff",
+              ".tiff": "tiff", ".npy": "npy"}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
+              ".npy")
 
 log = logging.getLogger("vitssl.data")
 
@@ -59,13 +75,25 @@ class SkipLog:
         return count
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Fully decode ``data`` to an RGB image; :class:`CorruptImage` naming ``name`` if it fails."""
+def decode_image(data: bytes, name: str, layout: str = "auto") -> Image.Image | torch.Tensor:
+    """Fully decode ``data``: an RGB picture, or bands (:mod:`vitssl.data.bands`).
+
+    :class:`CorruptImage` naming ``name`` if it fails; ``layout``: of a ``.npy`` array.
+    """
     try:
+        if is_deep(data, name):
+            return read_bands(data, name, layout)
+        check_png_depth(data, name)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return to_8bit(image).convert("RGB")  # PIL would clip 16-bit and float images
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+            if image.mode in DEEP_MODES:
+                return grey_bands(image)
+            return to_8bit(image).convert("RGB")
+    except VitsslError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL and tifffile raise many types for bad data
+        if data[:4] in TIFF_MAGIC:
+            tifffile_module()  # a TIFF PIL cannot read: say what reads it
         raise _corrupt(name, exc) from None
 
 
@@ -126,9 +154,9 @@ def read_file(path: str | Path) -> bytes:
         raise CorruptImage(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Read and decode an image file."""
-    return decode_image(read_file(path), str(path))
+def load_image(path: str | Path, layout: str = "auto") -> Image.Image | torch.Tensor:
+    """Read and decode an image file (an RGB picture, or bands)."""
+    return decode_image(read_file(path), str(path), layout)
 
 
 def is_image_file(path: Path) -> bool:
@@ -136,21 +164,53 @@ def is_image_file(path: Path) -> bool:
 
 
 class ImageFiles(Dataset):
-    """Map-style dataset over ``self.samples``: a list of (image path, label) pairs."""
+    """Map-style dataset over ``self.samples``: a list of (image path, label) pairs.
+
+    Every image must have the channel count of the first (a one-line error names the
+    first that does not); ``layout``: of ``.npy`` arrays (``data.options.layout``).
+    """
 
     samples: list[tuple[Path, int]]
+    layout: str = "auto"
+    channels: int | None = None  # of the first image, once read
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[Image.Image | torch.Tensor, int]:
         path, label = self.samples[index]
-        return load_image(path), label
+        return self._checked(load_image(path, self.layout), path), label
 
-    def encoded(self, index: int) -> tuple[EncodedImage, int]:
-        """(the file parsed up to its header, label): decoding is left to the transform."""
+    def encoded(self, index: int) -> tuple[EncodedImage | torch.Tensor, int]:
+        """(the file parsed up to its header, label): decoding is left to the transform.
+
+        Files holding bands are decoded here (the transform crops tensors).
+        """
         path, label = self.samples[index]
-        return EncodedImage(read_file(path), str(path)), label
+        data = read_file(path)
+        encoded = EncodedImage(data, str(path)) if not is_deep(data, str(path)) else None
+        if encoded is None or encoded.header.mode in DEEP_MODES:
+            return self._checked(decode_image(data, str(path), self.layout), path), label
+        return self._checked(encoded, path), label
+
+    def image_format(self) -> ImageFormat:
+        """What the first image holds (:class:`~vitssl.data.bands.ImageFormat`)."""
+        path = self.samples[0][0]
+        try:
+            return file_format(read_file(path), str(path), self.layout)
+        except VitsslError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as decode_image
+            raise _corrupt(str(path), exc) from None
+
+    def _checked(self, image: Any, path: Path) -> Any:
+        if self.channels is None:
+            self.channels = self.image_format().channels
+        got = 3 if isinstance(image, EncodedImage) else count_channels(image)
+        if got != self.channels:
+            raise VitsslError(f"{path} has {got} channels, but {self.samples[0][0]} has "
+                              f"{self.channels}; every image of a dataset needs the same count")
+        return image
 
     def raw(self, index: int) -> tuple[bytes, str, int] | None:
         """(file bytes, shard key, label) when the file can go into a shard unchanged."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from vitssl.data.bands import band_axis
 from vitssl.data.decode import IMAGE_EXTS, ImageFiles, is_image_file
 from vitssl.errors import VitsslError
 
@@ -54,9 +55,11 @@ def folder_info(path: str | Path, split: str = "train") -> tuple[bool, int | Non
 
 
 class ImageFolder(ImageFiles):
-    """Map-style dataset of (RGB PIL image, label) over an image tree."""
+    """Map-style dataset of (RGB PIL image or bands, label) over an image tree."""
 
-    def __init__(self, path: str | Path, split: str = "train") -> None:
+    def __init__(self, path: str | Path, split: str = "train", layout: str = "auto") -> None:
+        band_axis((1, 2, 2), "", layout)  # refuses an unknown layout now
+        self.layout = layout
         self.root = _split_root(Path(path).expanduser(), split)
         subdirs = _class_dirs(self.root)
         top = sorted(p for p in self.root.iterdir() if p.is_file() and is_image_file(p))

@@ -8,9 +8,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
-from vitssl.config import DataConfig
+from vitssl.config import DataConfig, normalisation
+from vitssl.data.bands import Bands
 from vitssl.data.batches import StepBatches, counted, loader_options
+from vitssl.data.channels import check_statistics
 from vitssl.data.source import (
     Batches,
     StreamRequest,
@@ -49,6 +52,7 @@ def validate_data_config(dc: DataConfig) -> None:
         lo, hi = dc.crop_ratio
         if not 0.0 < lo <= hi:
             raise VitsslError(f"data.crop_ratio must satisfy 0 < low <= high, got {[lo, hi]}")
+    check_statistics(dc)
     if not isinstance(dc.options, dict):
         raise VitsslError(f"data.options must be a mapping of option names to values, "
                           f"got {dc.options!r}")
@@ -95,9 +99,9 @@ def describe_workers(cfg: DataConfig, resolved: int, world_size: int = 1) -> str
 class PretrainBatches:
     """:class:`~vitssl.data.source.Batches` for steps ``start_step .. num_steps - 1`` on this rank.
 
-    Each batch: ``"image"`` normalised float (B, 3, H, W), ``"pixels"`` the same
+    Each batch: ``"image"`` normalised float (B, C, H, W), ``"pixels"`` the same
     images in [0, 1] (or, with an objective's views, ``"views"`` and
-    ``"view_pixels"``: name -> (B, V, 3, h, w)), and ``"label"`` long (B,) when
+    ``"view_pixels"``: name -> (B, V, C, h, w)), and ``"label"`` long (B,) when
     the data is labelled. They restart exactly from the step alone.
     """
 
@@ -149,8 +153,10 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
     map-style batches come through pinned memory and are finished there.
     """
     cfg = resolve_augmentation(cfg)  # returns cfg itself when nothing is unset
-    transform = views or pretrain_transform(image_size, cfg.crop_scale, cfg.hflip, cfg.augment,
-                                            cfg.crop_ratio, cfg.translate, as_uint8=True)
+    mean, std = normalisation(cfg)
+    transform = v2.Compose([Bands(cfg.channels), views]) if views else pretrain_transform(
+        image_size, cfg.crop_scale, cfg.hflip, cfg.augment, cfg.crop_ratio, cfg.translate,
+        as_uint8=True, channels=cfg.channels)
     spec = parse_spec(cfg.spec)
     source = spec.source
     workers = resolve_num_workers(cfg.num_workers, in_memory=source.in_memory,
@@ -161,8 +167,8 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
             num_workers=workers, start_step=start_step, rank=rank, world_size=world_size,
             stream_state=stream_state))
     dataset = open_dataset(spec, cfg.split, **cfg.options)
-    batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=cfg.mean,
-                          std=cfg.std, rank=rank, world_size=world_size, num_steps=num_steps,
+    batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=mean,
+                          std=std, rank=rank, world_size=world_size, num_steps=num_steps,
                           on_error=cfg.on_error, seed_per_sample=views is not None)
     classes = getattr(dataset, "num_classes", None)
     return PretrainBatches(batches, start_step, workers, bool(classes), classes,

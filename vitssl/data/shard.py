@@ -39,6 +39,15 @@ def encode_png(image: Any) -> bytes:
     return out.getvalue()
 
 
+def encode_member(image: Any) -> tuple[bytes, str]:
+    """(bytes, shard key): pictures as PNG, bands (a float tensor (C, H, W)) as ``.npy``."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        out = io.BytesIO()
+        np.save(out, image.detach().cpu().numpy())
+        return out.getvalue(), "npy"
+    return encode_png(image), "png"
+
+
 def _map_samples(spec: DataSpec, skips: SkipLog) -> tuple[Iterator[dict[str, Any]], int]:
     dataset = open_dataset(spec)
     raw = getattr(dataset, "raw", None)
@@ -55,7 +64,7 @@ def _map_samples(spec: DataSpec, skips: SkipLog) -> tuple[Iterator[dict[str, Any
                     decode_image(data, source)  # copied unchanged, but only if it decodes
                 else:
                     image, label = dataset[index]
-                    data, ext = encode_png(image), "png"
+                    data, ext = encode_member(image)
             except CorruptImage as exc:
                 skips.skip(str(exc))
                 continue

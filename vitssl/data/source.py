@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from torch.utils.data import Dataset
 
 from vitssl.config import DataConfig
+from vitssl.data.bands import RGB, ImageFormat, format_of
 from vitssl.errors import VitsslError
 from vitssl.plugins import get_registry
 
@@ -110,6 +111,18 @@ class Source:
         classes = getattr(self.open(target, split, options), "num_classes", None)
         return bool(classes), classes
 
+    def image_format(self, target: str, split: str, options: Mapping[str, Any]) -> ImageFormat:
+        """What the images hold: channels as decoded, bits per sample, colour operations.
+
+        By default: 8-bit RGB for streams (and for no images: opening says so), else what the
+        dataset's first image holds.
+        """
+        dataset = None if self.streams else self.open(target, split, options)
+        if not dataset:
+            return RGB
+        own = getattr(dataset, "image_format", None)
+        return own() if own is not None else format_of(dataset[0][0])
+
     def native_splits(self, target: str) -> bool:
         """Whether the data has the VTAB protocol's own splits (train800, val200, test)."""
         return False
@@ -117,7 +130,8 @@ class Source:
     def open(self, target: str, split: str, options: Mapping[str, Any]) -> Dataset:
         """A map-style dataset of ``(image, label)``; label -1 when unlabelled.
 
-        ``image`` is a PIL image or a uint8 tensor (3, H, W); the dataset's
+        ``image`` is a PIL image, a uint8 tensor (3, H, W) or bands, a float
+        tensor (C, H, W) (:mod:`vitssl.data.bands`); the dataset's
         ``num_classes`` is its class count (None when unlabelled).
         """
         raise VitsslError(f"{self.example or 'this source'} is a stream, not a map-style "

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from vitssl.config import IMAGENET_MEAN, IMAGENET_STD
+from vitssl.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, normalisation
 from vitssl.data.source import DataSpec, open_dataset, parse_spec
 from vitssl.data.transforms import eval_transform, normalize
 from vitssl.errors import VitsslError
 
 
 class Transformed(Dataset):
-    """(image, label) -> (normalised float tensor (3, S, S), label)."""
+    """(image, label) -> (normalised float tensor (C, S, S), label); ``channels``: bands kept."""
 
     def __init__(self, dataset: Dataset, image_size: int, mean: tuple[float, ...],
-                 std: tuple[float, ...]) -> None:
+                 std: tuple[float, ...], channels: Sequence[int] | None = None) -> None:
         self.dataset = dataset
-        self.transform = eval_transform(image_size)
+        self.transform = eval_transform(image_size, channels=channels)
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
@@ -44,10 +44,12 @@ class Task:
 
 def load_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD, train_split: str = "train",
-              test_split: str = "test", options: Mapping[str, Any] | None = None) -> Task:
+              test_split: str = "test", options: Mapping[str, Any] | None = None,
+              channels: Sequence[int] | None = None) -> Task:
     """A labelled task from a spec, with evaluation transforms applied.
 
-    ``options``: the source's ``data.options`` (e.g. ``{"root": DIR}``).
+    ``options``: the source's ``data.options`` (e.g. ``{"root": DIR}``); ``channels``:
+    the bands kept (``data.channels``).
     """
     parsed = parse_spec(spec)
     base = DataSpec(parsed.kind, parsed.target)
@@ -56,5 +58,20 @@ def load_task(spec: str, image_size: int, *, mean: tuple[float, ...] = IMAGENET_
     classes = getattr(train, "num_classes", None)
     if not classes:
         raise VitsslError(f"'{spec}' has no labels; evaluators need a labelled dataset")
-    return Task(name=str(base), train=Transformed(train, image_size, mean, std),
-                test=Transformed(test, image_size, mean, std), num_classes=classes)
+    return Task(name=str(base), train=Transformed(train, image_size, mean, std, channels),
+                test=Transformed(test, image_size, mean, std, channels), num_classes=classes)
+
+
+def run_task(spec: str, image_size: int, data: DataConfig, in_chans: int | str, *,
+             options: Mapping[str, Any] | None = None) -> Task:
+    """:func:`load_task` as a run's encoder sees images (its ``data.mean/std/channels``);
+    a one-line error when ``spec`` gives another channel count than ``in_chans``."""
+    in_chans = 3 if in_chans == "auto" else in_chans
+    mean, std = normalisation(data)
+    task = load_task(spec, image_size, mean=mean, std=std, options=options,
+                     channels=data.channels)
+    got = task.test[0][0].shape[0]
+    if got != in_chans:
+        raise VitsslError(f"'{spec}' gives {got}-channel images, but the encoder takes "
+                          f"{in_chans}; evaluate on data like its training data")
+    return task

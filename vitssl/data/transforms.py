@@ -1,6 +1,6 @@
 """Image transforms (torchvision v2): pretraining augmentation and evaluation resizing.
 
-Both return float pixels in [0, 1], (3, H, W) for ``image_size`` an int (H = W)
+Both return float pixels in [0, 1], (C, H, W) for ``image_size`` an int (H = W)
 or (H, W), or with ``as_uint8`` the same pixels as uint8 (:func:`to_float`
 finishes them). Normalisation happens when batches are assembled.
 """
@@ -8,7 +8,7 @@ finishes them). Normalisation happens when batches are assembled.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +16,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from vitssl.config import image_hw
+from vitssl.data.bands import Bands
 from vitssl.data.decode import EncodedImage
+from vitssl.errors import VitsslError
 
 # A crop at least this many times the output (per side) is reduced before it is resampled.
 REDUCE_FROM = 4
@@ -28,20 +30,21 @@ def pretrain_transform(image_size: int | tuple[int, int],
                        crop_scale: tuple[float, float] = (0.35, 1.0), hflip: bool = True,
                        augment: bool = True,
                        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                       translate: float = 0.0, *, as_uint8: bool = False) -> Callable:
+                       translate: float = 0.0, *, as_uint8: bool = False,
+                       channels: Sequence[int] | None = None) -> Callable:
     """Random resized crop, shift and horizontal flip (plain resize when ``augment`` is off).
 
     ``translate``: the largest random shift after the crop, as a fraction of
     the side (uncovered pixels black; 0: none). ``crop_ratio`` is relative to
     the output's own aspect (W/H). Randomness comes from torch's global RNG
-    (callers seed it per batch).
+    (callers seed it per batch). ``channels``: the bands kept (:class:`Bands`).
     """
     if not augment:
-        return eval_transform(image_size, as_uint8=as_uint8)
+        return eval_transform(image_size, as_uint8=as_uint8, channels=channels)
     height, width = image_hw(image_size)
     ratio = tuple(r * width / height for r in crop_ratio)
     return PretrainTransform((height, width), tuple(crop_scale), ratio, translate, hflip,
-                             as_uint8)
+                             as_uint8, channels)
 
 
 class PretrainTransform:
@@ -58,7 +61,7 @@ class PretrainTransform:
 
     def __init__(self, size: tuple[int, int], crop_scale: tuple[float, float],
                  crop_ratio: tuple[float, float], translate: float, hflip: bool,
-                 as_uint8: bool) -> None:
+                 as_uint8: bool, channels: Sequence[int] | None = None) -> None:
         self.size = size
         self.crop = v2.RandomResizedCrop(size, scale=crop_scale, ratio=crop_ratio,
                                          antialias=True)
@@ -68,8 +71,9 @@ class PretrainTransform:
         if hflip:
             after.append(v2.RandomHorizontalFlip())
         last = [] if as_uint8 else [v2.ToDtype(torch.float32, scale=True)]
-        self.decoded = v2.Compose([v2.ToImage(), v2.RGB(), self.crop, *after, *last])
-        self.after = v2.Compose([*after, v2.RGB(), *last])
+        bands = Bands(channels)
+        self.decoded = v2.Compose([bands, self.crop, *after, *last])
+        self.after = v2.Compose([*after, bands, *last])
 
     def __call__(self, image: Any) -> torch.Tensor:
         if not isinstance(image, EncodedImage):
@@ -99,12 +103,15 @@ class PretrainTransform:
 
 
 def eval_transform(image_size: int | tuple[int, int], crop_fraction: float = 1.0, *,
-                   as_uint8: bool = False) -> Callable:
-    """Resize the short side to cover ``image_size`` (H, W), then center-crop to it."""
+                   as_uint8: bool = False, channels: Sequence[int] | None = None) -> Callable:
+    """Resize the short side to cover ``image_size`` (H, W), then center-crop to it.
+
+    ``channels``: the bands kept (:class:`~vitssl.data.bands.Bands`).
+    """
     height, width = image_hw(image_size)
     side = max(height, width)
     resize = max(side, round(side / crop_fraction))
-    steps = [v2.ToImage(), v2.RGB(), v2.Resize(resize, antialias=True),
+    steps = [Bands(channels), v2.Resize(resize, antialias=True),
              v2.CenterCrop((height, width))]
     if not as_uint8:
         steps.append(v2.ToDtype(torch.float32, scale=True))
@@ -118,7 +125,12 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
 
 def normalize(pixels: torch.Tensor, mean: tuple[float, ...],
               std: tuple[float, ...]) -> torch.Tensor:
-    """(..., 3, H, W) pixels in [0, 1] -> normalised."""
-    m = pixels.new_tensor(mean).view(3, 1, 1)
-    s = pixels.new_tensor(std).view(3, 1, 1)
+    """(..., C, H, W) pixels in [0, 1] -> normalised, one mean and std per channel."""
+    channels = pixels.shape[-3]
+    if len(mean) != channels or len(std) != channels:
+        raise VitsslError(f"data.mean and data.std need one value per channel: the images have "
+                          f"{channels}, got {len(mean)} and {len(std)} (data.mean=auto "
+                          f"estimates them)")
+    m = pixels.new_tensor(mean).view(channels, 1, 1)
+    s = pixels.new_tensor(std).view(channels, 1, 1)
     return (pixels - m) / s

@@ -1,7 +1,8 @@
 """``wds:URLS``: reading webdataset tar shards, sample by sample (opened with ``gopen``).
 
 A sample is the group of consecutive tar members sharing a key: a ``jpg``
-(``jpeg``, ``png``, ``webp``) image and, when labelled, a ``cls`` ASCII integer.
+(``jpeg``, ``png``, ``webp``, ``tiff``, ``npy``) image and, when labelled, a ``cls``
+ASCII integer.
 A sample without either, and the one being read when a shard turns out
 truncated or unreadable, are skipped (:class:`~vitssl.data.decode.SkipLog`).
 """
@@ -17,7 +18,7 @@ from typing import Any
 from vitssl.data.decode import CorruptImage, SkipLog, decode_image
 from vitssl.errors import VitsslError
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "tiff", "tif", "npy")
 
 
 def _local(url: str) -> Path | None:
@@ -87,15 +88,16 @@ def shard_samples(url: str, errors: SkipLog) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def decode_sample(sample: dict[str, Any], labelled: bool) -> tuple[Any, int]:
-    """(RGB PIL image, label or -1); :class:`CorruptImage` when unusable."""
+def decode_sample(sample: dict[str, Any], labelled: bool,
+                  layout: str = "auto") -> tuple[Any, int]:
+    """(RGB PIL image or bands, label or -1); :class:`CorruptImage` when unusable."""
     where = f"{sample['__url__']} key {sample['__key__']}"
     ext = next((k for k in IMAGE_KEYS if k in sample), None)
     if ext is None:
         found = ", ".join(k for k in sample if not k.startswith("__"))
         raise CorruptImage(f"{where}: no image member (have: {found or 'nothing'}; "
                            f"need one of {', '.join(IMAGE_KEYS)})")
-    image = decode_image(sample[ext], f"{where}.{ext}")
+    image = decode_image(sample[ext], f"{where}.{ext}", layout)
     if not labelled:
         return image, -1
     if "cls" not in sample:

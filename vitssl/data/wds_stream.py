@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from vitssl.config import normalisation
 from vitssl.data.batches import stack_outputs
 from vitssl.data.decode import CorruptImage, SkipLog
 from vitssl.data.source import StreamRequest
@@ -137,7 +138,7 @@ class WorkerStream:
                 return  # more workers than shards on this rank: this worker has none
             for sample in self._shuffled(urls):
                 try:
-                    item = decode_sample(sample, self.stream.labelled)
+                    item = decode_sample(sample, self.stream.labelled, self.stream.layout)
                 except CorruptImage as exc:
                     self.errors.skip(str(exc))
                     continue
@@ -164,10 +165,11 @@ class ShardStream(IterableDataset):
                  resampled: bool, shuffle_buffer: int) -> None:
         self.urls, self.transform, self.labelled = list(urls), request.transform, labelled
         self.batch_size, self.seed, self.origin = request.batch_size, request.seed, 0
-        self.mean, self.std = tuple(request.data.mean), tuple(request.data.std)
+        self.mean, self.std = normalisation(request.data)
         self.rank, self.world_size = request.rank, request.world_size
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.on_error = request.data.on_error
+        self.layout = request.data.options.get("layout", "auto")
         self.start: tuple[int, int] = (0, 0)
         self.resume: dict[str, Any] | None = None
         SkipLog(self.on_error)  # validates the setting before any worker starts

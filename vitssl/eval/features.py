@@ -79,7 +79,7 @@ def check_features(encoder: nn.Module, features: str) -> str:
 
 def encode_images(encoder: nn.Module, images: torch.Tensor,
                   features: str = "pooled") -> torch.Tensor:
-    """One batch of images (B, 3, H, W) -> features (B, F) as named by ``features``."""
+    """One batch of images (B, C, H, W) -> features (B, F) as named by ``features``."""
     if features == "pooled":
         return encoder(images)
     if features == "pre-logits":

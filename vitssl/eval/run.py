@@ -86,7 +86,7 @@ def format_table(metrics: dict[str, float]) -> str:
 def evaluate_cli(evaluator: str, checkpoint: str, data: str, overrides: Sequence[str] = (),
                  device: str = "auto") -> int:
     """Run ``evaluator`` on ``data`` with the encoder of ``checkpoint``; print and record."""
-    from vitssl.data.tasks import load_task
+    from vitssl.data.tasks import run_task
     from vitssl.plugins import get_registry
     from vitssl.weights.layouts import load_any
 
@@ -95,7 +95,7 @@ def evaluate_cli(evaluator: str, checkpoint: str, data: str, overrides: Sequence
     dev = resolve_device(device)
     encoder, cfg = load_any(checkpoint, device=dev)  # a vitssl run, timm or transformers
     image_size = getattr(instance, "image_size", None) or cfg.model.image_size
-    task = load_task(data, image_size, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    task = run_task(data, image_size, cfg.data, encoder.in_chans)
     run_dir, source, step = _checkpoint_source(checkpoint)
     print(f"evaluating {source} ({cfg.model.name}, {image_size}px) with '{evaluator}' on "
           f"{task.name}: {len(task.train)} train / {len(task.test)} test, "

@@ -16,8 +16,9 @@ def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = No
                   **overrides) -> VisionTransformer:
     """A freshly initialised encoder; ``overrides`` replace fields of ``cfg``.
 
-    ``pos_embed="auto"`` builds learned position embeddings: a run resolves it to
-    its objective's choice first (:func:`vitssl.train.build.resolve_run_config`).
+    ``pos_embed="auto"`` builds learned position embeddings and ``in_chans="auto"``
+    3 channels: a run resolves them to its objective's choice and its data's channels
+    first (:func:`vitssl.train.build.resolve_run_config`).
     """
     cfg = replace(cfg or ModelConfig(), **overrides)
     check_backend(cfg.attention)
@@ -26,10 +27,14 @@ def build_encoder(cfg: ModelConfig | None = None, registry: Registry | None = No
         raise VitsslError(f"model.depth must be >= 1, got {cfg.depth}")
     height, width = image_hw(cfg.image_size)
     size = height if height == width else (height, width)  # stems get an int when square
+    in_chans = 3 if cfg.in_chans == "auto" else cfg.in_chans
+    if type(in_chans) is not int or in_chans < 1:
+        raise VitsslError(f"model.in_chans must be 'auto' or a positive whole number, "
+                          f"got {cfg.in_chans!r}")
     registry = registry or get_registry()
     try:
         stem = registry.get("stems", cfg.stem)(image_size=size, patch_size=patch,
-                                                in_chans=3, embed_dim=variant.embed_dim,
+                                                in_chans=in_chans, embed_dim=variant.embed_dim,
                                                 **cfg.stem_options)
     except TypeError as exc:
         raise VitsslError(f"stem '{cfg.stem}' does not accept options {cfg.stem_options}: "

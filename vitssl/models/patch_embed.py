@@ -35,6 +35,7 @@ class PatchEmbed(nn.Module):
                                   f"patch size {self.patch_size}")
         self.grid_size = (self.image_size[0] // self.patch_size[0],
                           self.image_size[1] // self.patch_size[1])
+        self.in_chans = in_chans
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size)
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:

@@ -32,6 +32,15 @@ def xavier_patch_projection(patch_embed: nn.Module) -> None:
             nn.init.zeros_(proj.bias)
 
 
+def stem_channels(stem: nn.Module) -> int:
+    """The channel count a stem takes: its ``in_chans``, else its first convolution's."""
+    own = getattr(stem, "in_chans", None)
+    if isinstance(own, int):
+        return own
+    conv = next((m for m in stem.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
 class VisionTransformer(nn.Module):
     """ViT encoder over any stem that maps images to (B, N, D) tokens with a ``grid_size``.
 
@@ -59,6 +68,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.grid_size = to_pair(stem.grid_size)
+        self.in_chans = stem_channels(stem)
         patch = to_pair(getattr(stem, "patch_size", 1))
         self.patch_size = patch[0] if patch[0] == patch[1] else patch
         self.global_pool = pool
@@ -114,7 +124,7 @@ class VisionTransformer(nn.Module):
         return (height * self.grid_size[0] // image[0], width * self.grid_size[1] // image[1])
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> patch embeddings (B, N, D), before position embeddings."""
+        """Images (B, C, H, W) -> patch embeddings (B, N, D), before position embeddings."""
         return self.patch_embed(images)
 
     @property
@@ -166,7 +176,7 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> features (B, T, D); any input size the stem accepts."""
+        """Images (B, C, H, W) -> features (B, T, D); any input size the stem accepts."""
         grid = self.grid_for(images.shape[-2], images.shape[-1])
         return self.encode(self.embed_patches(images), grid=grid)
 

@@ -1,8 +1,9 @@
 """Multi-view transforms for objectives that see several crops of each image.
 
 :meth:`vitssl.Objective.views` returns one of these; the pipeline runs it in the data
-workers under its per-step seeding and delivers ``batch["views"][name]`` (B, V, 3, S, S)
-normalised and ``batch["view_pixels"][name]`` in [0, 1].
+workers under its per-step seeding and delivers ``batch["views"][name]`` (B, V, C, S, S)
+normalised and ``batch["view_pixels"][name]`` in [0, 1]. Crops, flips and blur apply to
+any channel count; colour operations to three channels only (other images pass them).
 
 :class:`MultiCrop` is DINO's recipe (Caron et al. 2021): two global crops and
 ``num_local`` local crops; flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) at
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from vitssl.data.bands import Bands
 from vitssl.errors import VitsslError
 
 REFERENCE_SIZE = 224  # the crop size DINO's blur sigmas are given for
@@ -55,16 +57,26 @@ def _view(size: int, scale: tuple[float, float], ratio: tuple[float, float], hfl
     if hflip:
         steps.append(v2.RandomHorizontalFlip(0.5))
     if color:
-        steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                  v2.RandomGrayscale(0.2)]
+        steps.append(ThreeChannels([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                                    v2.RandomGrayscale(0.2)]))
     steps.append(_blur(size, blur_p, blur_sigma))
     if color and solarize_p:
-        steps.append(v2.RandomSolarize(128, p=solarize_p))
+        steps.append(ThreeChannels([v2.RandomSolarize(128, p=solarize_p)]))
     return v2.Compose(steps)
 
 
+class ThreeChannels:
+    """Colour operations, applied to 3-channel images and skipped (no RNG drawn) for others."""
+
+    def __init__(self, steps: list[Callable]) -> None:
+        self.steps = v2.Compose(steps)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.steps(image) if image.shape[-3] == 3 else image
+
+
 class MultiCrop:
-    """One image -> ``{"global": (2, 3, G, G), "local": (n, 3, L, L)}`` uint8 crops.
+    """One image -> ``{"global": (2, C, G, G), "local": (n, C, L, L)}`` uint8 crops.
 
     ``hflip`` and ``color`` turn the flip and the colour jitter / grayscale /
     solarisation off for data whose labels they would change (e.g. digits).
@@ -91,7 +103,7 @@ class MultiCrop:
         self.global_views = [view(global_size, global_scale, 1.0, 0.0),
                              view(global_size, global_scale, 0.1, 0.2)]
         self.local_view = view(local_size, local_scale, 0.5, 0.0)
-        self.prepare = v2.Compose([v2.ToImage(), v2.RGB()])
+        self.prepare = Bands()
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
         image = self.prepare(image)
@@ -123,7 +135,7 @@ class TwoViews:
                               f"{size}, {[lo, hi]}")
         self.views = [_view(size, scale, ratio, hflip, color, b, blur_sigma, s)
                       for b, s in zip(self.blur_p, self.solarize_p, strict=True)]
-        self.prepare = v2.Compose([v2.ToImage(), v2.RGB()])
+        self.prepare = Bands()
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
         image = self.prepare(image)

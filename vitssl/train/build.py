@@ -16,7 +16,15 @@ from torch import nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 
-from vitssl.config import Config, image_hw, image_size_text, load_config, save_config
+from vitssl.config import (
+    IMAGENET_MEAN,
+    Config,
+    image_hw,
+    image_size_text,
+    load_config,
+    save_config,
+)
+from vitssl.data.channels import describe_statistics, resolve_channels
 from vitssl.data.pipeline import Batches, data_info, describe_workers, pretrain_batches
 from vitssl.data.source import resolve_augmentation
 from vitssl.errors import VitsslError
@@ -93,9 +101,12 @@ class Run:
 
 
 def resolve_run_config(cfg: Config) -> Config:
-    """``cfg`` with unset augmentation keys the data's and ``model.pos_embed="auto"`` the
-    objective's ``pos_embed``, so ``config.yaml`` records what ran."""
-    cfg = dataclasses.replace(cfg, data=resolve_augmentation(cfg.data))
+    """``cfg`` with its channels and normalisation from the data
+    (:mod:`vitssl.data.channels`), unset augmentation keys the data's and
+    ``model.pos_embed="auto"`` the objective's ``pos_embed``, so ``config.yaml`` records
+    what ran."""
+    model, data = resolve_channels(cfg.model, cfg.data, cfg.train.seed)
+    cfg = dataclasses.replace(cfg, model=model, data=resolve_augmentation(data))
     if cfg.model.pos_embed != "auto":
         return cfg
     factory = get_registry().get("objectives", cfg.objective.name)
@@ -156,6 +167,9 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     _announce(run, ckpt, resume)
     if init is not None and ctx.is_main:
         log.message(init.line)
+    if ctx.is_main and (requested.data.mean == "auto" or requested.data.mean is None
+                        and set(cfg.data.mean) - set(IMAGENET_MEAN)):
+        log.message(describe_statistics(cfg.data, cfg.model.in_chans))
     return run
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 
 from vitssl.config import SUMMARY_ENTRY_KEYS, Config
 from vitssl.data.source import parse_spec
-from vitssl.data.tasks import Task, load_task
+from vitssl.data.tasks import Task, run_task
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
@@ -93,8 +93,7 @@ def capped(task: Task, max_train: int | None, max_test: int | None) -> Task:
 def _task(data: str, cfg: Config) -> Task:
     """The summary's task; the pretraining data's ``data.options`` go with its own spec."""
     options = cfg.data.options if data == cfg.data.spec else {}
-    task = load_task(data, image_size=cfg.model.image_size, mean=tuple(cfg.data.mean),
-                     std=tuple(cfg.data.std), options=options)
+    task = run_task(data, cfg.model.image_size, cfg.data, cfg.model.in_chans, options=options)
     return capped(task, cfg.summary_eval.max_train, cfg.summary_eval.max_test)
 
 

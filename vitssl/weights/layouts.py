@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vitssl.config import Config
+from vitssl.config import Config, normalisation
 from vitssl.errors import VitsslError
 from vitssl.models import VisionTransformer
 from vitssl.weights.state import TORCH_SUFFIXES, Loaded
@@ -68,7 +68,7 @@ def read_encoder(path: str | Path, *, heads: int | None = None,
         encoder, cfg = load_encoder(p)
         heads_attached = [k for k in ("pre_logits",) if hasattr(encoder, k)]
         return Loaded(encoder, "vitssl", [weights_file(p)], heads_attached,
-                      mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+                      mean=normalisation(cfg.data)[0], std=normalisation(cfg.data)[1])
     if kind == "transformers":
         return read_transformers_folder(p, read_config_json(p))
     if p.is_dir():
@@ -89,7 +89,8 @@ def load_any(path: str | Path,
     encoder, cfg = loaded.encoder, Config()
     height, width = encoder.patch_embed.image_size
     model = dataclasses.replace(cfg.model, image_size=height if height == width else
-                                [height, width], name=describe(loaded))
+                                [height, width], name=describe(loaded),
+                                in_chans=encoder.in_chans)
     data = dataclasses.replace(cfg.data, mean=loaded.mean or cfg.data.mean,
                                std=loaded.std or cfg.data.std)
     return encoder.to(device).eval(), dataclasses.replace(cfg, model=model, data=data)

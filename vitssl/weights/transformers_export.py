@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitssl.config import normalisation
 from vitssl.errors import VitsslError
 from vitssl.models import VisionTransformer
 from vitssl.models.patch_embed import PatchEmbed
@@ -180,7 +181,7 @@ def model_card(encoder: VisionTransformer, cfg: Any, out: Path) -> str:
         f"# ViT-{cfg.model.name} pretrained with {cfg.objective.name} (vitssl)", "",
         f"A transformers `ViTModel` holding a vitssl encoder ({len(encoder.blocks)} blocks, "
         f"width {encoder.embed_dim}, {height}x{width} px, data `{cfg.data.spec}`, "
-        f"mean {list(cfg.data.mean)}, std {list(cfg.data.std)}). `last_hidden_state` equals "
+        f"mean, std {[list(v) for v in normalisation(cfg.data)]}). `last_hidden_state` equals "
         f"vitssl's `forward_features`; `pooler_output` is {pooler}.", "",
         "```python", "from transformers import ViTModel",
         f"model = ViTModel.from_pretrained({str(out)!r})",
