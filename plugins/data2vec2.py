@@ -66,10 +66,14 @@ PAPER: dict[str, Any] = dict(
     decoder_dim=768, decoder_layers=6, decoder_kernel=3, decoder_groups=16,
     cls_weight=0.01 * 16 * 16, noise_std=0.01)
 """The published ViT-B image recipe (fairseq ``config/v2/base_images_only_task.yaml``)."""
+PAPER_MASS = 13.25  # Σ(1 − m) of the paper's EMA schedule over its 375,300 updates
 SHORT_RUN: dict[str, Any] = dict(
-    PAPER, clone_batch=8, block_size=None, momentum=None, update_mass=40.0,
-    decoder_dim=None, decoder_layers=3, cls_weight=1.0)
-"""``recipe=auto``: the choices measured on short runs of small models."""
+    PAPER, clone_batch=2, block_size=None, momentum=None, update_mass=PAPER_MASS,
+    decoder_dim=None, decoder_layers=3)
+"""``recipe=auto``: 2 clones (a CPU step's cost grows with M), blocks scaled to the grid
+(:func:`block_side`), the paper's total teacher update mass whatever the run's length,
+a decoder as wide as the encoder with 3 layers (a receptive field of 7 patches spans a
+7 × 7 grid as the paper's 6 layers span 14 × 14)."""
 RECIPES = {"paper": PAPER, "auto": SHORT_RUN}
 
 
@@ -166,12 +170,12 @@ class Data2Vec2(vitssl.Objective):
         self.num_visible(encoder.grid_size)  # refuse a grid the ratio empties now
 
     def num_visible(self, grid: tuple[int, int]) -> int:
-        """int(N (1 - mask_ratio)); a :class:`VitsslError` when nothing is kept or masked."""
+        """int(N (1 - mask_ratio)), at least 1; a :class:`VitsslError` when nothing is masked."""
         n = grid[0] * grid[1]
-        keep = int(n * (1.0 - self.mask_ratio) + 1e-6)
-        if not 0 < keep < n:
+        keep = max(1, int(n * (1.0 - self.mask_ratio) + 1e-6))
+        if keep >= n:
             raise VitsslError(f"data2vec2: mask_ratio={self.mask_ratio} of a {n}-patch grid "
-                              f"keeps {keep}; it must keep at least one patch and mask one")
+                              f"masks nothing; it must mask at least one patch")
         return keep
 
     def teacher_momentum(self, step: int, total_steps: int) -> float:
