@@ -33,7 +33,7 @@ representation of every masked patch::
 - Teacher momentum (fairseq's EMA): linear from ``momentum`` to
   ``end_momentum`` over the first ``anneal`` of the run, then constant; unset
   ``momentum`` (``recipe=auto``) is chosen so that Σ(1 − m) over the run is
-  ``update_mass`` (the paper's schedule sums to 13.3), keeping the paper's
+  ``update_mass`` (the paper's schedule sums to 13.25), keeping the paper's
   ratio of end to start rate.
 
 The student is the exported encoder: data2vec 2.0 fine-tunes the student and
