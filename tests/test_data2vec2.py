@@ -123,7 +123,8 @@ def test_the_teacher_runs_once_per_sample_whatever_the_clone_count(clones):
     (x,) = students
     assert x.shape[:2] == (3 * clones, 1 + 3)  # class token + int(16 x 0.2) visible patches
     assert set(out) >= {"loss", "loss_regression", "loss_cls"}
-    torch.testing.assert_close(out["loss"], out["loss_regression"] + out["loss_cls"])
+    torch.testing.assert_close(out["loss"],
+                               out["loss_regression"] + d2v.cls_weight * out["loss_cls"])
 
 
 def test_teacher_is_the_ema_of_the_student_and_not_trained():
@@ -168,9 +169,10 @@ def test_non_square_images_and_the_student_export():
 
 def test_bad_options_are_one_line_errors():
     for options in [dict(recipe="fast"), dict(top_k=9), dict(decoder_kernel=4),
-                    dict(mask_ratio=0.99), dict(clone_batch=0), dict(momentum=1.5)]:
+                    dict(mask_ratio=1.0), dict(clone_batch=0), dict(momentum=1.5)]:
         with pytest.raises(VitsslError):
             _d2v(**options)
+    assert _d2v(size=8).num_visible((2, 2)) == 1  # at least one patch stays visible
     with pytest.raises(VitsslError, match="class token"):
         Data2Vec2(build_encoder(ModelConfig(image_size=16, depth=1, class_token=False,
                                             pool="mean")))
