@@ -13,8 +13,16 @@ cosine schedule finish at the budget, as a user who planned the run would set
 it) and is also stopped when its training seconds reach the budget, whichever
 comes first. Training seconds are the loop's own ``train_time`` (data loading
 included; evaluation pauses and the timing pass excluded). Every
---curve-every-s training seconds a k-NN probe (k = 20) scores the encoder so
-far on a small subset; the curves are drawn one line per objective.
+--curve-every-s training seconds a k-NN probe (k = 20) and the ridge linear
+probe score the encoder so far on a small subset; the curves are drawn one line
+per objective.
+
+The headline is time to quality (benchmarks/time_to_quality.py): for each
+objective, the training seconds at which its curve's k-NN, and its linear probe,
+first reach the --reference objective's final curve value (``mae`` by default),
+and the reference's own seconds over those (the speed-up, > 1 is faster); the
+curve figure marks those points. One invocation trains both sides on the same
+machine state.
 
 ``--steps N`` trains every objective for N steps instead (no timing pass, no
 budget stop): rows then compare the objectives at equal steps and do not
@@ -36,7 +44,8 @@ subsets so a 60,000-image set stays affordable (sizes are flags):
   gain over random initialisation (not defined for raw pixels).
 
 Writes ``results.json``, ``results.md``, ``results.png`` (bar chart) and
-``curve.png`` (k-NN top-1 against training seconds) under --out. ``--rescore``
+``curve.png`` (k-NN and linear top-1 against training seconds, time to quality
+marked) under --out. ``--rescore``
 scores the runs an earlier invocation left under --out again (each one's newest
 checkpoint, training record and curve kept) without training: a changed probe
 costs minutes, not the budget again.
@@ -62,6 +71,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: sleep, do not spin
 
 import numpy as np  # noqa: E402
+import time_to_quality  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
@@ -132,10 +142,13 @@ class Scorer:
         self.finetune = cfg.summary_eval.evaluators.get("finetune")  # null: no fine-tune column
         self.registry = get_registry()
 
-    def curve_point(self, encoder: nn.Module) -> float:
-        """k-NN (k = 20) top-1 on the curve subset."""
+    def curve_point(self, encoder: nn.Module) -> list[float]:
+        """[k-NN (k = 20) top-1, ridge linear top-1] on the curve subset."""
         knn = self.registry.get("evaluators", "knn")(k=[20], progress=False)
-        return float(knn.run(encoder, self.curve)["knn_k20_top1"])
+        linear = self.registry.get("evaluators", "linear-probe")(optimizer="ridge",
+                                                                  progress=False)
+        return [float(knn.run(encoder, self.curve)["knn_k20_top1"]),
+                float(linear.run(encoder, self.curve)["linear_probe_top1"])]
 
     def score(self, encoder: nn.Module, with_finetune: bool) -> dict[str, float]:
         """Few-shot 10/25, k-NN, linear and (optionally) fine-tune top-1 (%)."""
@@ -186,13 +199,13 @@ def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Names
         planned, budget = max(args.timing_steps, int(args.budget_s / per_step)), args.budget_s
     cfg = _replace_steps(cfg, planned, cfg.out)
     run = build_run(cfg, ctx)
-    curve = [(0.0, scorer.curve_point(exported_encoder(run)))]
+    curve = [[0.0, *scorer.curve_point(exported_encoder(run))]]
     next_point, done = args.curve_every_s, 0
     try:
         for done in run_steps(run, 0, planned):
             over = run.train_time >= budget
             if run.train_time >= next_point or over or done == planned:
-                curve.append((run.train_time, scorer.curve_point(exported_encoder(run))))
+                curve.append([run.train_time, *scorer.curve_point(exported_encoder(run))])
                 run.objective.train()
                 while next_point <= run.train_time:
                     next_point += args.curve_every_s
@@ -258,15 +271,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{spec} {objective}: {rows[objective]}", flush=True)
         random_init = random_init_encoder(base).eval()
         random = {**scorer.score(random_init, with_finetune=True),
-                  "curve_knn": scorer.curve_point(random_init)}
+                  **dict(zip(("curve_knn", "curve_linear"), scorer.curve_point(random_init),
+                             strict=True))}
         if scorer.finetune is not None:
             for name in objectives:
                 rows[name]["finetune_gain"] = (rows[name]["finetune_top1"]
                                                - random["finetune_top1"])
         rows["random init"] = random
         rows["raw pixels"] = {**scorer.score(RawPixels(), with_finetune=False),
-                              "curve_knn": scorer.curve_point(RawPixels())}
+                              **dict(zip(("curve_knn", "curve_linear"),
+                                         scorer.curve_point(RawPixels()), strict=True))}
         results["tasks"][spec] = {"rows": rows, "curves": curves,
+                                  "time_to_quality": time_to_quality.time_to_quality(
+                                      curves, args.reference),
                                   "model": f"{base.model.name} depth {base.model.depth} at "
                                            f"{base.model.image_size} px"}
         distributed.teardown(ctx)
@@ -291,6 +308,9 @@ def markdown(results: dict[str, Any]) -> str:
             train = f"{row['train_s']:.0f}" if "train_s" in row else "–"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {steps} | {train} |")
         lines.append("")
+        lines += time_to_quality.markdown(entry.get("time_to_quality") or {},
+                                          {n: r["train_s"] for n, r in rows.items()
+                                           if "train_s" in r})
     lines.append("steps: done / planned" + ("." if results.get("steps")
                                            else " from the timing pass."))
     return "\n".join(lines) + "\n"
@@ -331,23 +351,31 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def curve_chart(results: dict[str, Any], path: Path) -> None:
-    """k-NN top-1 against training seconds, one line per objective, one panel per spec."""
+    """k-NN and linear top-1 against training seconds, one line per objective, one row of
+    panels per spec; each objective's first reach of the reference's final value marked."""
     plt = _pyplot()
     specs = list(results["tasks"])
-    fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4), squeeze=False)
-    for ax, spec in zip(axes[0], specs, strict=True):
+    fig, axes = plt.subplots(len(specs), 2, figsize=(12, 4 * len(specs)), squeeze=False)
+    for row, spec in zip(axes, specs, strict=True):
         entry = results["tasks"][spec]
-        for objective, points in entry["curves"].items():
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=objective)
-        for name, style in (("raw pixels", ":"), ("random init", "--")):
-            if "curve_knn" in entry["rows"].get(name, {}):
-                ax.axhline(entry["rows"][name]["curve_knn"], color="grey", linestyle=style,
-                           label=name)
-        ax.set_xlabel("training seconds")
-        ax.set_ylabel("k-NN (k = 20) top-1 (%)")
-        ax.set_title(f"{spec}: {entry['model']}")
-        ax.legend(fontsize=8)
+        for ax, (probe, index) in zip(row, time_to_quality.PROBES.items(), strict=True):
+            colours = {}
+            for objective, points in entry["curves"].items():
+                kept = [p for p in points if len(p) > index]
+                if kept:
+                    line, = ax.plot([p[0] for p in kept], [p[index] for p in kept],
+                                    marker="o", markersize=3, label=objective)
+                    colours[objective] = line.get_color()
+            for name, style in (("raw pixels", ":"), ("random init", "--")):
+                if f"curve_{probe}" in entry["rows"].get(name, {}):
+                    ax.axhline(entry["rows"][name][f"curve_{probe}"], color="grey",
+                               linestyle=style, label=name)
+            time_to_quality.mark(ax, entry.get("time_to_quality") or {}, probe, colours)
+            ax.set_xlabel("training seconds")
+            ax.set_ylabel(f"{'k-NN (k = 20)' if probe == 'knn' else 'linear (ridge)'} "
+                          f"top-1 (%)")
+            ax.set_title(f"{spec}: {entry['model']}", fontsize=9)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -381,6 +409,8 @@ def main() -> None:
                         help="ridge: closed form, λ chosen on validation; probe: SGD sweep")
     parser.add_argument("--rescore", action="store_true",
                         help="score the runs already under --out again, without training")
+    parser.add_argument("--reference", default="mae",
+                        help="the objective whose final quality the others race to")
     parser.add_argument("--out", default="ssl-quality")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.depth=2")

@@ -57,10 +57,16 @@ IBOT = ["objective.name=ibot", "objective.options.recipe=paper",
         "objective.options.pred_ratio=0.3", "objective.options.pred_ratio_var=0.1",
         "objective.options.momentum=0.9", "train.steps=3"]
 RUNS["ddp-ibot"] = IBOT
+# data2vec 2.0: sample-seeded masks of 2 clones per image, an EMA teacher (no decoder noise:
+# it is drawn from the global RNG, which differs with the rank count).
+D2V = ["objective.name=data2vec2", "objective.options.clone_batch=2",
+       "objective.options.noise_std=0", "objective.options.momentum=0.9", "train.steps=3"]
+RUNS["ddp-d2v"] = D2V
 # A sharded EMA teacher's reference is the replicated one on the same 2 ranks.
 EMA_RUNS = {"fsdp-dino": ["train.strategy=fsdp", *DINO],
              "fsdp-moco": ["train.strategy=fsdp", *MOCO],
-             "fsdp-ibot": ["train.strategy=fsdp", *IBOT]}
+             "fsdp-ibot": ["train.strategy=fsdp", *IBOT],
+             "fsdp-d2v": ["train.strategy=fsdp", *D2V]}
 # Drop-path on the second block draws from the global RNG on every rank.
 RNG_RUN = ["model.depth=2", "model.drop_path_rate=0.5", "train.checkpoint_every=2",
            "train.keep_checkpoints=2"]

@@ -14,9 +14,11 @@ from vitssl.train.optim import build_optimizer
 def train_and_check_ema(objective: nn.Module, teachers: list[nn.Module],
                         students: list[nn.Module], batch: Callable[[int, int], dict],
                         base: float, steps: int = 5,
-                        each_step: Callable[[], None] = lambda: None) -> set[int]:
+                        each_step: Callable[[], None] = lambda: None,
+                        schedule: Callable[[int, int], float] | None = None) -> set[int]:
     """Train ``steps`` steps; assert the teachers got no gradient, stayed out of the optimiser
-    and are ``m t + (1 - m) s`` of the students at every step (cosine from ``base``).
+    and are ``m t + (1 - m) s`` of the students at every step (cosine from ``base``, or
+    ``schedule(step, steps)``).
 
     Returns the ids of the parameters the optimiser holds.
     """
@@ -33,7 +35,7 @@ def train_and_check_ema(objective: nn.Module, teachers: list[nn.Module],
         objective.before_optimizer_step(step, steps)
         optimizer.step()
         objective.after_optimizer_step(step, steps)
-        m = cosine_momentum(base, step, steps)
+        m = cosine_momentum(base, step, steps) if schedule is None else schedule(step, steps)
         student = [p for s in students for p in s.parameters()]
         expected = [m * t + (1 - m) * s.detach() for t, s in zip(expected, student, strict=True)]
     for got, want in zip(teacher, expected, strict=True):

@@ -219,9 +219,18 @@ def test_ibot_on_two_ranks_matches_one_process(two_ranks, one_process):
     assert weights["patch_center"].abs().sum() > 0 and weights["mask_token"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("objective", ["moco", "ibot"])
+def test_data2vec2_on_two_ranks_matches_one_process(two_ranks, one_process):
+    """Losses, student, EMA teacher and decoder: every clone's mask follows its sample seed."""
+    _assert_same_run(one_process / "ddp-d2v", two_ranks / "ddp-d2v")
+    weights = _weights(two_ranks / "ddp-d2v")
+    assert not torch.equal(weights["teacher.blocks.0.mlp.fc1.weight"],
+                           weights["encoder.blocks.0.mlp.fc1.weight"])
+
+
+@pytest.mark.parametrize("objective", ["moco", "ibot", "d2v"])
 def test_fsdp_ema_objectives_match_the_replicated_run(two_ranks, objective):
-    """MoCo v3's momentum encoder and iBOT's teacher, sharded, repeat the DDP run."""
+    """MoCo v3's momentum encoder, iBOT's and data2vec 2.0's teachers, sharded, repeat the
+    DDP run."""
     replicated, sharded = two_ranks / f"ddp-{objective}", two_ranks / f"fsdp-{objective}"
     assert _losses(sharded) == pytest.approx(_losses(replicated), rel=1e-5)
     wa, wb = _weights(replicated), _weights(sharded)

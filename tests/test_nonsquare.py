@@ -48,6 +48,7 @@ def test_crops_follow_height_and_width():
 @pytest.mark.parametrize("objective, options", [
     ("masked-patch", ["objective.options.target=pixels"]),
     ("mae", []),
+    ("data2vec2", []),
 ])
 def test_pretrain_at_height_width_and_evaluate_at_another_size(tmp_path, objective, options):
     pretrain(_cfg(tmp_path, objective, *options))

@@ -14,7 +14,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_quick_run_writes_table_chart_and_curve(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--objectives",
-                           "masked-patch,dino", "--data", "builtin:digits", "--out",
+                           "masked-patch,dino", "--reference", "masked-patch", "--data",
+                           "builtin:digits", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
@@ -32,9 +33,17 @@ def test_quick_run_writes_table_chart_and_curve(tmp_path):
         row = rows[name]
         assert row["steps"] <= row["planned_steps"]
         assert row["train_s"] <= results["budget_s"] + 3 * row["timing_s_per_step"] + 1.0
-        times = [t for t, _ in entry["curves"][name]]
+        times = [point[0] for point in entry["curves"][name]]
         assert times[0] == 0.0 and len(times) >= 2 and times == sorted(times)
+        assert all(len(point) == 3 for point in entry["curves"][name])  # time, k-NN, linear
+    ttq = entry["time_to_quality"]
+    assert ttq["reference"] == "masked-patch" and set(ttq["targets"]) == {"knn", "linear"}
+    for probe in ("knn", "linear"):  # the reference reaches its own final value: 1x (or at 0 s)
+        own = ttq["rows"]["masked-patch"]
+        assert own[f"{probe}_x"] == 1 or (own[f"{probe}_s"] == 0 and own[f"{probe}_x"] is None)
+    assert ttq["targets"]["knn"] == entry["curves"]["masked-patch"][-1][1]
     table = (tmp_path / "results.md").read_text()
+    assert "Time to quality" in table and "| knn s | knn × |" in table
     assert "| raw pixels |" in table and "| FT gain |" in table and "| linear |" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == PNG
     assert (tmp_path / "curve.png").read_bytes()[:8] == PNG
@@ -58,3 +67,20 @@ def test_steps_mode_trains_every_objective_for_the_same_steps_and_rescores(tmp_p
     rescored = _quick(tmp_path, "--rescore")
     assert rescored["tasks"]["builtin:digits"]["rows"]["mae"] == row
     assert rescored["steps"] == 5
+
+
+def test_time_to_quality_is_the_first_reach_of_the_references_final_value():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from time_to_quality import time_to_quality
+
+    curves = {"ref": [[0, 10, 20], [100, 50, 60], [200, 70, 80], [300, 65, 75]],
+              "fast": [[0, 10, 20], [30, 66, 70], [60, 71, 76], [90, 90, 90]],
+              "slow": [[0, 10, 20], [300, 60, 79]]}
+    ttq = time_to_quality(curves, "ref")
+    assert ttq["targets"] == {"knn": 65, "linear": 75}
+    assert ttq["rows"]["ref"] == {"knn_s": 200, "knn_x": 1.0, "linear_s": 200, "linear_x": 1.0}
+    assert ttq["rows"]["fast"] == {"knn_s": 30, "knn_x": 200 / 30, "linear_s": 60,
+                                   "linear_x": 200 / 60}
+    assert ttq["rows"]["slow"] == {"knn_s": None, "knn_x": None, "linear_s": 300,
+                                   "linear_x": 200 / 300}
+    assert time_to_quality(curves, "absent") == {}

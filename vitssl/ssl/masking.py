@@ -93,3 +93,53 @@ def random_masking(batch_size: int, num_patches: int, keep: int, device: torch.d
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     return ids_shuffle[:, :keep], ids_restore
+
+
+def inverse_block_geometry(grid: tuple[int, int], num_visible: int,
+                           block: int) -> tuple[int, int]:
+    """(block side, block count) of :func:`inverse_block_mask`: the side capped by the grid,
+    as many whole blocks as ``num_visible`` holds (at least one)."""
+    side = max(1, min(int(block), *grid))
+    return side, max(1, num_visible // side ** 2)
+
+
+def inverse_block_draws(grid: tuple[int, int], num_visible: int, block: int) -> int:
+    """How many uniforms one :func:`inverse_block_mask` row reads: two per block, one per
+    patch."""
+    return 2 * inverse_block_geometry(grid, num_visible, block)[1] + grid[0] * grid[1]
+
+
+def inverse_block_mask(noise: torch.Tensor, grid: tuple[int, int], num_visible: int,
+                       block: int) -> torch.Tensor:
+    """data2vec 2.0's inverse block masking: the grid indices (n, ``num_visible``), ascending,
+    of the patches each row of ``noise`` keeps *visible*.
+
+    ``noise`` (n, :func:`inverse_block_draws`) holds uniforms in [0, 1) (per-sample draws:
+    :func:`~vitssl.ssl.batch.per_sample_uniform`). ``num_visible // block²`` blocks of
+    ``block × block`` patches are placed wholly inside the grid at random places; every
+    patch is scored by its Chebyshev distance to the nearest block's centre plus half a
+    uniform draw, and the ``num_visible`` lowest scores are kept. So every block is kept
+    whole, and the remaining count grows ring by ring around the blocks: every kept patch
+    touches (8-neighbourhood) a block, and the count is exact. Runs vectorised wherever
+    ``noise`` lies, without reading it back.
+
+    fairseq's ``compute_block_mask_2d(inverse_mask=True)`` instead places
+    ``int(N (1 - mask_prob + mask_prob_adjust) / block²)`` centres with replacement,
+    clamps their blocks at the border, then drops or adds random patches to reach the
+    count; blocks that wholly fit and growth from their borders keep the blocks whole on
+    grids as small as 7 × 7.
+    """
+    height, width = grid
+    if not 0 < num_visible <= height * width:
+        raise ValueError(f"num_visible must lie in [1, {height * width}], got {num_visible}")
+    side, count = inverse_block_geometry(grid, num_visible, block)
+    noise = noise.float()
+    half = (side - 1) / 2
+    centre_y = (noise[:, :count] * (height - side + 1)).floor() + half  # (n, count)
+    centre_x = (noise[:, count:2 * count] * (width - side + 1)).floor() + half
+    rows = torch.arange(height, device=noise.device, dtype=noise.dtype).repeat_interleave(width)
+    cols = torch.arange(width, device=noise.device, dtype=noise.dtype).repeat(height)
+    distance = torch.maximum((rows - centre_y[..., None]).abs(),
+                             (cols - centre_x[..., None]).abs()).amin(dim=1)  # (n, N)
+    score = distance + 0.5 * noise[:, 2 * count:2 * count + height * width]
+    return score.topk(num_visible, dim=1, largest=False).indices.sort(dim=1).values
