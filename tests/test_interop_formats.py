@@ -68,16 +68,20 @@ def test_transformers_folders_in_and_vitssl_out(tmp_path, capsys):
             torch.testing.assert_close(ours.forward_features(images),
                                        model(pixel_values=images).last_hidden_state,
                                        atol=1e-5, rtol=0)
-    # out: our mean-pooled non-square runs -> ViTModel, equal tokens and pooled features
-    for fc_norm in ("false", "true"):
+    # out: our mean-pooled non-square runs (one of 6 bands) -> ViTModel, equal tokens and
+    # pooled features
+    for fc_norm, bands in (("false", 3), ("true", 3), ("true", 6)):
+        six = [f"model.in_chans={bands}", f"data.mean={[0.5] * bands}",
+               f"data.std={[0.25] * bands}"] if bands != 3 else []
         source = _checkpoint(tmp_path, "model.pool=mean", f"model.fc_norm={fc_norm}",
-                             "model.image_size=[16,24]", seed=2 + (fc_norm == "true"))
-        out = tmp_path / f"exported-{fc_norm}"
+                             "model.image_size=[16,24]", *six, seed=2 + (fc_norm == "true") + bands)
+        out = tmp_path / f"exported-{fc_norm}-{bands}"
         assert main(["export", str(source), "--format", "transformers", "--out", str(out)]) == 0
         model, info = transformers.ViTModel.from_pretrained(out, output_loading_info=True)
         assert not any(info.values()), info
+        assert model.config.num_channels == bands
         encoder = load_encoder(source)[0]
-        images = _images(3, 3, 16, 24)
+        images = _images(3, bands, 16, 24)
         with torch.no_grad():
             outputs = model.eval()(pixel_values=images, output_hidden_states=True)
             if fc_norm == "true":  # the norm follows pooling: ViTModel.layernorm holds it
