@@ -166,12 +166,12 @@ class MaskedPatchPrediction(vitssl.Objective):
         target = _rows(self.targets(batch, grid), plan.positions)
         if self.target == "pixels":
             loss = F.mse_loss(pred, target)
-            return {"loss": loss, "mse": loss.detach()}
+            return {"loss": loss, "loss_mse": loss.detach()}
         if self.target == "downsampled-4x4":
             pred = pred.reshape(-1, 16, self.num_classes)
         loss = F.cross_entropy(pred.reshape(-1, self.num_classes), target.reshape(-1))
         accuracy = (pred.detach().argmax(-1) == target).float().mean()
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss, "loss_ce": loss.detach(), "accuracy": accuracy}
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

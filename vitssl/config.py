@@ -86,6 +86,26 @@ class TrainConfig:
     strategy: str = "ddp"  # "ddp" | "fsdp" (under torchrun; one process trains unsharded)
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile the objective's forward
+    on_nonfinite: str = "stop"  # "stop" (exit, resumable) | "rollback" (newest checkpoint, lr/2)
+    max_rollbacks: int = 3  # rollbacks a run may take before it stops
+
+
+@dataclass
+class MonitorConfig:
+    """Health checks while a run trains (vitssl.train.monitor; docs/training.md)."""
+
+    enabled: bool = True
+    every: int | None = None  # steps between checks; None: steps // 20 (about 20); and the last
+    images: int = 128  # the held-out batch RankMe and the feature spread are measured on
+    probe: str = "auto"  # k-NN probe data: "auto" (the pretraining data if labelled), "none", SPEC
+    probe_every: int = 4  # checks between probes (the last check always probes)
+    probe_train: int = 256  # the probe's seeded subsets (vitssl eval --evaluator knn
+    probe_test: int = 128  #   --set max_train=... --set max_test=... gives the same number)
+    on_alarm: str = "warn"  # "warn" | "stop"
+    min_rankme_ratio: float = 0.05  # collapse: RankMe / min(images, width) below this
+    min_spread: float = 0.05  # collapse: feature_std * sqrt(width) below this
+    max_entropy_ratio: float = 0.98  # a teacher's entropy / ln K above this ...
+    patience: int = 3  # ... for this many checks in a row; also the loss-stuck window
 
 
 @dataclass
@@ -136,6 +156,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     summary_eval: SummaryEvalConfig = field(default_factory=SummaryEvalConfig)
     out: str | None = None
 

@@ -20,7 +20,9 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers",
                      "train.activation_checkpointing", "train.compile",
-                     "summary_eval.", "log.")
+                     "summary_eval.", "log.", "monitor.", "train.on_nonfinite",
+                     "train.max_rollbacks")
+ON_NONFINITE = ("stop", "rollback")
 
 
 def micro_batch_size(cfg: Config, world_size: int) -> int:
@@ -43,6 +45,10 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     if min(tc.warmup_steps, tc.grad_clip, tc.weight_decay) < 0 or tc.lr <= 0:
         raise VitsslError("train.warmup_steps, train.weight_decay and train.grad_clip must be "
                           ">= 0 (grad_clip 0 turns clipping off) and train.lr > 0")
+    if tc.on_nonfinite not in ON_NONFINITE or tc.max_rollbacks < 0:
+        raise VitsslError(f"train.on_nonfinite must be one of {', '.join(ON_NONFINITE)} and "
+                          f"train.max_rollbacks >= 0, got {tc.on_nonfinite!r} and "
+                          f"{tc.max_rollbacks}")
     if not all(0.0 <= b < 1.0 for b in tc.betas):
         raise VitsslError(f"train.betas must lie in [0, 1), got {list(tc.betas)}")
     image_hw(cfg.model.image_size)
