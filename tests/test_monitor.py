@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -207,3 +208,34 @@ def test_the_probe_equals_the_knn_evaluator_on_the_same_checkpoint(tmp_path, cap
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["step"] == 2 and record["metrics"]["knn_k20_top1"] == \
         last["probe_knn_k20_top1"]
+
+
+def test_analyze_draws_the_health_metrics_and_probe_beside_the_loss(tmp_path):
+    from vitssl.analyze.curves import read_curves
+
+    lines = [{"step": 1, "loss": 2.0, "lr": 0.1, "accuracy": 0.5},
+             {"step": 2, "loss": 1.0, "lr": 0.1, "accuracy": 0.6, "rankme": 9.0,
+              "rankme_ratio": 0.1, "feature_std": 0.01, "feature_cos": 0.9,
+              "probe_knn_k20_top1": 50.0},
+             {"step": 2, "alarm": "collapse", "message": "..."},
+             {"step": 2, "rollback": 1, "bad_step": 3, "lr_scale": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    curves = read_curves(tmp_path)
+    assert list(curves)[:4] == ["loss", "rankme", "feature_std", "probe_knn_k20_top1"]
+    assert curves["rankme"] == ([2], [9.0]) and "rollback" not in curves
+
+
+def test_a_resumed_run_checks_and_alarms_as_an_uninterrupted_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _tiny(run, "train.steps=4", "monitor.probe_every=2", "monitor.min_spread=0.5")
+    pretrain(cfg)  # min_spread=0.5: a collapse alarm at the first check, recorded once
+
+    def logged():
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(run)]
+
+    whole = logged()
+    assert sum("rankme" in r for r in whole) == 4 and sum("alarm" in r for r in whole) == 1
+    assert sum("probe_knn_k20_top1" in r for r in whole) == 2
+    shutil.rmtree(list_checkpoints(run)[-1][1])  # as if killed after step 2's checkpoint
+    pretrain(cfg, resume=True)
+    assert logged() == whole

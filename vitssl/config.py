@@ -95,7 +95,7 @@ class MonitorConfig:
     """Health checks while a run trains (vitssl.train.monitor; docs/training.md)."""
 
     enabled: bool = True
-    every: int | None = None  # steps between checks; None: steps // 20 (about 20); and the last
+    every: int | None = None  # steps between checks (and the last); None: steps // 20
     images: int = 128  # the held-out batch RankMe and the feature spread are measured on
     probe: str = "auto"  # k-NN probe data: "auto" (the pretraining data if labelled), "none", SPEC
     probe_every: int = 4  # checks between probes (the last check always probes)
@@ -103,7 +103,7 @@ class MonitorConfig:
     probe_test: int = 128  #   --set max_train=... --set max_test=... gives the same number)
     on_alarm: str = "warn"  # "warn" | "stop"
     min_rankme_ratio: float = 0.05  # collapse: RankMe / min(images, width) below this
-    min_spread: float = 0.05  # collapse: feature_std * sqrt(width) below this
+    min_spread: float = 0.01  # collapse: feature_std * sqrt(width) below this
     max_entropy_ratio: float = 0.98  # a teacher's entropy / ln K above this ...
     patience: int = 3  # ... for this many checks in a row; also the loss-stuck window
 

@@ -49,8 +49,8 @@ def check_monitor(cfg: Config) -> None:
 
 
 def monitor_every(cfg: Config) -> int:
-    """Steps between health checks (0: the last step only, as in runs under
-    :data:`CHECKS_PER_RUN` steps, or when the monitor is off)."""
+    """Steps between health checks; 0 when the monitor is off (``monitor.every=null`` turns
+    it off for runs under :data:`CHECKS_PER_RUN` steps: smoke tests)."""
     if not cfg.monitor.enabled:
         return 0
     return cfg.monitor.every or cfg.train.steps // CHECKS_PER_RUN
@@ -88,7 +88,7 @@ class Monitor:
         return monitor_every(self.cfg)
 
     def due(self, step: int) -> bool:
-        return step == self.cfg.train.steps or (bool(self.every) and step % self.every == 0)
+        return step % self.every == 0 or step == self.cfg.train.steps
 
     def measure(self, encoder: nn.Module, step: int, device: torch.device) -> dict[str, float]:
         """Health of ``encoder`` on the held-out images and, when due, the probe."""
@@ -132,7 +132,7 @@ class Monitor:
 def build_monitor(cfg: Config, records: list[dict[str, Any]], sharded: bool,
                   log: RunLog) -> Monitor | None:
     """The run's monitor (None when off), its records those of the run so far."""
-    if not cfg.monitor.enabled:
+    if not monitor_every(cfg):
         return None
     if sharded:
         log.message("monitor: off under train.strategy=fsdp (the encoder is sharded)")
