@@ -239,3 +239,14 @@ def test_a_resumed_run_checks_and_alarms_as_an_uninterrupted_one(tmp_path, capsy
     shutil.rmtree(list_checkpoints(run)[-1][1])  # as if killed after step 2's checkpoint
     pretrain(cfg, resume=True)
     assert logged() == whole
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["masked-patch", "mae"])
+def test_the_default_runs_raise_no_alarm(tmp_path, objective):
+    cfg = load_config(None, [f"out={tmp_path / objective}", f"objective.name={objective}",
+                             "summary_eval.enabled=false"])
+    pretrain(cfg)
+    records = read_metrics(tmp_path / objective)
+    assert sum("rankme" in r for r in records) == 20
+    assert [r for r in records if "alarm" in r] == []

@@ -104,8 +104,8 @@ class MonitorConfig:
     on_alarm: str = "warn"  # "warn" | "stop"
     min_rankme_ratio: float = 0.05  # collapse: RankMe / min(images, width) below this
     min_spread: float = 0.01  # collapse: feature_std * sqrt(width) below this
-    max_entropy_ratio: float = 0.98  # a teacher's entropy / ln K above this ...
-    patience: int = 3  # ... for this many checks in a row; also the loss-stuck window
+    max_entropy_ratio: float = 0.97  # a teacher's entropy / ln K at or above this ...
+    patience: int = 3  # ... on average over this many checks; also the loss-stuck window
 
 
 @dataclass

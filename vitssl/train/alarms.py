@@ -54,12 +54,14 @@ def _collapse(records: Records, ctx: Context) -> str | None:
 def _teacher_entropy(records: Records, ctx: Context) -> str | None:
     recent = checks(records)[-ctx.cfg.patience:]
     ratios = [r.get("teacher_entropy_ratio") for r in recent]
-    if len(recent) < ctx.cfg.patience or any(v is None or v < ctx.cfg.max_entropy_ratio
-                                             for v in ratios):
+    if len(recent) < ctx.cfg.patience or None in ratios:
         return None
-    return (f"the teacher's output entropy has been at {min(ratios):.1%} or more of ln K "
-            f"(uniform targets) for {len(recent)} checks: nothing is distilled. Try "
-            f"{TEACHER_FIXES}")
+    mean = sum(ratios) / len(ratios)
+    if mean < ctx.cfg.max_entropy_ratio:
+        return None
+    return (f"the teacher's output entropy has averaged {mean:.1%} of ln K (uniform "
+            f"targets) over the last {len(recent)} checks: its targets hardly depend on the "
+            f"image, so little is distilled. Try {TEACHER_FIXES}")
 
 
 def _loss_stuck(records: Records, ctx: Context) -> str | None:
