@@ -24,7 +24,8 @@ def _tiny(out, *extra: str) -> Config:
     return load_config(None, [
         f"out={out}", "model.depth=1", "model.image_size=16", "train.batch_size=16",
         "train.steps=6", "train.warmup_steps=2", "train.checkpoint_every=2",
-        "train.log_every=1", "train.device=cpu", "summary_eval.enabled=false", *extra])
+        "train.log_every=1", "train.device=cpu", "summary_eval.enabled=false",
+        "monitor.enabled=false", *extra])
 
 
 def test_weight_decay_only_on_weight_matrices():
