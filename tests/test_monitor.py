@@ -109,6 +109,7 @@ def test_alarms_fire_once_on_their_signal_and_stay_silent_otherwise():
     ("monitor.probe=nosuch:x", "bad data spec 'nosuch:x'"),
     ("monitor.probe=builtin:photos", "monitor.probe=builtin:photos: .*no labels"),
     ("monitor.on_alarm=panic", "unknown monitor.on_alarm 'panic'"),
+    ("monitor.min_spread=2", r"monitor.min_spread must lie in \[0, 1\]"),
     ("train.on_nonfinite=ignore", "train.on_nonfinite must be one of stop, rollback")])
 def test_bad_monitor_settings_are_one_line_errors(tmp_path, capsys, setting, match):
     cfg = _tiny(tmp_path / "run", setting)

@@ -44,6 +44,9 @@ def check_monitor(cfg: Config) -> None:
     if min(mc.images - 1, mc.probe_every, mc.probe_train, mc.probe_test, mc.patience) < 1:
         raise VitsslError("monitor.images must be >= 2 and monitor.probe_every, probe_train, "
                           "probe_test and patience >= 1")
+    for key in ("min_rankme_ratio", "min_spread", "max_entropy_ratio"):
+        if not 0.0 <= getattr(mc, key) <= 1.0:
+            raise VitsslError(f"monitor.{key} must lie in [0, 1], got {getattr(mc, key)}")
     if mc.probe not in ("auto", "none"):
         parse_spec(mc.probe)  # an unknown kind is a one-line error now
 

@@ -77,10 +77,10 @@ def run_steps(run: Run, start: int, stop: int) -> Iterator[int]:
         run.metrics.took(seconds)
         run.train_time += seconds
         done = step + 1
-        stop = run.cadence.reads(done) and _read(run, done)
+        alarmed = run.cadence.reads(done) and _read(run, done)
         if run.cadence.saves(done):
             save_run_checkpoint(run, done)
-        if stop:
+        if alarmed:
             raise VitsslError(f"stopping at step {done} on the alarm above "
                               f"(monitor.on_alarm=stop); the newest checkpoint is "
                               f"{run.checkpoint or 'not written yet'}")
