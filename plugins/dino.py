@@ -37,7 +37,7 @@ from torch import nn
 import vitssl
 from vitssl.ssl.batch import progress
 from vitssl.ssl.distillation import cross_view_loss
-from vitssl.ssl.self_distillation import SHORT_RUN, SelfDistillation, teacher_stats
+from vitssl.ssl.self_distillation import SHORT_RUN, SelfDistillation, teacher_metrics
 
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=True, use_bn=False, teacher_temp=0.07,
@@ -78,10 +78,8 @@ class Dino(SelfDistillation):
         student_out = torch.cat(student, dim=1).float()
         temp = self.teacher_temperature(step, total)
         targets = self.targets(teacher.flatten(0, 1), "center", temp)
-        entropy, kl_uniform = teacher_stats(targets)
         loss = cross_view_loss(student_out, targets.view(b, g, -1), self.student_temp)
-        out = {"teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
-               "teacher_temp": temp}
+        out = {"loss_dino": loss.detach(), **teacher_metrics(targets), "teacher_temp": temp}
         loss = self.with_koleo(loss, out, features.view(b, g, -1)[:, 0])
         return {"loss": loss, **out}
 

@@ -47,7 +47,13 @@ from vitssl.ssl.batch import batch_seeds, progress
 from vitssl.ssl.distillation import cross_view_loss, prototypes
 from vitssl.ssl.ema import teacher_copy
 from vitssl.ssl.masking import block_mask, draw_ratio, random_mask
-from vitssl.ssl.self_distillation import SHORT_RUN, SelfDistillation, teacher_stats, warmup
+from vitssl.ssl.self_distillation import (
+    SHORT_RUN,
+    SelfDistillation,
+    teacher_metrics,
+    teacher_stats,
+    warmup,
+)
 
 PAPER: dict[str, Any] = dict(
     small_out_dim=1024, norm_last_layer=False, use_bn=False, teacher_temp=0.07,
@@ -207,9 +213,8 @@ class Ibot(SelfDistillation):
                                        patch_targets.view_as(student_patch), mask,
                                        self.student_temp)
         loss = self.lambda1 * loss_cls + self.lambda2 * loss_patch
-        entropy, kl_uniform = teacher_stats(cls_targets)
         out = {"loss_cls": loss_cls.detach(), "loss_patch": loss_patch.detach(),
-               "teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
+               **teacher_metrics(cls_targets),
                "patch_entropy": teacher_stats(patch_targets)[0],
                "mask_ratio": mask.float().mean(), "teacher_temp": temp}
         loss = self.with_koleo(loss, out, pooled.view(b, g, -1)[:, 0])

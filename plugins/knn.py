@@ -7,7 +7,8 @@ of Wu et al. (2018) used by DINO. Reported: top-1 (percent) per k, as
 the metric is named by the k actually used (k = 200 on 150 training examples
 reports ``knn_k150_top1``), with a line on stderr saying so.
 
-``features``: which feature of each image is used (:mod:`vitssl.eval.features`).
+``features``: which feature of each image is used (:mod:`vitssl.eval.features`);
+``max_train`` / ``max_test``: seeded random subsets of the splits (the run monitor's probe).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import vitssl
+from vitssl.data.tasks import capped
 from vitssl.errors import VitsslError
 from vitssl.eval.features import numbers, parse_features, task_features
 from vitssl.eval.metrics import top1
@@ -49,7 +51,8 @@ class KNN:
     """Weighted k-NN on L2-normalised frozen features; k = 20 and 200, temperature 0.07."""
 
     def __init__(self, k: Sequence[int] | int = (20, 200), temperature: float = 0.07,
-                 batch_size: int = 256, progress: bool = True, features: str = "pooled") -> None:
+                 batch_size: int = 256, progress: bool = True, features: str = "pooled",
+                 max_train: int | None = None, max_test: int | None = None) -> None:
         self.features = parse_features(features)
         if not float(temperature) > 0:
             raise VitsslError(f"knn option 'temperature' must be > 0, got {temperature!r}")
@@ -57,16 +60,18 @@ class KNN:
         self.temperature = float(temperature)
         self.batch_size = int(batch_size)
         self.progress = bool(progress)
+        self.max_train, self.max_test = max_train, max_test  # seeded subsets (None: all)
 
     def run(self, encoder: torch.nn.Module, task: Any) -> dict[str, float]:
+        task = capped(task, self.max_train, self.max_test)
         train, test = task_features(encoder, task, batch_size=self.batch_size,
                                     show_progress=self.progress, features=self.features)
         preds = knn_predict(train.x, train.y, test.x, task.num_classes, self.ks,
                             self.temperature)
         used = {k: min(k, len(train.y)) for k in self.ks}
-        capped = [k for k in self.ks if used[k] != k]
-        if capped:
-            print(f"knn: k={', '.join(map(str, capped))} exceeds the {len(train.y)} training "
+        over = [k for k in self.ks if used[k] != k]
+        if over:
+            print(f"knn: k={', '.join(map(str, over))} exceeds the {len(train.y)} training "
                   f"examples of {task.name}; used k={len(train.y)}", file=sys.stderr)
         return {f"knn_k{used[k]}_top1": top1(preds[k], test.y) for k in self.ks}
 

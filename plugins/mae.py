@@ -144,7 +144,7 @@ class MaskedAutoencoder(vitssl.Objective):
         mask.scatter_(1, ids_keep, 0.0)  # 1 = masked
         per_patch = ((pred - self.targets(images, grid)) ** 2).mean(dim=-1)
         loss = (per_patch * mask).sum() / mask.sum()
-        return {"loss": loss}
+        return {"loss": loss, "loss_mse": loss.detach()}
 
 
 @vitssl.hookimpl

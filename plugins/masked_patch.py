@@ -184,11 +184,11 @@ class MaskedPatchPrediction(vitssl.Objective):
         target = _rows(self.targets(batch, grid), plan.positions)
         if self.target == "pixels":
             loss = F.mse_loss(pred, target)
-            return {"loss": loss, "mse": loss.detach()}
+            return {"loss": loss, "loss_mse": loss.detach()}
         pred, target = pred.reshape(-1, self.num_classes), target.reshape(-1)
         loss = F.cross_entropy(pred, target)
         accuracy = (pred.detach().argmax(-1) == target).float().mean()
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss, "loss_ce": loss.detach(), "accuracy": accuracy}
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -135,7 +135,8 @@ class MocoV3(vitssl.Objective):
             labels = torch.arange(b, device=q1.device) + offset
             hits = (F.normalize(q1.float(), dim=1) @ F.normalize(k2_all.float(), dim=1).T
                     ).argmax(dim=1) == labels
-        return {"loss": loss, "contrastive_acc": hits.float().mean(),
+        return {"loss": loss, "loss_contrastive": loss.detach(),
+                "contrastive_acc": hits.float().mean(),
                 "momentum": self.key_momentum(*progress(batch))}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:

@@ -105,7 +105,8 @@ class Supervised(vitssl.Objective):
         targets = F.one_hot(labels, self.num_classes) if labels.ndim == 1 else labels
         targets = targets.float()
         logits = self.logits(batch["image"])
-        out: dict[str, torch.Tensor | float] = {"loss": self.loss(logits, targets)}
+        loss = self.loss(logits, targets)
+        out: dict[str, torch.Tensor | float] = {"loss": loss, "loss_ce": loss.detach()}
         with torch.no_grad():
             for k in (1, 5):
                 if k == 1 or self.num_classes > 5:

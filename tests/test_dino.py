@@ -204,7 +204,7 @@ def test_sinkhorn_centring_and_koleo_train():
     assert dino.centering == "sinkhorn-knopp"
     out = dino(_batch())
     without = _dino(recipe="auto", koleo_weight=0.0)(_batch())["loss"]  # the same student
-    torch.testing.assert_close(out["loss"], without + 0.1 * out["koleo"])
+    torch.testing.assert_close(out["loss"], without + 0.1 * out["loss_koleo"])
     out["loss"].backward()
     assert dino.encoder.patch_embed.proj.weight.grad is not None
 

@@ -56,6 +56,7 @@ def test_forward_and_backward_read_no_device_value_on_the_host(name):
     out = objective.to("meta")(_on("meta", batch))
     out["loss"].backward()
     assert out["loss"].shape == ()
+    assert [k for k in out if k.startswith("loss_")], f"{name} reports no loss_* term"
 
 
 def _cfg(name: str, out, *extra: str):

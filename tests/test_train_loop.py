@@ -24,7 +24,8 @@ def _tiny(out, *extra: str) -> Config:
     return load_config(None, [
         f"out={out}", "model.depth=1", "model.image_size=16", "train.batch_size=16",
         "train.steps=6", "train.warmup_steps=2", "train.checkpoint_every=2",
-        "train.log_every=1", "train.device=cpu", "summary_eval.enabled=false", *extra])
+        "train.log_every=1", "train.device=cpu", "summary_eval.enabled=false",
+        "monitor.enabled=false", *extra])
 
 
 def test_weight_decay_only_on_weight_matrices():
@@ -138,7 +139,7 @@ def extra_objectives(plugin_package):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, extra_objectives):
     _ExplodesAtStep3.calls = 0
     cfg = _tiny(tmp_path / "run", "objective.name=explodes")
-    with pytest.raises(VitsslError, match=r"non-finite \(nan\) at step 3;.*step-00000002"):
+    with pytest.raises(VitsslError, match=r"non-finite \(loss=nan\) at step 3;.*step-00000002"):
         pretrain(cfg)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
 
@@ -192,7 +193,7 @@ def test_non_finite_loss_read_at_a_later_logging_step_names_its_step(tmp_path,
     _ExplodesAtStep3.calls = 0
     cfg = _tiny(tmp_path / "run", "objective.name=explodes", "train.log_every=4",
                 "train.checkpoint_every=5")
-    with pytest.raises(VitsslError, match=r"non-finite \(nan\) at step 3; stopping at step 4 "
+    with pytest.raises(VitsslError, match=r"non-finite \(loss=nan\) at step 3; stopping at step 4 "
                                           r"without saving .*no checkpoint was written yet"):
         pretrain(cfg)
     assert list_checkpoints(tmp_path / "run") == []

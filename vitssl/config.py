@@ -94,6 +94,26 @@ class TrainConfig:
     strategy: str = "ddp"  # "ddp" | "fsdp" (under torchrun; one process trains unsharded)
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile the objective's forward
+    on_nonfinite: str = "stop"  # "stop" (exit, resumable) | "rollback" (newest checkpoint, lr/2)
+    max_rollbacks: int = 3  # rollbacks a run may take before it stops
+
+
+@dataclass
+class MonitorConfig:
+    """Health checks while a run trains (vitssl.train.monitor; docs/training.md)."""
+
+    enabled: bool = True
+    every: int | None = None  # steps between checks (and the last); None: steps // 20
+    images: int = 128  # the held-out batch RankMe and the feature spread are measured on
+    probe: str = "auto"  # k-NN probe data: "auto" (the pretraining data if labelled), "none", SPEC
+    probe_every: int = 4  # checks between probes (the last check always probes)
+    probe_train: int = 256  # the probe's seeded subsets (vitssl eval --evaluator knn
+    probe_test: int = 128  #   --set max_train=... --set max_test=... gives the same number)
+    on_alarm: str = "warn"  # "warn" | "stop"
+    min_rankme_ratio: float = 0.05  # collapse: RankMe / min(images, width) below this
+    min_spread: float = 0.01  # collapse: feature_std * sqrt(width) below this
+    max_entropy_ratio: float = 0.97  # a teacher's entropy / ln K at or above this ...
+    patience: int = 3  # ... on average over this many checks; also the loss-stuck window
 
 
 @dataclass
@@ -152,6 +172,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     summary_eval: SummaryEvalConfig = field(default_factory=SummaryEvalConfig)
     out: str | None = None
 

@@ -64,6 +64,11 @@ RANGES: dict[str, Range] = {
     "train.warmup_steps": NON_NEGATIVE, "train.grad_clip": NON_NEGATIVE, "train.seed": ANY,
     "train.checkpoint_every": AT_LEAST_1, "train.keep_checkpoints": AT_LEAST_1,
     "train.log_every": AT_LEAST_1,
+    "train.max_rollbacks": NON_NEGATIVE,
+    "monitor.every": AT_LEAST_1, "monitor.images": Range(2), "monitor.probe_every": AT_LEAST_1,
+    "monitor.probe_train": AT_LEAST_1, "monitor.probe_test": AT_LEAST_1,
+    "monitor.patience": AT_LEAST_1, "monitor.min_rankme_ratio": Range(0, 1),
+    "monitor.min_spread": Range(0, 1), "monitor.max_entropy_ratio": Range(0, 1),
     "summary_eval.max_train": AT_LEAST_1, "summary_eval.max_test": AT_LEAST_1,
 }
 

@@ -8,9 +8,12 @@ from pathlib import Path
 from vitssl.errors import VitsslError
 from vitssl.train.runlog import METRICS, read_metrics
 
-# Logged but not a training quantity: throughput depends on the machine, not the model.
-NOT_PLOTTED = ("step", "images_per_s")
-ORDER = ("loss", "lr")
+# Logged but not a training quantity: throughput depends on the machine, not the model;
+# a rollback record's counters.
+NOT_PLOTTED = ("step", "images_per_s", "rollback", "bad_step")
+# First the loss, then the monitor's health metrics and probe beside it (vitssl.train.monitor).
+ORDER = ("loss", "rankme", "feature_std", "probe_knn_k20_top1", "lr", "rankme_ratio",
+         "feature_cos")
 
 
 def read_curves(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]:

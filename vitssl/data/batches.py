@@ -50,8 +50,9 @@ class StepBatches(Dataset):
     def __init__(self, dataset: Dataset, transform: Callable, *, batch_size: int, seed: int,
                  mean: tuple[float, ...], std: tuple[float, ...], rank: int = 0,
                  world_size: int = 1, num_steps: int, on_error: str = "skip",
-                 seed_per_sample: bool = False) -> None:
+                 seed_per_sample: bool = False, held_out: int = 0) -> None:
         self.dataset, self.transform, self.seed_per_sample = dataset, transform, seed_per_sample
+        self.held_out = held_out  # the dataset's last items, never drawn (the monitor's)
         self.batch_size, self.rank, self.num_steps = batch_size, rank, num_steps
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
         self.global_batch, self.on_error = batch_size * world_size, on_error
@@ -64,7 +65,7 @@ class StepBatches(Dataset):
 
     def indices(self, step: int) -> list[int]:
         """Dataset indices of global batch ``step`` (wrapping over per-epoch permutations)."""
-        size, start, out = len(self.dataset), step * self.global_batch, []
+        size, start, out = len(self.dataset) - self.held_out, step * self.global_batch, []
         while len(out) < self.global_batch:
             epoch, offset = divmod(start + len(out), size)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -98,7 +99,7 @@ class StepBatches(Dataset):
 
     def _read(self, index: int, errors: SkipLog, tried: int = 0) -> tuple[Any, int, int, int]:
         """(image, label, dataset index read, indices tried) from ``index`` on."""
-        size = len(self.dataset)
+        size = len(self.dataset) - self.held_out
         for attempt in range(size - tried):
             where = (index + attempt) % size
             try:

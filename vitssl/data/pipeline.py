@@ -143,7 +143,7 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
                      seed: int, num_steps: int, start_step: int = 0, rank: int = 0,
                      world_size: int = 1, views: Callable | None = None,
                      stream_state: dict[str, Any] | None = None,
-                     device: torch.device | str | None = None) -> Batches:
+                     device: torch.device | str | None = None, held_out: int = 0) -> Batches:
     """Batches for pretraining; ``batch_size`` is per rank (global = batch_size * world_size).
 
     Augmentation keys of ``cfg`` still unset take the source's values.
@@ -151,6 +151,7 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
     augmented view. ``stream_state``: what a checkpoint saved of a stream
     (:class:`~vitssl.data.source.StreamRequest`). ``device``: on CUDA,
     map-style batches come through pinned memory and are finished there.
+    ``held_out``: how many items at the end of map-style data are never drawn.
     """
     cfg = resolve_augmentation(cfg)  # returns cfg itself when nothing is unset
     mean, std = normalisation(cfg)
@@ -169,7 +170,8 @@ def pretrain_batches(cfg: DataConfig, *, image_size: int | tuple[int, int], batc
     dataset = open_dataset(spec, cfg.split, **cfg.options)
     batches = StepBatches(dataset, transform, batch_size=batch_size, seed=seed, mean=mean,
                           std=std, rank=rank, world_size=world_size, num_steps=num_steps,
-                          on_error=cfg.on_error, seed_per_sample=views is not None)
+                          on_error=cfg.on_error, seed_per_sample=views is not None,
+                          held_out=held_out)
     classes = getattr(dataset, "num_classes", None)
     return PretrainBatches(batches, start_step, workers, bool(classes), classes,
                            device=torch.device(device) if device is not None else None)

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from vitssl.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, normalisation
 from vitssl.data.source import DataSpec, open_dataset, parse_spec
@@ -75,3 +76,16 @@ def run_task(spec: str, image_size: int, data: DataConfig, in_chans: int | str, 
         raise VitsslError(f"'{spec}' gives {got}-channel images, but the encoder takes "
                           f"{in_chans}; evaluate on data like its training data")
     return task
+
+
+def capped(task: Task, max_train: int | None, max_test: int | None) -> Task:
+    """``task`` with its splits cut to seeded random subsets of at most the given sizes."""
+
+    def cut(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+        if limit is None or len(dataset) <= limit:
+            return dataset
+        keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+        return Subset(dataset, keep.tolist())
+
+    return Task(name=task.name, train=cut(task.train, max_train, 0),
+                test=cut(task.test, max_test, 1), num_classes=task.num_classes)

@@ -14,6 +14,7 @@ mean; or ``"sinkhorn-knopp"``), DINO's multi-crop views and the EMA update.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,14 @@ def teacher_stats(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1).mean()
     mean = targets.mean(0)
     return entropy, (mean * (mean.clamp_min(1e-12) * mean.numel()).log()).sum()
+
+
+def teacher_metrics(targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The teacher's entropy, its ratio to ln K (1: uniform targets, which the run monitor
+    warns about) and the KL of its mean from uniform, for targets (n, K)."""
+    entropy, kl_uniform = teacher_stats(targets)
+    return {"teacher_entropy": entropy, "teacher_kl_uniform": kl_uniform,
+            "teacher_entropy_ratio": entropy / math.log(targets.shape[-1])}
 
 
 def warmup(start: float, end: float, fraction: float, step: int, total_steps: int) -> float:
@@ -183,11 +192,11 @@ class SelfDistillation(vitssl.Objective):
     def with_koleo(self, loss: torch.Tensor, out: dict[str, Any],
                    features: torch.Tensor) -> torch.Tensor:
         """``loss`` plus ``koleo_weight`` × KoLeo of ``features`` (the student's pooled
-        features of the first global view), its value kept in ``out["koleo"]``."""
+        features of the first global view), its value kept in ``out["loss_koleo"]``."""
         if self.koleo_weight <= 0:
             return loss
         koleo = koleo_loss(features)
-        out["koleo"] = koleo.detach()
+        out["loss_koleo"] = koleo.detach()
         return loss + self.koleo_weight * koleo
 
     # -- centring ----------------------------------------------------------------------------

@@ -41,8 +41,10 @@ from vitssl.train.checkpoint import (
     remove_partial,
 )
 from vitssl.train.checks import PRECISIONS, check_resumable, micro_batch_size
+from vitssl.train.health import tail_held_out
+from vitssl.train.monitor import Monitor, build_monitor, check_monitor, monitor_every
 from vitssl.train.optim import build_optimizer
-from vitssl.train.runlog import RunLog, truncate_metrics
+from vitssl.train.runlog import RunLog, read_metrics, truncate_metrics
 from vitssl.train.schedule import build_scheduler
 from vitssl.train.step_metrics import DeferredMetrics
 from vitssl.train.summary import check_entries
@@ -57,12 +59,14 @@ class Cadence:
     log_every: int
     checkpoint_every: int
     total_steps: int
+    monitor_every: int = 0  # 0: no health checks
 
     def saves(self, step: int) -> bool:
         return step % self.checkpoint_every == 0 or step == self.total_steps
 
     def reads(self, step: int) -> bool:
-        return step % max(1, self.log_every) == 0 or self.saves(step)
+        checks = self.monitor_every and step % self.monitor_every == 0
+        return step % max(1, self.log_every) == 0 or self.saves(step) or bool(checks)
 
 
 @dataclass(kw_only=True)
@@ -85,6 +89,7 @@ class Run:
     metrics: DeferredMetrics
     checkpoint: Path | None = None  # the newest complete checkpoint
     train_time: float = 0.0
+    monitor: Monitor | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -132,6 +137,7 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     requested, cfg = cfg, resolve_run_config(cfg)
     check_entries(cfg.summary_eval.evaluators)  # before training, not after it
     micro = micro_batch_size(cfg, ctx.world_size)
+    check_monitor(cfg)
     run_dir = _run_dir(cfg, ctx)
     cfg = dataclasses.replace(cfg, out=str(run_dir))
     ckpt, state = _resume_point(cfg, run_dir, resume, requested)
@@ -163,8 +169,11 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
     run = Run(cfg=cfg, ctx=ctx, objective=objective, objective_options=options, model=model,
               optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches,
               data=data, start_step=start, log=log, metrics=DeferredMetrics(ctx),
-              cadence=Cadence(tc.log_every, tc.checkpoint_every, tc.steps), checkpoint=ckpt)
+              cadence=Cadence(tc.log_every, tc.checkpoint_every, tc.steps, monitor_every(cfg)),
+              checkpoint=ckpt)
     _announce(run, ckpt, resume)
+    so_far = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start]
+    run.monitor = build_monitor(cfg, so_far, run.sharded, log)
     if init is not None and ctx.is_main:
         log.message(init.line)
     if ctx.is_main and (requested.data.mean == "auto" or requested.data.mean is None
@@ -233,7 +242,7 @@ def _objective_and_data(cfg: Config, ctx: distributed.Context, micro: int, start
                                world_size=ctx.world_size,
                                views=objective.views(image_hw(cfg.model.image_size), cfg.data),
                                stream_state=state.get("stream") if state else None,
-                               device=ctx.device)
+                               device=ctx.device, held_out=tail_held_out(cfg))
     return objective, options, batches, init
 
 

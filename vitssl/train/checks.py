@@ -21,7 +21,9 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESUMABLE_CHANGES = ("out", "train.steps", "train.device", "train.log_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers",
                      "train.activation_checkpointing", "train.compile",
-                     "summary_eval.", "log.", "model.init")  # model.init: how it began
+                     "summary_eval.", "log.", "model.init", "monitor.", "train.on_nonfinite",
+                     "train.max_rollbacks")  # model.init: how it began
+ON_NONFINITE = ("stop", "rollback")
 
 
 def micro_batch_size(cfg: Config, world_size: int) -> int:
@@ -38,6 +40,9 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     if tc.batch_size % share:
         raise VitsslError(f"train.batch_size {tc.batch_size} must be divisible by "
                           f"world size x accum_steps = {share}")
+    if tc.on_nonfinite not in ON_NONFINITE:
+        raise VitsslError(f"train.on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got "
+                          f"{tc.on_nonfinite!r}")
     image_hw(cfg.model.image_size)
     validate_data_config(cfg.data)
     return tc.batch_size // share

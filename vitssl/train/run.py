@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from vitssl.config import Config
+from vitssl.errors import VitsslError
 from vitssl.train import distributed, fsdp
 from vitssl.train.build import Run, build_run, completed_summary
 from vitssl.train.checkpoint import (
@@ -25,10 +26,12 @@ from vitssl.train.checkpoint import (
     staging_dir,
     step_dir,
 )
+from vitssl.train.rollback import rolled_back
 from vitssl.train.runlog import read_metrics
 from vitssl.train.sharded_state import save_tensors
 from vitssl.train.step import backward, freeze_unused, update
-from vitssl.train.summary import format_summary, summary_evaluation
+from vitssl.train.step_metrics import NonFiniteLoss
+from vitssl.train.summary import format_summary, last_health, summary_evaluation
 from vitssl.train.train_state import gather_rng_states, stream_position
 
 FINAL_WINDOW = 10  # steps averaged for the summary's final loss and metrics
@@ -45,12 +48,18 @@ def pretrain(cfg: Config, resume: bool = False) -> dict[str, Any]:
                       f"train.steps to continue it", file=sys.stderr)
             return done
         run = build_run(cfg, ctx, resume)
-        try:
-            for _ in run_steps(run, run.start_step, run.cfg.train.steps):
-                pass
-        finally:
-            run.log.close()
-        return finish(run)
+        while True:
+            failure = None
+            try:
+                for _ in run_steps(run, run.start_step, run.cfg.train.steps):
+                    pass
+            except NonFiniteLoss as exc:
+                failure = exc
+            finally:
+                run.log.close()
+            if failure is None:
+                return finish(run)
+            run = rolled_back(run, failure)  # or raises it: train.on_nonfinite=stop
     finally:
         distributed.teardown(ctx)
 
@@ -68,11 +77,27 @@ def run_steps(run: Run, start: int, stop: int) -> Iterator[int]:
         run.metrics.took(seconds)
         run.train_time += seconds
         done = step + 1
-        if run.cadence.reads(done):
-            run.metrics.flush(run.log, run.cfg.train.batch_size)
+        alarmed = run.cadence.reads(done) and _read(run, done)
         if run.cadence.saves(done):
             save_run_checkpoint(run, done)
+        if alarmed:
+            raise VitsslError(f"stopping at step {done} on the alarm above "
+                              f"(monitor.on_alarm=stop); the newest checkpoint is "
+                              f"{run.checkpoint or 'not written yet'}")
         yield done
+
+
+def _read(run: Run, step: int) -> bool:
+    """Log the pending steps with the monitor's check when due; whether an alarm stops."""
+    monitor = run.monitor
+    health = {}
+    if monitor is not None and monitor.due(step):
+        encoder = run.objective.get_submodule(run.objective.exports()["encoder"])
+        health = monitor.measure(encoder, step, run.ctx.device)
+    logged = run.metrics.flush(run.log, run.cfg.train.batch_size, health)
+    if monitor is None:
+        return False
+    return monitor.review(logged, step, run.log)
 
 
 def save_run_checkpoint(run: Run, step: int) -> None:
@@ -116,10 +141,12 @@ def finish(run: Run) -> dict[str, Any]:
                                "world_size": run.ctx.world_size}
     if not run.ctx.is_main:
         return summary
-    records = [r for r in read_metrics(run.run_dir) if r.get("step", 0) <= tc.steps]
+    every = [r for r in read_metrics(run.run_dir) if r.get("step", 0) <= tc.steps]
+    records = [r for r in every if "loss" in r]  # step records, not alarms or rollbacks
     window = records[-FINAL_WINDOW:]
     keys = [k for k in (window[-1] if window else {})
-            if k not in ("step", "loss", "lr", "images_per_s")]
+            if k not in ("step", "loss", "lr", "images_per_s")
+            and all(k in r for r in window)]
     summary.update({
         "final_loss": sum(r["loss"] for r in window) / max(1, len(window)),
         "final_window": len(window),
@@ -129,6 +156,9 @@ def finish(run: Run) -> dict[str, Any]:
         "skipped": int(run.batches.skipped),
         "train_s": run.train_time,
     })
+    if run.monitor is not None:
+        summary["monitor"] = {**last_health(records), "seconds": run.monitor.seconds,
+                              "alarms": [r["alarm"] for r in every if "alarm" in r]}
     if run.cfg.summary_eval.enabled:
         print("evaluating: pretrained encoder vs random init vs raw pixels ...",
               file=sys.stderr, flush=True)

@@ -63,7 +63,8 @@ class RunLog:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain",
                             unit="step", dynamic_ncols=True, file=sys.stderr)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], show: bool = False) -> None:
+        """Write a step record; print it at the log cadence, the last step, or ``show``."""
         if not self.enabled:
             return
         self.file.write(json.dumps(record) + "\n")
@@ -75,9 +76,10 @@ class RunLog:
                     self.tb.add_scalar(key, value, step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}",
+            rank = {"rankme": f"{record['rankme']:.1f}"} if "rankme" in record else {}
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", **rank,
                                  img_s=f"{record.get('images_per_s', 0):.0f}")
-        elif step % self.log_every == 0 or step == self.total:
+        elif step % self.log_every == 0 or step == self.total or show:
             done = step - self.start
             elapsed = time.perf_counter() - self.started
             eta = elapsed / max(1, done) * (self.total - step)
@@ -87,6 +89,13 @@ class RunLog:
             print(f"step {step}/{self.total}  loss {record['loss']:.4f}  {extras}  "
                   f"lr {record['lr']:.3g}  {record.get('images_per_s', 0):.0f} img/s  "
                   f"eta {timedelta(seconds=int(max(0, eta)))}", file=sys.stderr, flush=True)
+
+    def event(self, record: dict[str, Any], text: str) -> None:
+        """Write a record that is not a step's (an alarm, a rollback) and print ``text``."""
+        if self.enabled:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        self.message(text)
 
     def message(self, text: str) -> None:
         if not self.enabled:

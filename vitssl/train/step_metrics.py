@@ -21,6 +21,20 @@ def as_metrics(out: dict[str, Any]) -> dict[str, torch.Tensor | float]:
             if k != "loss" and isinstance(v, (int, float, torch.Tensor))}
 
 
+class NonFiniteLoss(VitsslError):
+    """A loss or one of its ``loss_*`` terms became non-finite at ``step``."""
+
+    def __init__(self, message: str, step: int, terms: dict[str, float]) -> None:
+        super().__init__(message)
+        self.step, self.terms = step, terms
+
+
+def non_finite_terms(values: dict[str, float]) -> dict[str, float]:
+    """The loss and ``loss_*`` terms of one step's values that are not finite."""
+    return {k: v for k, v in values.items()
+            if (k == "loss" or k.startswith("loss_")) and not math.isfinite(v)}
+
+
 class DeferredMetrics:
     """Steps whose loss and metrics are still on the device, until :meth:`check` reads them."""
 
@@ -37,28 +51,38 @@ class DeferredMetrics:
         self.pending[-1]["dt"] = seconds
 
     def check(self, last_good: Path | None) -> None:
-        """Read the pending steps (rank-averaged); raise if a loss is not finite (before the
-        newest step's update, so a bad step is never applied nor a later one saved)."""
+        """Read the pending steps (rank-averaged); raise :class:`NonFiniteLoss` naming every
+        non-finite term of the first bad step (before the newest step's update, so a bad
+        step is never applied nor a later one saved)."""
         values = [torch.as_tensor(v, dtype=torch.float64).to(self.ctx.device)
                   for e in self.pending for v in (e["loss"], *e["metrics"].values())]
         flat = iter(distributed.all_mean(torch.stack(values), self.ctx).tolist())
         self.values = [{name: next(flat) for name in ["loss", *e["metrics"]]}
                        for e in self.pending]
-        bad = [(e["step"], v["loss"]) for e, v in zip(self.pending, self.values, strict=True)
-               if not math.isfinite(v["loss"])]
+        bad = [(e["step"], non_finite_terms(v))
+               for e, v in zip(self.pending, self.values, strict=True) if non_finite_terms(v)]
         if bad:
-            (bad_step, bad_loss), newest = bad[0], self.pending[-1]["step"]
+            (bad_step, terms), newest = bad[0], self.pending[-1]["step"]
             kept = f"the last good checkpoint is {last_good}" if last_good else \
                 "no checkpoint was written yet"
             what = "without applying it" if bad_step == newest else \
                 f"at step {newest} without saving what followed it"
-            raise VitsslError(f"loss became non-finite ({bad_loss}) at step {bad_step}; "
-                              f"stopping {what}; {kept} (try a lower train.lr or "
-                              f"train.precision=fp32)")
+            named = ", ".join(f"{k}={v}" for k, v in terms.items())
+            raise NonFiniteLoss(f"loss became non-finite ({named}) at step {bad_step}; "
+                                f"stopping {what}; {kept} (try a lower train.lr, "
+                                f"train.precision=fp32 or train.on_nonfinite=rollback)",
+                                bad_step, terms)
 
-    def flush(self, log: RunLog, batch_size: int) -> None:
-        """Log the steps read by :meth:`check` (each with its ``lr`` and ``dt``)."""
-        for entry, value in zip(self.pending, self.values, strict=True):
-            log.log({"step": entry["step"], **value, "lr": entry["lr"],
-                     "images_per_s": batch_size / entry["dt"]})
+    def flush(self, log: RunLog, batch_size: int,
+              extra: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Log the steps read by :meth:`check` (each with its ``lr`` and ``dt``), ``extra``
+        (the monitor's values) in the newest one's record; return the records."""
+        records = [{"step": entry["step"], **value, "lr": entry["lr"],
+                    "images_per_s": batch_size / entry["dt"]}
+                   for entry, value in zip(self.pending, self.values, strict=True)]
+        if records and extra:
+            records[-1].update(extra)
+        for record in records:
+            log.log(record, show=bool(extra) and record is records[-1])
         self.pending, self.values = [], []
+        return records

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 
 from vitssl.config import SUMMARY_ENTRY_KEYS, Config
 from vitssl.data.source import parse_spec
-from vitssl.data.tasks import Task, run_task
+from vitssl.data.tasks import Task, capped, run_task
 from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.plugins import get_registry
@@ -75,19 +75,6 @@ def low_data_split(task: Task, per_class: int, seed: int) -> Task:
                            for c in range(task.num_classes)])
     return Task(name=f"{task.name} ({per_class}/class)", train=Subset(task.train, keep.tolist()),
                 test=task.test, num_classes=task.num_classes)
-
-
-def capped(task: Task, max_train: int | None, max_test: int | None) -> Task:
-    """``task`` with its splits cut to seeded random subsets of at most the given sizes."""
-
-    def cut(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-        if limit is None or len(dataset) <= limit:
-            return dataset
-        keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
-        return Subset(dataset, keep.tolist())
-
-    return Task(name=task.name, train=cut(task.train, max_train, 0),
-                test=cut(task.test, max_test, 1), num_classes=task.num_classes)
 
 
 def _task(data: str, cfg: Config) -> Task:
@@ -150,6 +137,18 @@ def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
     return out
 
 
+HEALTH_KEYS = ("rankme", "rankme_ratio", "feature_std", "feature_cos")
+
+
+def last_health(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The newest value of each monitor metric (health and probe) among step records."""
+    out: dict[str, float] = {}
+    for record in records:
+        out.update({k: v for k, v in record.items()
+                    if k in HEALTH_KEYS or k.startswith("probe_")})
+    return out
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable block for the terminal."""
     lines = [f"run directory        {summary['run_dir']}",
@@ -161,6 +160,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [f"images/s             {summary['images_per_s']:.1f}",
               f"skipped samples      {summary['skipped']}",
               f"training time        {summary['train_s']:.1f} s"]
+    monitor = summary.get("monitor")
+    if monitor:
+        health = "  ".join(f"{k} {v:.4g}" for k, v in monitor.items()
+                           if k not in ("seconds", "alarms"))
+        lines.append(f"monitor (last check)  {health}")
+        lines.append(f"monitor time         {monitor['seconds']:.1f} s; alarms: "
+                     f"{', '.join(monitor['alarms']) or 'none'}")
     evaluation = summary.get("evaluation") or {}
     for name, result in evaluation.items():
         if name == "data":
