@@ -40,6 +40,12 @@ def stack_outputs(outputs: list, mean: tuple[float, ...],
     return {"pixels": pixels, "image": normalize(pixels, mean, std)}
 
 
+
+def tail_size(requested: int, size: int) -> int:
+    """How many of a dataset's last ``size`` items to keep out of training when ``requested``:
+    at most a quarter of them, so a small dataset still trains on most of its images."""
+    return min(requested, size // 4)
+
 class StepBatches(Dataset):
     """Item ``step`` is this rank's share of global batch ``step`` as a batch dict.
 
@@ -52,7 +58,8 @@ class StepBatches(Dataset):
                  world_size: int = 1, num_steps: int, on_error: str = "skip",
                  seed_per_sample: bool = False, held_out: int = 0) -> None:
         self.dataset, self.transform, self.seed_per_sample = dataset, transform, seed_per_sample
-        self.held_out = held_out  # the dataset's last items, never drawn (the monitor's)
+        # the dataset's last items, never drawn (the monitor's)
+        self.held_out = tail_size(held_out, len(dataset))
         self.batch_size, self.rank, self.num_steps = batch_size, rank, num_steps
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
         self.global_batch, self.on_error = batch_size * world_size, on_error

@@ -41,8 +41,8 @@ from vitssl.train.checkpoint import (
     remove_partial,
 )
 from vitssl.train.checks import PRECISIONS, check_resumable, micro_batch_size
-from vitssl.train.health import tail_held_out
-from vitssl.train.monitor import Monitor, build_monitor, check_monitor, monitor_every
+from vitssl.train.health import monitor_every, tail_held_out
+from vitssl.train.monitor import Monitor, build_monitor, check_monitor
 from vitssl.train.optim import build_optimizer
 from vitssl.train.runlog import RunLog, read_metrics, truncate_metrics
 from vitssl.train.schedule import build_scheduler

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from vitssl.config import Config, normalisation
+from vitssl.data.batches import tail_size
 from vitssl.data.source import DataSpec, StreamRequest, parse_spec
 from vitssl.data.tasks import Transformed
 from vitssl.data.transforms import eval_transform
@@ -24,6 +25,8 @@ from vitssl.errors import VitsslError
 
 HELD_OUT_SPLITS = ("test", "val")  # tried in this order when the run trains on another
 RANKME_EPS = 1e-7  # the paper's epsilon added to each normalised singular value
+
+CHECKS_PER_RUN = 20  # monitor.every=null: about this many checks
 
 
 def rankme(features: torch.Tensor) -> float:
@@ -67,11 +70,20 @@ def held_out_split(cfg: Config) -> str | None:
     return None
 
 
+def monitor_every(cfg: Config) -> int:
+    """Steps between health checks; 0 when the monitor is off (``monitor.every=null`` turns
+    it off for runs under :data:`CHECKS_PER_RUN` steps: smoke tests)."""
+    if not cfg.monitor.enabled:
+        return 0
+    return cfg.monitor.every or cfg.train.steps // CHECKS_PER_RUN
+
+
 def tail_held_out(cfg: Config) -> int:
     """How many images at the end of the training split are kept out of training so the
     monitor can hold them out: ``monitor.images`` for map-style data with no other split."""
     mc = cfg.monitor
-    if not mc.enabled or parse_spec(cfg.data.spec).source.streams or held_out_split(cfg):
+    if (not monitor_every(cfg) or parse_spec(cfg.data.spec).source.streams
+            or held_out_split(cfg)):
         return 0
     return mc.images
 
@@ -91,7 +103,7 @@ def held_out_images(cfg: Config) -> tuple[TensorDataset, str]:
         keep = np.sort(np.random.default_rng(0).permutation(len(dataset))[:count])
         where = f"{min(count, len(dataset))} images of {base}:{split} (never trained on)"
     else:
-        keep = np.arange(max(0, len(dataset) - count), len(dataset))
+        keep = np.arange(len(dataset) - tail_size(count, len(dataset)), len(dataset))
         where = f"the last {len(keep)} images of {spec}, kept out of training"
     items = Transformed(dataset, size, mean, std, cfg.data.channels)
     images, labels = zip(*(items[int(i)] for i in keep), strict=True)

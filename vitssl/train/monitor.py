@@ -24,11 +24,10 @@ from vitssl.data.tasks import Task, run_task
 from vitssl.errors import VitsslError
 from vitssl.eval.features import extract_features
 from vitssl.train import alarms
-from vitssl.train.health import health, held_out_images
+from vitssl.train.health import health, held_out_images, monitor_every
 from vitssl.train.runlog import RunLog
 
 PROBE_K = 20
-CHECKS_PER_RUN = 20  # monitor.every=null: about this many checks
 ON_ALARM = ("warn", "stop")
 
 
@@ -42,16 +41,9 @@ def check_monitor(cfg: Config) -> None:
         parse_spec(mc.probe)  # an unknown kind is a one-line error now
 
 
-def monitor_every(cfg: Config) -> int:
-    """Steps between health checks; 0 when the monitor is off (``monitor.every=null`` turns
-    it off for runs under :data:`CHECKS_PER_RUN` steps: smoke tests)."""
-    if not cfg.monitor.enabled:
-        return 0
-    return cfg.monitor.every or cfg.train.steps // CHECKS_PER_RUN
-
-
 def probe_task(cfg: Config) -> Task | None:
-    """The probe's labelled task (None: no probe); refuses a spec without labels."""
+    """The probe's labelled task (None: no probe); refuses a spec without labels. ``auto``
+    probes the pretraining data where it is labelled and has a test split, else nothing."""
     spec = cfg.monitor.probe
     if spec == "none":
         return None
@@ -62,6 +54,8 @@ def probe_task(cfg: Config) -> Task | None:
     try:
         return run_task(spec, cfg.model.image_size, cfg.data, cfg.model.in_chans)
     except VitsslError as exc:
+        if cfg.monitor.probe == "auto":  # e.g. a folder with no test split
+            return None
         raise VitsslError(f"monitor.probe={spec}: {exc} (or monitor.probe=none)") from None
 
 
