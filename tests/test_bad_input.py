@@ -229,6 +229,7 @@ def finished_run(tmp_path_factory) -> Path:
     (["train.lr=-1"], "train.lr must be >= 0"),
     (["train.betas=[0.9, 1.5]"], "train.betas must be in [0, 1)"),
     (["model.drop_path_rate=1"], "model.drop_path_rate must be in [0, 1)"),
+    (["data.translate=1.0"], "data.translate must be in [0, 1)"),
     (["data.std=[0.2, 0, 0.2]"], "data.std must be > 0"),
     (["objective.options.corrupt_ratio=inf"], "objective.options.corrupt_ratio must be a finite"),
     (["summary_eval.evaluators.few-shot.options.shots=[5, nan]"],

@@ -110,7 +110,7 @@ def test_invalid_num_workers_is_one_line(tmp_path, capsys, value):
                  "--set", f"data.num_workers={json.dumps(value)}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.startswith("error: data.num_workers must be 'auto' or a whole number >= 0")
+    assert err.startswith("error: data.num_workers must be >= 0 or 'auto'")
 
 
 def test_config_default_is_auto_and_counts_still_parse():

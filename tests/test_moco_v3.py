@@ -17,7 +17,7 @@ from vitssl.errors import VitsslError
 from vitssl.models import build_encoder
 from vitssl.ssl.ema import cosine_momentum
 from vitssl.ssl.heads import GlobalBatchNorm1d, mlp
-from vitssl.ssl.views import TwoViews
+from vitssl.ssl.views import ThreeChannels, TwoViews
 
 
 def _moco(**options) -> MocoV3:
@@ -93,10 +93,11 @@ def test_views_are_byol_asymmetric_and_refuse_non_square_sizes():
     views = TwoViews(16)
 
     def probability(view, kind) -> float:
-        for t in view.transforms:
-            inner = t.transforms[0] if isinstance(t, v2.RandomApply) else t
-            if isinstance(inner, kind):
-                return t.p
+        for step in view.transforms:  # colour steps sit inside ThreeChannels
+            for t in step.steps.transforms if isinstance(step, ThreeChannels) else [step]:
+                inner = t.transforms[0] if isinstance(t, v2.RandomApply) else t
+                if isinstance(inner, kind):
+                    return t.p
         return 0.0
 
     blur = [probability(v, v2.GaussianBlur) for v in views.views]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vitssl.config import load_config
+from vitssl.config import ModelConfig, load_config
 from vitssl.data.tasks import load_task
 from vitssl.data.transforms import eval_transform, pretrain_transform
 from vitssl.errors import VitsslError
@@ -28,8 +30,10 @@ def test_image_size_accepts_height_width_and_refuses_bad_values():
     assert load_config(None, ["model.image_size=24"]).model.image_size == 24
     with pytest.raises(VitsslError, match="model.image_size"):
         load_config(None, ["model.image_size=[16, 24, 8]"])
+    with pytest.raises(VitsslError, match=r"model.image_size must be >= 1"):
+        load_config(None, ["model.image_size=[0, 16]"])
     with pytest.raises(VitsslError, match=r"\[height, width\] of positive ints"):
-        build_encoder(load_config(None, ["model.image_size=[0, 16]"]).model)
+        build_encoder(dataclasses.replace(ModelConfig(), image_size=(0, 16)))
 
 
 def test_crops_follow_height_and_width():

@@ -114,7 +114,7 @@ def test_data_options_reach_builtin_factories():
 
 @pytest.mark.parametrize("change, match", [
     ({"num_workers": -1}, "num_workers"), ({"crop_scale": (0.5, 1.2)}, "crop_scale"),
-    ({"crop_ratio": (2.0, 1.0)}, "crop_ratio"), ({"translate": 1.0}, "translate"),
+    ({"crop_ratio": (2.0, 1.0)}, "crop_ratio"),
     ({"options": ["root"]}, "data.options must be a mapping"),
 ])
 def test_validate_data_config(change, match):
