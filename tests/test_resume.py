@@ -113,6 +113,7 @@ def test_sigkilled_run_resumes_to_the_same_losses(tmp_path):
     assert "fresh draw" not in resumed
 
 
+@pytest.mark.slow  # every objective's exact resume: test_every_objective.py
 def test_sigkilled_dino_run_resumes_teacher_and_centre_bit_for_bit(tmp_path):
     _kill_and_resume(tmp_path, "--objective", "dino", "--set", "objective.options.out_dim=64",
                      "--set", "objective.options.hidden_dim=32", "--set",
@@ -259,6 +260,7 @@ def test_sharded_state_round_trips_and_refuses_what_it_would_unpickle(tmp_path):
         load_tensors({"w": torch.zeros(2)}, tmp_path / "evil")
 
 
+@pytest.mark.slow  # every objective's exact resume: test_every_objective.py
 def test_sigkilled_moco_v3_run_resumes_momentum_encoder_and_heads_bit_for_bit(tmp_path):
     _kill_and_resume(tmp_path, "--objective", "moco-v3", "--set",
                      "objective.options.hidden_dim=32", "--set", "objective.options.out_dim=16")
