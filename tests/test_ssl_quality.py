@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ssl_quality.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -57,6 +59,7 @@ def _quick(out, *args):
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow  # the quick run above covers the script end to end
 def test_steps_mode_trains_every_objective_for_the_same_steps_and_rescores(tmp_path):
     results = _quick(tmp_path, "--steps", "5", "--objectives", "mae")
     row = results["tasks"]["builtin:digits"]["rows"]["mae"]
