@@ -58,10 +58,7 @@ def channel_count(data: DataConfig, fmt: ImageFormat) -> int:
 def resolve_channels(model: ModelConfig, data: DataConfig,
                      seed: int = 0) -> tuple[ModelConfig, DataConfig]:
     """``model.in_chans``, ``data.color`` and ``data.mean/std`` filled in from the data."""
-    if model.in_chans != "auto" and not (type(model.in_chans) is int and model.in_chans > 0):
-        raise VitsslError(f"model.in_chans must be 'auto' or a positive whole number, "
-                          f"got {model.in_chans!r}")
-    check_statistics(data)
+    check_statistics(data)  # in_chans' range: vitssl.config_values, checked before this
     recorded = isinstance(data.mean, (tuple, list)) and isinstance(data.std, (tuple, list))
     if recorded and model.in_chans != "auto" and data.color is not None:
         return model, data  # a run's own config.yaml: nothing to read

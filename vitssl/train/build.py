@@ -19,11 +19,14 @@ from torch.nn.parallel import DistributedDataParallel
 from vitssl.config import (
     IMAGENET_MEAN,
     Config,
+    flatten,
     image_hw,
     image_size_text,
     load_config,
     save_config,
+    to_dict,
 )
+from vitssl.config_values import check_values
 from vitssl.data.channels import describe_statistics, resolve_channels
 from vitssl.data.pipeline import Batches, data_info, describe_workers, pretrain_batches
 from vitssl.data.source import resolve_augmentation
@@ -109,7 +112,8 @@ def resolve_run_config(cfg: Config) -> Config:
     """``cfg`` with its channels and normalisation from the data
     (:mod:`vitssl.data.channels`), unset augmentation keys the data's and
     ``model.pos_embed="auto"`` the objective's ``pos_embed``, so ``config.yaml`` records
-    what ran."""
+    what ran. Its numbers are checked first, before the data is read."""
+    check_values(flatten(to_dict(cfg)))
     model, data = resolve_channels(cfg.model, cfg.data, cfg.train.seed)
     cfg = dataclasses.replace(cfg, model=model, data=resolve_augmentation(data))
     if cfg.model.pos_embed != "auto":
