@@ -1,7 +1,7 @@
 """data2vec2's knobs at equal steps, and their step cost measured side by side.
 
-``train``: each variant (``NAME`` = objective, then ``key=value`` config overrides,
-``objective.options.*`` for the objective's own) pretrains the same encoder for
+``train``: each variant (ssl_quality.py's ``NAME [KEY=VALUE ...]``: an objective, then
+config overrides, a key without a dot being the objective's own) pretrains the same encoder for
 --steps steps on --data (ssl_quality.py's training and curve probe: k-NN, k = 20,
 and the ridge linear probe on a seeded, class-balanced subset of --probe-n
 training and --probe-n test images); one JSON line per variant is appended to
@@ -11,7 +11,7 @@ interleaved in one process (loop_step.py, a fixed batch, median of --repeats),
 and a variant's time ratio is its step-cost ratio × its steps-to-quality ratio.
 
     python benchmarks/d2v_knobs.py train --steps 120 --variants "mae" \
-        "data2vec2 objective.options.clone_batch=1"
+        "data2vec2 clone_batch=1"
     python benchmarks/d2v_knobs.py cost --variants "mae" "data2vec2"
 """
 
@@ -27,30 +27,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: sleep, do n
 
 import torch  # noqa: E402
 from loop_step import loop_step  # noqa: E402
-from ssl_quality import NEVER, Scorer, _config, train_for_budget  # noqa: E402
+from ssl_quality import NEVER, Scorer, _config, train_for_budget, variant  # noqa: E402
 
 from vitssl.train import distributed  # noqa: E402
 
 
-def variant_args(args: argparse.Namespace, variant: str) -> tuple[str, argparse.Namespace]:
-    """(objective, ssl_quality-style arguments) of one variant string."""
-    objective, *sets = variant.split()
-    return objective, argparse.Namespace(**{**vars(args), "set": sets})
-
-
 def train(args: argparse.Namespace) -> None:
     scorer = None
-    for i, variant in enumerate(args.variants):
-        objective, vargs = variant_args(args, variant)
-        cfg = _config(objective, args.data, vargs, NEVER, f"/tmp/d2v-knobs/{os.getpid()}-{i}")
+    for i, entry in enumerate(args.variants):
+        cfg = _config(entry, args.data, args, NEVER, f"/tmp/d2v-knobs/{os.getpid()}-{i}")
         if scorer is None:
             ctx = distributed.setup(cfg.train.device)
-            scorer = Scorer(cfg, vargs)
+            scorer = Scorer(cfg, args)
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        encoder, record = train_for_budget(cfg, ctx, vargs, scorer)
+        encoder, record = train_for_budget(cfg, ctx, args, scorer)
         knn, linear = record["curve"][-1][1:]
-        row = {"variant": variant, "steps": record["steps"], "knn": knn, "linear": linear,
+        row = {"variant": entry, "steps": record["steps"], "knn": knn, "linear": linear,
                "train_s": round(record["train_s"], 1), "wall_s": round(time.perf_counter() - t0)}
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
@@ -59,24 +52,24 @@ def train(args: argparse.Namespace) -> None:
 
 def cost(args: argparse.Namespace) -> None:
     steps = {}
-    for variant in args.variants:
-        objective, *sets = variant.split()
+    for entry in args.variants:
+        objective, sets = variant(entry)
         size = [f"model.image_size={args.image_size}", "data.augment=false"]
         batch = next((int(s.split("=")[1]) for s in sets if s.startswith("train.batch_size=")),
                      args.batch_size)
-        steps[variant] = loop_step(objective, size + sets, batch)[0]
+        steps[entry] = loop_step(objective, size + sets, batch)[0]
     for step in steps.values():  # warm-up
         step()
     times: dict[str, list[float]] = {v: [] for v in steps}
     for _ in range(args.repeats):
-        for variant, step in steps.items():
+        for entry, step in steps.items():
             t0 = time.perf_counter()
             step()
-            times[variant].append(time.perf_counter() - t0)
+            times[entry].append(time.perf_counter() - t0)
     base = statistics.median(times[args.variants[0]])
     print(f"| variant | median s/step | min s/step | vs {args.variants[0]} |\n|---|---|---|---|")
-    for variant, t in times.items():
-        print(f"| {variant} | {statistics.median(t):.3f} | {min(t):.3f} | "
+    for entry, t in times.items():
+        print(f"| {entry} | {statistics.median(t):.3f} | {min(t):.3f} | "
               f"{statistics.median(t) / base:.2f}x |", flush=True)
 
 
@@ -93,7 +86,7 @@ def main() -> None:
     parser.add_argument("--out", default="d2v-knobs.jsonl")
     args = parser.parse_args()
     n = args.probe_n
-    args.__dict__.update(model=None, quick=False, curve_every_s=float("inf"), budget_s=0.0,
+    args.__dict__.update(model=None, quick=False, set=[], curve_every_s=float("inf"), budget_s=0.0,
                          timing_steps=0, probe_train=n, linear_train=n, probe_test=n,
                          curve_train=n, curve_test=n, linear="ridge")
     (train if args.mode == "train" else cost)(args)

@@ -52,6 +52,7 @@ costs minutes, not the budget again.
 
     python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --budget-s 120
     python benchmarks/ssl_quality.py --data builtin:digits --objectives mae,dino
+    python benchmarks/ssl_quality.py --objectives "mae,data2vec2,data2vec2 cls_weight=0"
     python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --steps 500
     python benchmarks/ssl_quality.py --data builtin:fashion-mnist --image-size 28 --rescore
     python benchmarks/ssl_quality.py --quick               # a CI-sized smoke run
@@ -102,8 +103,21 @@ def default_objectives(with_supervised: bool = False) -> list[str]:
     return [n for n in names if with_supervised or n != "supervised"]
 
 
-def _config(objective: str, spec: str, args: argparse.Namespace, steps: int,
+def variant(entry: str) -> tuple[str, list[str]]:
+    """An --objectives entry ``NAME [KEY=VALUE ...]`` -> (objective, config overrides); a
+    key without a dot is the objective's own (``objective.options.KEY``)."""
+    name, *sets = entry.split()
+    return name, [s if "." in s.split("=")[0] else f"objective.options.{s}" for s in sets]
+
+
+def run_name(entry: str) -> str:
+    """A folder name for an --objectives entry and a data spec."""
+    return "-".join(entry.replace(":", "-").replace("/", "-").replace("=", "-").split())
+
+
+def _config(entry: str, spec: str, args: argparse.Namespace, steps: int,
             out: str) -> Config:
+    objective, own = variant(entry)
     sets = [f"objective.name={objective}", f"data.spec={spec}", f"train.steps={steps}",
             f"train.batch_size={args.batch_size}", f"train.checkpoint_every={NEVER}",
             "summary_eval.enabled=false", f"out={out}", f"summary_eval.data={spec}"]
@@ -114,7 +128,7 @@ def _config(objective: str, spec: str, args: argparse.Namespace, steps: int,
     if args.quick:
         sets += ["model.depth=1", "summary_eval.evaluators.finetune.options.steps=3",
                  "summary_eval.evaluators.finetune.draws=1"]
-    return load_config(None, sets + list(args.set))
+    return load_config(None, sets + list(args.set) + own)
 
 
 def subset_task(task: Task, train_per_class: int, test_n: int, seed: int = 0) -> Task:
@@ -257,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         curves: dict[str, Any] = {}
         for objective in objectives:
-            run_dir = out / "runs" / f"{spec.replace(':', '-').replace('/', '-')}-{objective}"
+            run_dir = out / "runs" / run_name(f"{spec} {objective}")
             cfg = _config(objective, spec, args, NEVER, str(run_dir))
             t0 = time.perf_counter()
             if args.rescore:
@@ -384,7 +398,9 @@ def curve_chart(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objectives", default="",
-                        help="comma-separated (default: every registered one but supervised)")
+                        help="comma-separated, each NAME [KEY=VALUE ...] (a variant: "
+                             "'data2vec2 cls_weight=0'); default: every registered one "
+                             "but supervised")
     parser.add_argument("--data", "--tasks", dest="data", default="builtin:digits",
                         help="labelled data specs, comma-separated (--tasks: the older name)")
     parser.add_argument("--budget-s", type=float, default=600.0,

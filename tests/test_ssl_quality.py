@@ -16,7 +16,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_quick_run_writes_table_chart_and_curve(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--objectives",
-                           "masked-patch,dino", "--reference", "masked-patch", "--data",
+                           "masked-patch,dino num_local=0 train.lr=0.0005", "--reference",
+                           "masked-patch", "--data",
                            "builtin:digits", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -24,14 +25,18 @@ def test_quick_run_writes_table_chart_and_curve(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["tasks"]["builtin:digits"]
     rows = entry["rows"]
-    assert list(rows) == ["masked-patch", "dino", "random init", "raw pixels"]
+    dino = "dino num_local=0 train.lr=0.0005"  # a variant: the objective's own and any key
+    assert list(rows) == ["masked-patch", dino, "random init", "raw pixels"]
+    trained = (tmp_path / "runs" / "builtin-digits-dino-num_local-0-train.lr-0.0005"
+               / "config.yaml").read_text()
+    assert "num_local: 0" in trained and "lr: 0.0005" in trained
     for name in ("fewshot_10shot_top1", "fewshot_25shot_top1", "knn_k20_top1", "linear_top1"):
         assert all(0 <= row[name] <= 100 for row in rows.values())
-    assert "finetune_top1" in rows["dino"] and "finetune_top1" not in rows["raw pixels"]
-    assert rows["dino"]["finetune_gain"] == rows["dino"]["finetune_top1"] - \
+    assert "finetune_top1" in rows[dino] and "finetune_top1" not in rows["raw pixels"]
+    assert rows[dino]["finetune_gain"] == rows[dino]["finetune_top1"] - \
         rows["random init"]["finetune_top1"]
     # the budget is kept: training stops at it (one step of slack) and never runs past plan
-    for name in ("masked-patch", "dino"):
+    for name in ("masked-patch", dino):
         row = rows[name]
         assert row["steps"] <= row["planned_steps"]
         assert row["train_s"] <= results["budget_s"] + 3 * row["timing_s_per_step"] + 1.0
