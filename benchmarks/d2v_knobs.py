@@ -42,7 +42,7 @@ def train(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         t0 = time.perf_counter()
         encoder, record = train_for_budget(cfg, ctx, args, scorer)
-        knn, linear = record["curve"][-1][1:]
+        knn, linear = record["curve"][-1][1:3]
         row = {"variant": entry, "steps": record["steps"], "knn": knn, "linear": linear,
                "train_s": round(record["train_s"], 1), "wall_s": round(time.perf_counter() - t0)}
         print(json.dumps(row), flush=True)

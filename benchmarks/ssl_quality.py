@@ -14,7 +14,9 @@ it) and is also stopped when its training seconds reach the budget, whichever
 comes first. Training seconds are the loop's own ``train_time`` (data loading
 included; evaluation pauses and the timing pass excluded). Every
 --curve-every-s training seconds a k-NN probe (k = 20) and the ridge linear
-probe score the encoder so far on a small subset; the curves are drawn one line
+probe score the encoder so far on a small subset (each point: training seconds,
+k-NN, linear, steps done, so objectives also compare at equal steps when the
+machine's speed changed during the invocation); the curves are drawn one line
 per objective.
 
 The headline is time to quality (benchmarks/time_to_quality.py): for each
@@ -213,13 +215,14 @@ def train_for_budget(cfg: Config, ctx: distributed.Context, args: argparse.Names
         planned, budget = max(args.timing_steps, int(args.budget_s / per_step)), args.budget_s
     cfg = _replace_steps(cfg, planned, cfg.out)
     run = build_run(cfg, ctx)
-    curve = [[0.0, *scorer.curve_point(exported_encoder(run))]]
+    curve = [[0.0, *scorer.curve_point(exported_encoder(run)), 0]]
     next_point, done = args.curve_every_s, 0
     try:
         for done in run_steps(run, 0, planned):
             over = run.train_time >= budget
             if run.train_time >= next_point or over or done == planned:
-                curve.append([run.train_time, *scorer.curve_point(exported_encoder(run))])
+                curve.append([run.train_time, *scorer.curve_point(exported_encoder(run)),
+                              done])
                 run.objective.train()
                 while next_point <= run.train_time:
                     next_point += args.curve_every_s

@@ -189,6 +189,15 @@ def test_shards_keep_the_bands_and_their_depth(six_bands, tmp_path, capsys):
     assert label == first_label
     np.testing.assert_array_equal(image.numpy(), first.numpy())
     capsys.readouterr()
+    # a stream has no labelled split and digits do not fit a 6-band encoder: the run still
+    # ends with its summary, which says there was nothing to score on
+    run = tmp_path / "run"
+    pretrain(load_config(None, [f"out={run}", "objective.name=mae", f"data.spec=wds:{shard}",
+                                "train.steps=2", "train.batch_size=8", "model.depth=1",
+                                "model.image_size=16", "train.device=cpu",
+                                "data.num_workers=0"]))
+    assert json.loads((run / "summary.json").read_text())["evaluation"] == {"data": None}
+    assert "set summary_eval.data" in capsys.readouterr().err
 
 
 def test_analysis_figures_draw_six_bands(tmp_path):

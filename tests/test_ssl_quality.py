@@ -42,7 +42,10 @@ def test_quick_run_writes_table_chart_and_curve(tmp_path):
         assert row["train_s"] <= results["budget_s"] + 3 * row["timing_s_per_step"] + 1.0
         times = [point[0] for point in entry["curves"][name]]
         assert times[0] == 0.0 and len(times) >= 2 and times == sorted(times)
-        assert all(len(point) == 3 for point in entry["curves"][name])  # time, k-NN, linear
+        points = entry["curves"][name]  # time, k-NN, linear, steps done
+        assert all(len(point) == 4 for point in points) and points[0][3] == 0
+        assert points[-1][3] == row["steps"] and [p[3] for p in points] == sorted(
+            p[3] for p in points)
     ttq = entry["time_to_quality"]
     assert ttq["reference"] == "masked-patch" and set(ttq["targets"]) == {"knn", "linear"}
     for probe in ("knn", "linear"):  # the reference reaches its own final value: 1x (or at 0 s)
@@ -81,14 +84,17 @@ def test_time_to_quality_is_the_first_reach_of_the_references_final_value():
     sys.path.insert(0, str(SCRIPT.parent))
     from time_to_quality import time_to_quality
 
-    curves = {"ref": [[0, 10, 20], [100, 50, 60], [200, 70, 80], [300, 65, 75]],
-              "fast": [[0, 10, 20], [30, 66, 70], [60, 71, 76], [90, 90, 90]],
-              "slow": [[0, 10, 20], [300, 60, 79]]}
+    curves = {"ref": [[0, 10, 20, 0], [100, 50, 60, 40], [200, 70, 80, 80],
+                      [300, 65, 75, 120]],
+              "fast": [[0, 10, 20, 0], [30, 66, 70, 20], [60, 71, 76, 40], [90, 90, 90, 60]],
+              "slow": [[0, 10, 20], [300, 60, 79]]}  # an older curve: no steps recorded
     ttq = time_to_quality(curves, "ref")
     assert ttq["targets"] == {"knn": 65, "linear": 75}
-    assert ttq["rows"]["ref"] == {"knn_s": 200, "knn_x": 1.0, "linear_s": 200, "linear_x": 1.0}
-    assert ttq["rows"]["fast"] == {"knn_s": 30, "knn_x": 200 / 30, "linear_s": 60,
-                                   "linear_x": 200 / 60}
-    assert ttq["rows"]["slow"] == {"knn_s": None, "knn_x": None, "linear_s": 300,
-                                   "linear_x": 200 / 300}
+    assert ttq["rows"]["ref"] == {"knn_s": 200, "knn_x": 1.0, "knn_steps": 80,
+                                  "linear_s": 200, "linear_x": 1.0, "linear_steps": 80}
+    assert ttq["rows"]["fast"] == {"knn_s": 30, "knn_x": 200 / 30, "knn_steps": 20,
+                                   "linear_s": 60, "linear_x": 200 / 60, "linear_steps": 40}
+    assert ttq["rows"]["slow"] == {"knn_s": None, "knn_x": None, "knn_steps": None,
+                                   "linear_s": 300, "linear_x": 200 / 300,
+                                   "linear_steps": None}
     assert time_to_quality(curves, "absent") == {}

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from vitssl.config import Config, normalisation
 from vitssl.data.batches import tail_size
@@ -52,9 +52,10 @@ def health(features: torch.Tensor) -> dict[str, float]:
             "feature_cos": float((total @ total - n) / max(1, n * (n - 1)))}
 
 
-def held_out_split(cfg: Config) -> str | None:
-    """The split of map-style pretraining data the held-out images come from: its test (or
-    val) split when the run trains on another one; None for a stream or a single split."""
+def held_out_split(cfg: Config) -> tuple[str, Dataset] | None:
+    """(split, its dataset) of map-style pretraining data the held-out images come from: its
+    test (or val) split when the run trains on another one; None for a stream or a single
+    split."""
     spec = parse_spec(cfg.data.spec)
     if spec.source.streams:
         return None
@@ -63,10 +64,9 @@ def held_out_split(cfg: Config) -> str | None:
         if split == trained:
             continue
         try:
-            spec.source.open(spec.target, split, cfg.data.options)
+            return split, spec.source.open(spec.target, split, cfg.data.options)
         except (VitsslError, OSError):
             continue
-        return split
     return None
 
 
@@ -95,14 +95,14 @@ def held_out_images(cfg: Config) -> tuple[TensorDataset, str]:
     if spec.source.streams:
         return _stream_head(cfg, spec, count), (f"the first {count} samples of {spec} (a "
                                                 f"stream: they may also be trained on)")
-    split = held_out_split(cfg)
+    held_out = held_out_split(cfg)
     base = DataSpec(spec.kind, spec.target)
-    dataset = spec.source.open(spec.target, split or spec.split or cfg.data.split,
-                               cfg.data.options)
-    if split is not None:
+    if held_out is not None:
+        split, dataset = held_out
         keep = np.sort(np.random.default_rng(0).permutation(len(dataset))[:count])
         where = f"{min(count, len(dataset))} images of {base}:{split} (never trained on)"
     else:
+        dataset = spec.source.open(spec.target, spec.split or cfg.data.split, cfg.data.options)
         keep = np.arange(len(dataset) - tail_size(count, len(dataset)), len(dataset))
         where = f"the last {len(keep)} images of {spec}, kept out of training"
     items = Transformed(dataset, size, mean, std, cfg.data.channels)

@@ -103,21 +103,34 @@ def compare(name: str, entry: dict[str, Any], encoders: dict[str, nn.Module], ta
             for e, runs in scores.items()}
 
 
+def summary_task(cfg: Config) -> tuple[str, Task] | None:
+    """(spec, task) the summary scores on: ``summary_eval.data``, else the pretraining data if
+    labelled, else digits if the encoder reads them; None (said on stderr) when none fits."""
+    labelled = cfg.summary_eval.data or (None if parse_spec(cfg.data.spec).source.streams
+                                         else cfg.data.spec)
+    if labelled is not None:
+        try:
+            return labelled, _task(labelled, cfg)
+        except VitsslError as exc:
+            if cfg.summary_eval.data:
+                raise
+            print(f"note: the summary evaluates on builtin:digits ({exc})", file=sys.stderr)
+    try:
+        return "builtin:digits", _task("builtin:digits", cfg)
+    except VitsslError as exc:
+        print(f"note: no summary evaluation ({exc}); set summary_eval.data to labelled data "
+              f"like the training data", file=sys.stderr)
+        return None
+
+
 def summary_evaluation(encoder: nn.Module, cfg: Config, device: torch.device,
                        progress: bool = False) -> dict[str, Any]:
-    """Each configured evaluator's scores of the pretrained encoder and its references, on
-    ``summary_eval.data``, else the pretraining data if labelled."""
-    spec = cfg.data.spec
-    data = cfg.summary_eval.data or ("builtin:digits" if parse_spec(spec).source.streams
-                                     else spec)
-    try:
-        task = _task(data, cfg)
-    except VitsslError as exc:
-        if cfg.summary_eval.data:
-            raise
-        print(f"note: the summary evaluates on builtin:digits ({exc})", file=sys.stderr)
-        data = "builtin:digits"
-        task = _task(data, cfg)
+    """Each configured evaluator's scores of the pretrained encoder and its references on
+    :func:`summary_task`'s data (``{"data": None}`` when none fits the encoder)."""
+    chosen = summary_task(cfg)
+    if chosen is None:
+        return {"data": None}
+    data, task = chosen
     built = {"pretrained": lambda: copy.deepcopy(encoder).to(device).eval(),
              "random_init": lambda: random_init_encoder(cfg).to(device).eval(),
              "raw_pixels": RawPixels}
