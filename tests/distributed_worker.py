@@ -40,7 +40,7 @@ DINO = ["objective.name=dino", "objective.options.recipe=paper",
 # KoLeo is per rank (as in DINOv2), so it is left out of the parity run.
 DINO_AUTO = [*DINO, "objective.options.recipe=auto", "objective.options.koleo_weight=0"]
 RUNS = {
-    "ddp": [],
+    "ddp": ["monitor.every=2"],  # health checks at steps 2 and 4, the probe at 4
     "ddp-dino": DINO,
     "ddp-dino-auto": DINO_AUTO,
     "fsdp": ["train.strategy=fsdp", "train.grad_clip=0.05", "train.checkpoint_every=2"],

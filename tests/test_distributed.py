@@ -66,6 +66,14 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _health(run: Path) -> list[tuple[int, dict[str, float]]]:
+    """(step, monitor values) of each health check in a run's metrics."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], {k: v for k, v in r.items() if k.startswith(("rankme", "feature_",
+                                                                     "probe_"))})
+            for r in records if "rankme" in r]
+
+
 def _assert_same_run(a: Path, b: Path) -> None:
     assert _losses(b) == pytest.approx(_losses(a), rel=1e-5)
     wa, wb = _weights(a), _weights(b)
@@ -80,6 +88,10 @@ def test_two_gloo_ranks_match_one_process(two_ranks, one_process):
     assert len((ddp / "metrics.jsonl").read_text().splitlines()) == 4
     assert [s.name for s in (ddp / "checkpoints").iterdir()] == ["step-00000004"]
     _assert_same_run(one_process / "ddp", ddp)
+    # the monitor checks the same encoder on every rank; rank 0's records equal one process's
+    checks = [_health(run) for run in (one_process / "ddp", ddp)]
+    assert [step for step, _ in checks[1]] == [2, 4] and "probe_knn_k20_top1" in checks[1][1][1]
+    assert checks[1] == [(step, pytest.approx(values, rel=1e-4)) for step, values in checks[0]]
     # Both trained: the encoder moved away from the initialisation the run started from
     # (all but the post-pooling norm, which masked-patch never uses and so freezes).
     encoder, cfg = load_encoder(ddp)
