@@ -43,7 +43,8 @@ RUNS = {
     "ddp": ["monitor.every=2"],  # health checks at steps 2 and 4, the probe at 4
     "ddp-dino": DINO,
     "ddp-dino-auto": DINO_AUTO,
-    "fsdp": ["train.strategy=fsdp", "train.grad_clip=0.05", "train.checkpoint_every=2"],
+    "fsdp": ["train.strategy=fsdp", "train.grad_clip=0.05", "train.checkpoint_every=2",
+             "monitor.every=2"],
     "fsdp-accum": ["train.strategy=fsdp", "train.accum_steps=2", "train.grad_clip=0.05"],
 }
 # MoCo v3: keys gathered from both ranks, BatchNorm over the global batch, an EMA encoder.

@@ -74,6 +74,13 @@ def _health(run: Path) -> list[tuple[int, dict[str, float]]]:
             for r in records if "rankme" in r]
 
 
+def _assert_same_health(a: Path, b: Path) -> None:
+    """Health checks at steps 2 and 4 with the probe at 4, equal in both runs."""
+    checks = [_health(a), _health(b)]
+    assert [step for step, _ in checks[1]] == [2, 4] and "probe_knn_k20_top1" in checks[1][1][1]
+    assert checks[1] == [(step, pytest.approx(values, rel=1e-4)) for step, values in checks[0]]
+
+
 def _assert_same_run(a: Path, b: Path) -> None:
     assert _losses(b) == pytest.approx(_losses(a), rel=1e-5)
     wa, wb = _weights(a), _weights(b)
@@ -89,9 +96,7 @@ def test_two_gloo_ranks_match_one_process(two_ranks, one_process):
     assert [s.name for s in (ddp / "checkpoints").iterdir()] == ["step-00000004"]
     _assert_same_run(one_process / "ddp", ddp)
     # the monitor checks the same encoder on every rank; rank 0's records equal one process's
-    checks = [_health(run) for run in (one_process / "ddp", ddp)]
-    assert [step for step, _ in checks[1]] == [2, 4] and "probe_knn_k20_top1" in checks[1][1][1]
-    assert checks[1] == [(step, pytest.approx(values, rel=1e-4)) for step, values in checks[0]]
+    _assert_same_health(one_process / "ddp", ddp)
     # Both trained: the encoder moved away from the initialisation the run started from
     # (all but the post-pooling norm, which masked-patch never uses and so freezes).
     encoder, cfg = load_encoder(ddp)
@@ -110,6 +115,8 @@ def test_dino_on_two_ranks_matches_one_process(two_ranks, one_process, name):
 @pytest.mark.parametrize("name", ["fsdp", "fsdp-accum"])
 def test_fsdp_matches_one_process_with_and_without_accumulation(two_ranks, one_process, name):
     _assert_same_run(one_process / name, two_ranks / name)
+    if name == "fsdp":  # the sharded encoder is gathered for the monitor's checks
+        _assert_same_health(one_process / name, two_ranks / name)
     shards = latest_checkpoint(two_ranks / name) / "optimizer"
     assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp",
                                                         "__1_0.distcp"]

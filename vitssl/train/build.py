@@ -177,7 +177,7 @@ def build_run(cfg: Config, ctx: distributed.Context, resume: bool = False) -> Ru
               checkpoint=ckpt)
     _announce(run, ckpt, resume)
     so_far = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start]
-    run.monitor = build_monitor(cfg, so_far, run.sharded, log)
+    run.monitor = build_monitor(cfg, so_far, log)
     if init is not None and ctx.is_main:
         log.message(init.line)
     if ctx.is_main and (requested.data.mean == "auto" or requested.data.mean is None
@@ -190,7 +190,7 @@ def _run_dir(cfg: Config, ctx: distributed.Context) -> Path:
     if cfg.out:
         return Path(cfg.out)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(distributed.broadcast_text(f"runs/{cfg.objective.name}-{stamp}", ctx))
+    return Path(distributed.broadcast(f"runs/{cfg.objective.name}-{stamp}", ctx))
 
 
 def _resume_point(cfg: Config, run_dir: Path, resume: bool,

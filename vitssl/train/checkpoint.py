@@ -205,7 +205,8 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Co
     return load_file(str(file)), metadata, cfg
 
 
-def _submodule_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+def submodule_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The tensors of submodule ``name`` of a state dict, named as in the submodule."""
     prefix = name + "."
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -241,7 +242,7 @@ def load_encoder(path: str | Path,
     tensors, metadata, cfg = _read(path)
     encoder = build_encoder(cfg.model)
     exports = _exports(metadata)
-    state = _submodule_state(tensors, exports["encoder"])
+    state = submodule_state(tensors, exports["encoder"])
     if not state:
         raise VitsslError(f"checkpoint '{path}' holds no '{exports['encoder']}.*' weights")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
@@ -249,10 +250,10 @@ def load_encoder(path: str | Path,
         raise VitsslError(f"checkpoint '{path}' does not match its model config "
                           f"{cfg.model.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     heads = {role: name for role, name in exports.items()
-             if role != "encoder" and _submodule_state(tensors, name)}
+             if role != "encoder" and submodule_state(tensors, name)}
     objective = _rebuilt_objective(cfg, metadata) if heads else None
     for role, name in heads.items() if objective is not None else ():
         head = objective.get_submodule(name)
-        head.load_state_dict(_submodule_state(tensors, name))
+        head.load_state_dict(submodule_state(tensors, name))
         setattr(encoder, role.replace("-", "_"), head)
     return encoder.to(device).eval(), cfg

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from vitssl.devices import fit_cpu_threads, local_ranks, resolve_device, usable_cores
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,11 @@ def all_ranks(value: object, ctx: Context) -> list:
     return ranks
 
 
-def broadcast_text(text: str, ctx: Context) -> str:
-    """Rank 0's string on every rank (e.g. a timestamped run directory)."""
+def broadcast(value: T, ctx: Context) -> T:
+    """Rank 0's ``value`` (picklable) on every rank, e.g. a run directory's name."""
     if not ctx.distributed:
-        return text
-    box = [text]
+        return value
+    box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 

@@ -23,7 +23,7 @@ from vitssl.data.source import parse_spec
 from vitssl.data.tasks import Task, run_task
 from vitssl.errors import VitsslError
 from vitssl.eval.features import extract_features
-from vitssl.train import alarms
+from vitssl.train import alarms, distributed
 from vitssl.train.health import health, held_out_images, monitor_every
 from vitssl.train.runlog import RunLog
 
@@ -92,6 +92,14 @@ class Monitor:
         self.seconds += time.perf_counter() - started
         return out
 
+    def measure_on_main(self, encoder: nn.Module | None, step: int,
+                        ctx: distributed.Context) -> dict[str, float]:
+        """:meth:`measure` on rank 0 (``encoder`` is None elsewhere), its values on every
+        rank, so every rank raises the same alarms (a sharded run's encoder is gathered)."""
+        out = self.measure(encoder, step, ctx.device) if encoder is not None else {}
+        out, self.width = distributed.broadcast((out, self.width), ctx)
+        return out
+
     def _probe(self, encoder: nn.Module) -> dict[str, float]:
         from vitssl.eval.run import build_evaluator
 
@@ -116,13 +124,9 @@ class Monitor:
         return bool(found) and self.cfg.monitor.on_alarm == "stop"
 
 
-def build_monitor(cfg: Config, records: list[dict[str, Any]], sharded: bool,
-                  log: RunLog) -> Monitor | None:
+def build_monitor(cfg: Config, records: list[dict[str, Any]], log: RunLog) -> Monitor | None:
     """The run's monitor (None when off), its records those of the run so far."""
     if not monitor_every(cfg):
-        return None
-    if sharded:
-        log.message("monitor: off under train.strategy=fsdp (the encoder is sharded)")
         return None
     with torch.random.fork_rng(devices=[]):
         held_out, where = held_out_images(cfg)

@@ -17,6 +17,7 @@ from torch import nn
 
 from vitssl.config import Config
 from vitssl.errors import VitsslError
+from vitssl.models import build_encoder
 from vitssl.train import distributed, fsdp
 from vitssl.train.build import Run, build_run, completed_summary
 from vitssl.train.checkpoint import (
@@ -25,6 +26,7 @@ from vitssl.train.checkpoint import (
     save_checkpoint,
     staging_dir,
     step_dir,
+    submodule_state,
 )
 from vitssl.train.rollback import rolled_back
 from vitssl.train.runlog import read_metrics
@@ -92,12 +94,26 @@ def _read(run: Run, step: int) -> bool:
     monitor = run.monitor
     health = {}
     if monitor is not None and monitor.due(step):
-        encoder = run.objective.get_submodule(run.objective.exports()["encoder"])
-        health = monitor.measure(encoder, step, run.ctx.device)
+        health = _health(run, step)
     logged = run.metrics.flush(run.log, run.cfg.train.batch_size, health)
     if monitor is None:
         return False
     return monitor.review(logged, step, run.log)
+
+
+def _health(run: Run, step: int) -> dict[str, float]:
+    """The monitor's check of the exported encoder; a sharded one is gathered (collective)
+    and measured on rank 0."""
+    name = run.objective.exports()["encoder"]
+    if not run.sharded:
+        return run.monitor.measure(run.objective.get_submodule(name), step, run.ctx.device)
+    weights = fsdp.full_state_dict(run.objective)  # on rank 0 only
+    encoder = None
+    if run.ctx.is_main:
+        encoder = build_encoder(run.cfg.model)
+        encoder.load_state_dict(submodule_state(weights, name))
+        encoder.to(run.ctx.device)
+    return run.monitor.measure_on_main(encoder, step, run.ctx)
 
 
 def save_run_checkpoint(run: Run, step: int) -> None:
