@@ -95,7 +95,7 @@ class Monitor:
     def measure_on_main(self, encoder: nn.Module | None, step: int,
                         ctx: distributed.Context) -> dict[str, float]:
         """:meth:`measure` on rank 0 (``encoder`` is None elsewhere), its values on every
-        rank, so every rank raises the same alarms (a sharded run's encoder is gathered)."""
+        rank, so every rank raises the same alarms without repeating the check."""
         out = self.measure(encoder, step, ctx.device) if encoder is not None else {}
         out, self.width = distributed.broadcast((out, self.width), ctx)
         return out

@@ -102,17 +102,16 @@ def _read(run: Run, step: int) -> bool:
 
 
 def _health(run: Run, step: int) -> dict[str, float]:
-    """The monitor's check of the exported encoder; a sharded one is gathered (collective)
-    and measured on rank 0."""
+    """The monitor's check of the exported encoder, measured on rank 0 and sent to every
+    rank; a sharded encoder is gathered there first (collective)."""
     name = run.objective.exports()["encoder"]
-    if not run.sharded:
-        return run.monitor.measure(run.objective.get_submodule(name), step, run.ctx.device)
-    weights = fsdp.full_state_dict(run.objective)  # on rank 0 only
-    encoder = None
-    if run.ctx.is_main:
-        encoder = build_encoder(run.cfg.model)
-        encoder.load_state_dict(submodule_state(weights, name))
-        encoder.to(run.ctx.device)
+    encoder = run.objective.get_submodule(name) if run.ctx.is_main else None
+    if run.sharded:
+        weights = fsdp.full_state_dict(run.objective)  # on rank 0 only
+        if run.ctx.is_main:
+            encoder = build_encoder(run.cfg.model)
+            encoder.load_state_dict(submodule_state(weights, name))
+            encoder.to(run.ctx.device)
     return run.monitor.measure_on_main(encoder, step, run.ctx)
 
 
