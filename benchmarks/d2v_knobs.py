@@ -26,7 +26,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: sleep, do not spin
 
 import torch  # noqa: E402
-from loop_step import loop_step  # noqa: E402
+from loop_step import interleaved_times, loop_step  # noqa: E402
 from ssl_quality import NEVER, Scorer, _config, train_for_budget, variant  # noqa: E402
 
 from vitssl.train import distributed  # noqa: E402
@@ -58,14 +58,7 @@ def cost(args: argparse.Namespace) -> None:
         batch = next((int(s.split("=")[1]) for s in sets if s.startswith("train.batch_size=")),
                      args.batch_size)
         steps[entry] = loop_step(objective, size + sets, batch)[0]
-    for step in steps.values():  # warm-up
-        step()
-    times: dict[str, list[float]] = {v: [] for v in steps}
-    for _ in range(args.repeats):
-        for entry, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[entry].append(time.perf_counter() - t0)
+    times = interleaved_times(steps, args.repeats)
     base = statistics.median(times[args.variants[0]])
     print(f"| variant | median s/step | min s/step | vs {args.variants[0]} |\n|---|---|---|---|")
     for entry, t in times.items():

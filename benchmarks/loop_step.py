@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+import time
 from collections.abc import Callable
 
 import torch
@@ -61,3 +62,18 @@ def loop_step(objective: str, overrides: list[str], batch_size: int,
         next(steps)
 
     return step, run
+
+
+def interleaved_times(steps: dict[str, Callable[[], None]],
+                      repeats: int) -> dict[str, list[float]]:
+    """Seconds of each step over ``repeats`` rounds, one call of each per round after a
+    warm-up call, so every step sees the same machine state."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    return times

@@ -27,13 +27,12 @@ import argparse
 import itertools
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: sleep, do not spin
 
 import torch  # noqa: E402
-from loop_step import loop_step  # noqa: E402
+from loop_step import interleaved_times, loop_step  # noqa: E402
 
 
 def step_fn(name: str, model: str, size: int, depth: str, batch_size: int,
@@ -77,14 +76,7 @@ def main() -> None:
         name, size = model.split("@")
         steps = {n: step_fn(n, name, int(size), depth, args.batch_size, args.set)
                  for n in names}
-        for step in steps.values():  # warm-up
-            step()
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(args.repeats):
-            for n, step in steps.items():
-                t0 = time.perf_counter()
-                step()
-                times[n].append(time.perf_counter() - t0)
+        times = interleaved_times(steps, args.repeats)
         rate = {n: args.batch_size / statistics.median(t) for n, t in times.items()}
         base = rate.get(args.baseline)
         for n in names:
